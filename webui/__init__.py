@@ -1,0 +1,1 @@
+"""Atelier: a Stable Diffusion studio served as a Gradio web UI."""

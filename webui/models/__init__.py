@@ -1,0 +1,1 @@
+"""Checkpoint discovery, loading and caching."""

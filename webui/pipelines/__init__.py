@@ -1,0 +1,1 @@
+"""Generation requests and the pipelines that run them."""
