@@ -1,0 +1,139 @@
+"""Frozen application settings: defaults < settings file < environment < command-line flags.
+
+Pure: imports neither torch nor gradio, so it loads in milliseconds and tests run anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Offload modes a user may force; "auto" lets the pipeline manager decide from free VRAM.
+OFFLOAD_MODES = ("auto", "none", "model", "sequential")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def default_ram_cache_bytes(total_ram: int | None = None) -> int:
+    """A RAM budget for cached checkpoints: a quarter of the machine's RAM, at least 2 GiB.
+
+    A full SD 1.5 checkpoint in fp16 is about 2 GiB and SDXL about 7 GiB; a quarter of
+    a 32 GiB machine keeps three SD 1.5 or one SDXL ready while leaving room for the rest.
+    """
+    if total_ram is None:
+        try:
+            total_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            total_ram = 16 * 2**30
+    return max(2 * 2**30, total_ram // 4)
+
+
+@dataclass(frozen=True)
+class Settings:
+    models_dir: Path = PROJECT_ROOT / "models"
+    outputs_dir: Path = PROJECT_ROOT / "outputs"
+    extensions_dir: Path = PROJECT_ROOT / "extensions"
+    ckpt_dir: Path | None = None  # checkpoints elsewhere than models/Stable-diffusion (A1111's --ckpt-dir)
+    settings_file: Path = PROJECT_ROOT / "settings.json"
+    # Server
+    host: str = "127.0.0.1"
+    port: int = 7860
+    autolaunch: bool = True
+    # Engine
+    device: str = "auto"
+    precision: str = "auto"
+    offload: str = "auto"
+    ram_cache_bytes: int = field(default_factory=default_ram_cache_bytes)
+    preview_every_n_steps: int = 5
+    default_checkpoint: str | None = None
+    # Generation defaults
+    default_sampler: str = "Euler a"
+    default_steps: int = 20
+    save_format: str = "png"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.ckpt_dir or self.models_dir / "Stable-diffusion"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+_PATH_FIELDS = {f.name for f in dataclasses.fields(Settings) if "Path" in str(f.type)}
+_ENV_PREFIX = "ATELIER_"
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a JSON/env value into the type the Settings field holds."""
+    current = getattr(Settings(), name)
+    if name in _PATH_FIELDS:
+        return Path(value).expanduser()
+    if isinstance(current, bool):
+        if isinstance(value, str):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        return bool(value)
+    if isinstance(current, int) and not isinstance(current, bool):
+        return int(value)
+    if value is None or current is None:
+        return value
+    return type(current)(value)
+
+
+def _apply(settings: Settings, values: Mapping[str, Any], source: str) -> Settings:
+    known = {f.name for f in dataclasses.fields(Settings)}
+    changes: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in known:
+            log.warning("Ignoring unknown setting %r from %s", name, source)
+            continue
+        try:
+            changes[name] = _coerce(name, value)
+        except (TypeError, ValueError):
+            log.warning("Ignoring setting %s=%r from %s: wrong type", name, value, source)
+    return settings.replace(**changes)
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """Read the JSON settings file; a corrupt one is moved aside so it is not lost, and defaults are used."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("top level is not an object")
+        return data
+    except (OSError, ValueError) as exc:
+        aside = path.with_name(path.name + ".corrupt")
+        try:
+            os.replace(path, aside)
+        except OSError:
+            aside = path
+        log.warning("Settings file %s is unreadable (%s); kept as %s, using defaults", path, exc, aside)
+        return {}
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from defaults, then the settings file, then ATELIER_* environment, then overrides."""
+    env = os.environ if env is None else env
+    overrides = dict(overrides or {})
+    settings = Settings()
+    settings_file = Path(overrides.get("settings_file") or env.get(_ENV_PREFIX + "SETTINGS_FILE") or settings.settings_file)
+    settings = settings.replace(settings_file=settings_file)
+    settings = _apply(settings, read_settings_file(settings_file), str(settings_file))
+    from_env = {
+        name: env[_ENV_PREFIX + name.upper()]
+        for name in (f.name for f in dataclasses.fields(Settings))
+        if _ENV_PREFIX + name.upper() in env
+    }
+    settings = _apply(settings, from_env, "environment")
+    return _apply(settings, {k: v for k, v in overrides.items() if v is not None}, "command line")

@@ -1,0 +1,87 @@
+"""SHA-256 file hashes (A1111's "AutoV2": first 10 hex digits), cached by path + size + mtime.
+
+Hashing a multi-GB checkpoint takes seconds to minutes, so it is never done at start-up;
+results persist in a small JSON file written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SHORT_HASH_LEN = 10
+_CHUNK = 8 * 2**20
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class HashCache:
+    """Thread-safe map of (relative name, size, mtime) -> sha256, persisted to `cache_file`."""
+
+    def __init__(self, cache_file: Path | None) -> None:
+        self._file = cache_file
+        self._lock = threading.Lock()
+        self._entries: dict[str, dict[str, object]] = self._read()
+
+    def _read(self) -> dict[str, dict[str, object]]:
+        if self._file is None or not self._file.exists():
+            return {}
+        try:
+            data = json.loads(self._file.read_text(encoding="utf-8"))
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            log.warning("Hash cache %s is unreadable; hashes will be recomputed", self._file)
+            return {}
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int]:
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
+
+    def cached(self, key: str, path: Path) -> str | None:
+        """The known hash if the file has not changed since it was hashed; never reads the file."""
+        try:
+            size, mtime = self._stamp(path)
+        except OSError:
+            return None
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry and entry.get("size") == size and entry.get("mtime") == mtime:
+            return str(entry["sha256"])
+        return None
+
+    def sha256(self, key: str, path: Path) -> str:
+        known = self.cached(key, path)
+        if known:
+            return known
+        size, mtime = self._stamp(path)
+        digest = sha256_file(path)
+        with self._lock:
+            self._entries[key] = {"size": size, "mtime": mtime, "sha256": digest}
+            self._write_locked()
+        return digest
+
+    def _write_locked(self) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self._file.parent, prefix=".hashes-", suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(self._entries, fh, indent=1, sort_keys=True)
+            os.replace(tmp, self._file)
+        except OSError as exc:
+            log.warning("Could not save hash cache %s: %s", self._file, exc)

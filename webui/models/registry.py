@@ -1,0 +1,121 @@
+"""The checkpoint list: scan models/Stable-diffusion/, give each file an A1111-style title.
+
+Scanning only stats files; hashes come from the cache or are computed on demand
+(when a model is loaded, or in the background), so start-up never waits on hashing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .hashing import SHORT_HASH_LEN, HashCache
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt")
+
+
+@dataclass
+class CheckpointEntry:
+    name: str  # path relative to the checkpoints folder, "/"-separated, e.g. "sd15/dreamy.safetensors"
+    path: Path
+    kind: str  # "safetensors" | "ckpt" | "diffusers"
+    builtin: bool = False
+    label: str | None = None  # shown instead of the name (built-in models)
+    _hashes: HashCache | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def model_name(self) -> str:
+        """A1111's model_name: the relative name without extension."""
+        return self.name.rsplit(".", 1)[0] if self.kind != "diffusers" else self.name
+
+    @property
+    def sha256(self) -> str | None:
+        if self.kind == "diffusers" or self._hashes is None:
+            return None
+        return self._hashes.cached(self.name, self.path)
+
+    def compute_sha256(self) -> str | None:
+        if self.kind == "diffusers" or self._hashes is None:
+            return None
+        return self._hashes.sha256(self.name, self.path)
+
+    @property
+    def short_hash(self) -> str | None:
+        digest = self.sha256
+        return digest[:SHORT_HASH_LEN] if digest else None
+
+    @property
+    def title(self) -> str:
+        shown = self.label or self.name
+        return f"{shown} [{self.short_hash}]" if self.short_hash else shown
+
+    def matches(self, query: str) -> bool:
+        q = query.strip()
+        if not q:
+            return False
+        base = q.rsplit(" [", 1)[0] if q.endswith("]") else q
+        candidates = {self.name, self.model_name, self.title, self.label or "", self.path.name}
+        if base in candidates or q in candidates:
+            return True
+        digest = self.sha256
+        return bool(digest) and len(q) >= SHORT_HASH_LEN and digest.startswith(q.lower())
+
+
+class CheckpointRegistry:
+    def __init__(self, checkpoints_dir: Path, hash_cache: HashCache, builtin: list[CheckpointEntry] | None = None):
+        self.checkpoints_dir = Path(checkpoints_dir)
+        self._hashes = hash_cache
+        self._builtin = list(builtin or [])
+        for entry in self._builtin:
+            entry._hashes = hash_cache
+        self._lock = threading.Lock()
+        self._entries: list[CheckpointEntry] = []
+        self.refresh()
+
+    def refresh(self) -> list[CheckpointEntry]:
+        found: list[CheckpointEntry] = []
+        root = self.checkpoints_dir
+        if root.is_dir():
+            for path in sorted(root.rglob("*")):
+                rel = path.relative_to(root).as_posix()
+                if any(part.startswith(".") for part in path.relative_to(root).parts):
+                    continue
+                if path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES:
+                    if path.parent != root and (path.parent / "model_index.json").exists():
+                        continue  # weights inside a diffusers folder
+                    kind = "safetensors" if path.suffix.lower() == ".safetensors" else "ckpt"
+                    found.append(CheckpointEntry(rel, path, kind, _hashes=self._hashes))
+                elif path.is_dir() and (path / "model_index.json").is_file():
+                    found.append(CheckpointEntry(rel, path, "diffusers", _hashes=self._hashes))
+        with self._lock:
+            self._entries = found
+        return self.entries()
+
+    def entries(self) -> list[CheckpointEntry]:
+        """User checkpoints first (sorted by name), then the built-in ones."""
+        with self._lock:
+            return [*self._entries, *self._builtin]
+
+    def user_entries(self) -> list[CheckpointEntry]:
+        with self._lock:
+            return list(self._entries)
+
+    def find(self, query: str | None) -> CheckpointEntry | None:
+        if not query:
+            return None
+        for entry in self.entries():
+            if entry.matches(query):
+                return entry
+        return None
+
+    def default(self, preferred: str | None = None) -> CheckpointEntry | None:
+        """The preferred checkpoint if it exists, else the first user file, else the built-in model."""
+        entry = self.find(preferred)
+        if entry is not None:
+            return entry
+        entries = self.entries()
+        return entries[0] if entries else None
