@@ -54,6 +54,7 @@ class Settings:
     precision: str = "auto"
     offload: str = "auto"
     ram_cache_bytes: int = field(default_factory=default_ram_cache_bytes)
+    batch_mode: str = "auto"  # exact | fast | auto (see PipelineManager)
     preview_every_n_steps: int = 5
     default_checkpoint: str | None = None
     # Generation defaults
@@ -127,7 +128,9 @@ def load_settings(overrides: Mapping[str, Any] | None = None, env: Mapping[str, 
     env = os.environ if env is None else env
     overrides = dict(overrides or {})
     settings = Settings()
-    settings_file = Path(overrides.get("settings_file") or env.get(_ENV_PREFIX + "SETTINGS_FILE") or settings.settings_file)
+    settings_file = Path(
+        overrides.get("settings_file") or env.get(_ENV_PREFIX + "SETTINGS_FILE") or settings.settings_file
+    )
     settings = settings.replace(settings_file=settings_file)
     settings = _apply(settings, read_settings_file(settings_file), str(settings_file))
     from_env = {

@@ -59,6 +59,8 @@ class SafetensorsHeader:
 
 def read_header(path: Path) -> SafetensorsHeader:
     path = Path(path)
+    if not path.is_file():
+        raise CorruptCheckpointError(f"{path.name}: file not found ({path})")
     try:
         file_size = path.stat().st_size
         with path.open("rb") as fh:

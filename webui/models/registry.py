@@ -7,6 +7,7 @@ Scanning only stats files; hashes come from the cache or are computed on demand
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,17 +81,22 @@ class CheckpointRegistry:
         found: list[CheckpointEntry] = []
         root = self.checkpoints_dir
         if root.is_dir():
-            for path in sorted(root.rglob("*")):
-                rel = path.relative_to(root).as_posix()
-                if any(part.startswith(".") for part in path.relative_to(root).parts):
+            for folder, dirs, files in os.walk(root, followlinks=False):
+                here = Path(folder)
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                if here != root and "model_index.json" in files:
+                    # A diffusers folder is one checkpoint; its weight files are not listed on their own.
+                    found.append(CheckpointEntry(here.relative_to(root).as_posix(), here, "diffusers",
+                                                 _hashes=self._hashes))
+                    dirs[:] = []
                     continue
-                if path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES:
-                    if path.parent != root and (path.parent / "model_index.json").exists():
-                        continue  # weights inside a diffusers folder
+                for name in sorted(files):
+                    path = here / name
+                    if name.startswith(".") or path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+                        continue
                     kind = "safetensors" if path.suffix.lower() == ".safetensors" else "ckpt"
-                    found.append(CheckpointEntry(rel, path, kind, _hashes=self._hashes))
-                elif path.is_dir() and (path / "model_index.json").is_file():
-                    found.append(CheckpointEntry(rel, path, "diffusers", _hashes=self._hashes))
+                    found.append(CheckpointEntry(path.relative_to(root).as_posix(), path, kind, _hashes=self._hashes))
+        found.sort(key=lambda e: e.name.lower())
         with self._lock:
             self._entries = found
         return self.entries()

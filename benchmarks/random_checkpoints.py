@@ -1,0 +1,52 @@
+"""Full-size SD 1.5-shaped checkpoints with random weights, written locally in the original layout.
+
+No real weights can be downloaded here; for load, swap and memory measurements the values do not
+matter, only the shapes, dtypes and file layout. Files are cached in benchmarks/_work/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def _random_state_dict(module: torch.nn.Module, generator: torch.Generator, dtype: torch.dtype) -> dict:
+    out = {}
+    for name, tensor in module.state_dict().items():
+        if not tensor.is_floating_point():
+            out[name] = tensor
+        elif name.endswith("weight") and "norm" in name:
+            out[name] = torch.ones(tensor.shape, dtype=dtype)
+        else:
+            out[name] = (torch.randn(tensor.shape, generator=generator, dtype=torch.float32) * 0.02).to(dtype)
+    return out
+
+
+def write_random_sd15(path: Path, seed: int = 0, dtype: torch.dtype = torch.float16) -> Path:
+    """An SD 1.5-shaped single file (UNet, VAE, CLIP-L) of random weights; ~2 GB in fp16."""
+    if path.exists():
+        return path
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from webui.models import configs
+    from webui.models.ldm_layout import to_original_layout
+
+    gen = torch.Generator().manual_seed(seed)
+    with init_empty_weights(include_buffers=False):
+        unet = UNet2DConditionModel.from_config(configs.load_component_config("sd1", "unet"))
+        vae = AutoencoderKL.from_config(configs.load_component_config("sd1", "vae"))
+        te_config = configs.load_component_config("sd1", "text_encoder")
+        text = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in te_config.items() if k != "architectures"}))
+    parts = {name: _random_state_dict(m, gen, dtype) for name, m in (("unet", unet), ("vae", vae), ("te", text))}
+    # position_ids is a buffer that is real even under init_empty_weights; it is not part of SD files.
+    parts["te"] = {k: v for k, v in parts["te"].items() if not k.endswith("position_ids")}
+    tensors = to_original_layout("sd1", unet=parts["unet"], vae=parts["vae"], text_encoder=parts["te"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Install what the tests need (first run only), lint, and run the whole test suite offline.
+set -euo pipefail
+cd "$(dirname "$0")"
+bash scripts/bootstrap.sh test
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
+.venv/bin/ruff check webui tests benchmarks scripts
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Create .venv at the project root if missing and install Atelier into it (idempotent, quick when
+# nothing changed). Usage: scripts/bootstrap.sh [EXTRAS], e.g. "test".
+#
+# torch: if the venv has none yet, TORCH_SPEC is installed first (default torch==2.13.0). On Linux
+# PyPI serves the CUDA build for NVIDIA GPUs; set TORCH_SPEC/TORCH_INDEX_URL to pick another build.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+extras="${1:-}"
+python="${PYTHON:-python3}"
+
+if [ ! -x .venv/bin/python ]; then
+    echo "[atelier] creating virtual environment in .venv"
+    "$python" -m venv .venv
+fi
+pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
+
+if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+    echo "[atelier] installing ${TORCH_SPEC:-torch==2.13.0}"
+    if [ -n "${TORCH_INDEX_URL:-}" ]; then
+        "${pip[@]}" install "${TORCH_SPEC:-torch==2.13.0}" --index-url "$TORCH_INDEX_URL"
+    else
+        "${pip[@]}" install "${TORCH_SPEC:-torch==2.13.0}"
+    fi
+fi
+
+stamp=".venv/.atelier-installed"
+want="$(cat pyproject.toml | sha256sum | cut -d' ' -f1) extras=${extras}"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "[atelier] installing the project${extras:+ with [$extras]}"
+    "${pip[@]}" install -e ".${extras:+[$extras]}"
+    echo "$want" > "$stamp"
+fi

@@ -1,0 +1,44 @@
+"""Settings layering, and a corrupt settings file that is kept aside instead of crashing start-up."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from webui.config import load_settings
+
+
+def test_layers_file_then_env_then_overrides(tmp_path):
+    f = tmp_path / "settings.json"
+    f.write_text(json.dumps({"port": 7001, "default_steps": 30, "outputs_dir": str(tmp_path / "o")}))
+    s = load_settings({"settings_file": f}, env={})
+    assert (s.port, s.default_steps, s.outputs_dir) == (7001, 30, tmp_path / "o")
+    s = load_settings({"settings_file": f}, env={"ATELIER_PORT": "7002"})
+    assert s.port == 7002
+    s = load_settings({"settings_file": f, "port": 7003}, env={"ATELIER_PORT": "7002"})
+    assert s.port == 7003
+
+
+def test_defaults_are_safe(tmp_path):
+    s = load_settings({"settings_file": tmp_path / "none.json"}, env={})
+    assert s.host == "127.0.0.1"
+    assert s.checkpoints_dir == s.models_dir / "Stable-diffusion"
+    moved = load_settings({"settings_file": tmp_path / "n.json", "ckpt_dir": tmp_path}, env={})
+    assert moved.checkpoints_dir == tmp_path
+
+
+def test_corrupt_file_is_moved_aside_and_defaults_used(tmp_path, caplog):
+    f = tmp_path / "settings.json"
+    f.write_text("{not json")
+    s = load_settings({"settings_file": f}, env={})
+    assert s.port == 7860
+    assert not f.exists() and Path(str(f) + ".corrupt").read_text() == "{not json"
+    assert "unreadable" in caplog.text
+
+
+def test_wrong_types_and_unknown_keys_are_ignored(tmp_path, caplog):
+    f = tmp_path / "settings.json"
+    f.write_text(json.dumps({"port": "not a number", "colour": "blue", "default_steps": 12}))
+    s = load_settings({"settings_file": f}, env={})
+    assert s.port == 7860 and s.default_steps == 12
+    assert "colour" in caplog.text

@@ -1,0 +1,95 @@
+"""The real Gradio server and the command line, on tiny models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import make_models_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def served(make_context):
+    """Start the real UI server in-process on a free port; yield (ctx, url)."""
+    from webui.ui.app import launch
+
+    started = []
+
+    def start(names):
+        ctx = make_context(names, autolaunch=False, port=0)
+        demo = launch(ctx, server_port=None, prevent_thread_lock=True, quiet=True, inbrowser=False)
+        started.append(demo)
+        return ctx, demo.local_url
+
+    yield start
+    for demo in started:
+        demo.close()
+
+
+def test_txt2img_through_the_running_server(served, tmp_path):
+    from gradio_client import Client
+
+    ctx, url = served(["sd1"])
+    client = Client(url, download_files=str(tmp_path / "dl"), verbose=False)
+    gallery, info = client.predict(
+        "sd1.safetensors", "a red circle", "", "Euler a", "Automatic", 3, 64, 64, 1, 2, 7.0, 77,
+        api_name="/txt2img",
+    )
+    assert len(gallery) == 2
+    with Image.open(gallery[0]["image"]) as image:
+        assert image.size == (64, 64)
+    assert "Seed: 77" in info and "Steps: 3" in info
+    saved = sorted((ctx.settings.outputs_dir / "txt2img-images").rglob("*.png"))
+    assert [p.name[6:] for p in saved] == ["77.png", "78.png"]
+
+
+def test_empty_models_folder_shows_where_to_put_checkpoints(served, tmp_path):
+    import httpx
+
+    ctx, url = served([])
+    config = httpx.get(url.rstrip("/") + "/config", timeout=30).json()
+    texts = [c.get("props", {}).get("value") for c in config["components"]]
+    notice = next(t for t in texts if isinstance(t, str) and "No checkpoint" in t)
+    assert str(ctx.registry.checkpoints_dir) in notice
+
+    from gradio_client import Client
+
+    client = Client(url, download_files=str(tmp_path / "dl"), verbose=False)
+    with pytest.raises(Exception, match="No checkpoint found"):
+        client.predict(None, "x", "", "Euler a", "Automatic", 3, 64, 64, 1, 1, 7.0, 1, api_name="/txt2img")
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "webui", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_cli_models_and_generate(tmp_path, tiny_files):
+    models = make_models_dir(tmp_path, tiny_files, ["sd1", "sd1b"])
+    listed = _cli("models", "--models-dir", str(models), "--settings-file", str(tmp_path / "s.json"), "--hash",
+                  cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.split("\n")
+    assert lines[0].startswith("sd1.safetensors [") and lines[1].startswith("sd1b.safetensors [")
+    out = _cli("generate", "--prompt", "a red circle", "--models-dir", str(models), "--outputs-dir",
+               str(tmp_path / "out"), "--settings-file", str(tmp_path / "s.json"), "--model", "sd1b",
+               "--steps", "2", "--width", "64", "--height", "64", "--seed", "5", "--batch-size", "2",
+               "--precision", "fp32", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    paths = [Path(line) for line in out.stdout.split()]
+    assert [p.name[6:] for p in paths] == ["5.png", "6.png"] and all(p.exists() for p in paths)
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path, tiny_files):
+    models = make_models_dir(tmp_path, tiny_files, ["sd1"])
+    out = _cli("generate", "--prompt", "x", "--models-dir", str(models), "--settings-file", str(tmp_path / "s.json"),
+               "--steps", "0", cwd=tmp_path)
+    assert out.returncode == 2 and "steps" in out.stderr and "Traceback" not in out.stderr

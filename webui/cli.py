@@ -1,0 +1,212 @@
+"""Command line: arguments -> Settings -> AppContext -> serve | generate | models.
+
+`python -m webui` with no subcommand serves the UI, so the launch script can pass its flags straight through.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import OFFLOAD_MODES, PRECISIONS, Settings, load_settings
+from .pipelines.request import InpaintArea, MaskedContent, ResizeMode
+
+COMMANDS = ("serve", "generate", "models")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("folders and engine")
+    g.add_argument("--models-dir", type=Path, help="folder holding Stable-diffusion/, VAE/, Lora/, embeddings/")
+    g.add_argument("--ckpt-dir", type=Path, help="checkpoint folder (default: MODELS_DIR/Stable-diffusion)")
+    g.add_argument("--outputs-dir", type=Path, help="where generated images are saved")
+    g.add_argument("--settings-file", type=Path, help="JSON settings file")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="compute device")
+    g.add_argument("--precision", choices=PRECISIONS,
+                   help="weights precision (auto: fp16 on GPU, bf16 on CPUs with bf16)")
+    g.add_argument("--offload", choices=OFFLOAD_MODES, help="CPU offload to save VRAM (auto: decided from free VRAM)")
+    g.add_argument("--medvram", action="store_true", help="same as --offload model")
+    g.add_argument("--lowvram", action="store_true", help="same as --offload sequential")
+    g.add_argument("--ram-cache-gb", type=float, help="RAM budget for cached checkpoints, in GiB")
+    g.add_argument("--ckpt", "--model", dest="checkpoint", help="checkpoint to use (title, file name or hash)")
+    g.add_argument("-v", "--verbose", action="store_true", help="log more")
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m webui [serve]", description="Serve the Atelier web UI.")
+    _common(p)
+    p.add_argument("--port", type=int, help="port (default 7860)")
+    p.add_argument("--listen", action="store_true", help="listen on all interfaces (0.0.0.0) to share on the LAN")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--no-autolaunch", action="store_true", help="do not open a browser")
+    return p
+
+
+def _generate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m webui generate",
+                                description="Generate images and print their paths.")
+    _common(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--sampler", default=None, help='A1111 sampler name, e.g. "Euler a", "DPM++ 2M"')
+    p.add_argument("--schedule-type", default="Automatic", help="Automatic, Karras, Exponential, ...")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--cfg-scale", type=float, default=7.0)
+    p.add_argument("--width", type=int, default=None, help="default: the model's native size")
+    p.add_argument("--height", type=int, default=None, help="default: the model's native size")
+    p.add_argument("--seed", type=int, default=-1, help="-1 = random")
+    p.add_argument("--batch-count", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--clip-skip", type=int, default=1)
+    p.add_argument("--init-image", type=Path, help="img2img / inpainting source image")
+    p.add_argument("--mask", type=Path, help="inpainting mask (white = repaint)")
+    p.add_argument("--denoising-strength", type=float, default=0.75)
+    p.add_argument("--resize-mode", default=ResizeMode.JUST_RESIZE.value, choices=[m.value for m in ResizeMode])
+    p.add_argument("--mask-blur", type=int, default=4)
+    p.add_argument("--masked-content", default=MaskedContent.ORIGINAL.value, choices=[m.value for m in MaskedContent])
+    p.add_argument("--inpaint-area", default=InpaintArea.WHOLE_PICTURE.value, choices=[m.value for m in InpaintArea])
+    p.add_argument("--inpaint-padding", type=int, default=32)
+    p.add_argument("--mask-invert", action="store_true")
+    p.add_argument("--no-save", action="store_true", help="do not save (prints nothing)")
+    return p
+
+
+def _models_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m webui models", description="List checkpoints with their titles.")
+    _common(p)
+    p.add_argument("--hash", action="store_true", help="compute missing hashes (slow for big files)")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {
+        "models_dir": args.models_dir,
+        "outputs_dir": args.outputs_dir,
+        "settings_file": args.settings_file,
+        "device": args.device,
+        "precision": args.precision,
+        "offload": "sequential" if args.lowvram else "model" if args.medvram else args.offload,
+        "default_checkpoint": args.checkpoint,
+    }
+    if args.ram_cache_gb is not None:
+        overrides["ram_cache_bytes"] = int(args.ram_cache_gb * 2**30)
+    if getattr(args, "port", None) is not None:
+        overrides["port"] = args.port
+    if getattr(args, "listen", False):
+        overrides["host"] = "0.0.0.0"
+    if getattr(args, "host", None):
+        overrides["host"] = args.host
+    if getattr(args, "no_autolaunch", False):
+        overrides["autolaunch"] = False
+    if args.ckpt_dir is not None:
+        overrides["ckpt_dir"] = args.ckpt_dir
+    return load_settings(overrides)
+
+
+def _context(args: argparse.Namespace):
+    from .context import AppContext
+
+    return AppContext.create(settings_from_args(args))
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    ctx = _context(args)
+    entries = ctx.registry.entries()
+    if not entries:
+        print(f"No checkpoints in {ctx.registry.checkpoints_dir}", file=sys.stderr)
+        return 1
+    for entry in entries:
+        if args.hash:
+            entry.compute_sha256()
+        print(entry.title)
+    return 0
+
+
+def _request_from_args(args: argparse.Namespace, ctx: Any):
+    from PIL import Image
+
+    from .pipelines.request import GenerationRequest
+
+    def open_image(path: Path | None) -> Image.Image | None:
+        if path is None:
+            return None
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+
+    model = ctx.manager.load(args.checkpoint)
+    size = model.native_size
+    return GenerationRequest(
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        checkpoint=args.checkpoint,
+        sampler=args.sampler or ctx.settings.default_sampler,
+        schedule_type=args.schedule_type,
+        steps=ctx.settings.default_steps if args.steps is None else args.steps,
+        cfg_scale=args.cfg_scale,
+        width=size if args.width is None else args.width,
+        height=size if args.height is None else args.height,
+        seed=args.seed,
+        batch_count=args.batch_count,
+        batch_size=args.batch_size,
+        clip_skip=args.clip_skip,
+        init_image=open_image(args.init_image),
+        mask=open_image(args.mask),
+        denoising_strength=args.denoising_strength,
+        resize_mode=ResizeMode(args.resize_mode),
+        mask_blur=args.mask_blur,
+        masked_content=MaskedContent(args.masked_content),
+        inpaint_area=InpaintArea(args.inpaint_area),
+        inpaint_padding=args.inpaint_padding,
+        mask_invert=args.mask_invert,
+        save_images=not args.no_save,
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .models.loader import CheckpointLoadError
+    from .pipelines.generate import generate
+    from .pipelines.manager import NoCheckpointError
+    from .pipelines.request import RequestError
+    from .samplers import UnknownSamplerError
+
+    ctx = _context(args)
+    try:
+        request = _request_from_args(args, ctx)
+        result = generate(ctx.manager, request, ctx.outputs, save_format=ctx.settings.save_format)
+    except (RequestError, UnknownSamplerError, CheckpointLoadError, NoCheckpointError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        ctx.close()
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for path in result.paths:
+        print(path)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .ui.app import serve
+
+    ctx = _context(args)
+    try:
+        serve(ctx)
+    finally:
+        ctx.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in COMMANDS else "serve"
+    parser = {"serve": _serve_parser, "generate": _generate_parser, "models": _models_parser}[command]()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    handler = {"serve": cmd_serve, "generate": cmd_generate, "models": cmd_models}[command]
+    return handler(args)

@@ -1,0 +1,66 @@
+"""AppContext: the one object that owns the settings, model registry, pipeline manager and outputs.
+
+Everything that would otherwise be a module-level global lives here and is passed explicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Settings
+from .jobs import JobRegistry
+from .models.hashing import HashCache
+from .models.registry import CheckpointEntry, CheckpointRegistry
+from .outputs import OutputLayout
+
+log = logging.getLogger(__name__)
+
+BUILTIN_DIR = Path(__file__).resolve().parent / "models" / "builtin"
+BUILTIN_LABEL = "Atelier demo model (built-in)"
+
+
+def builtin_checkpoints() -> list[CheckpointEntry]:
+    """Checkpoints shipped inside the package; listed after the user's own."""
+    if not BUILTIN_DIR.is_dir():
+        return []
+    return [
+        CheckpointEntry(f"builtin/{path.name}", path, "safetensors", builtin=True, label=BUILTIN_LABEL)
+        for path in sorted(BUILTIN_DIR.glob("*.safetensors"))
+    ]
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    registry: CheckpointRegistry
+    manager: object  # PipelineManager; typed loosely so importing the context never imports torch
+    outputs: OutputLayout
+    jobs: JobRegistry
+
+    @classmethod
+    def create(cls, settings: Settings) -> AppContext:
+        from . import devices
+        from .pipelines.manager import PipelineManager
+
+        hashes = HashCache(settings.models_dir / ".hashes.json")
+        registry = CheckpointRegistry(settings.checkpoints_dir, hashes, builtin=builtin_checkpoints())
+        device = devices.choose_device(settings.device)
+        dtype = devices.choose_dtype(device, settings.precision)
+        log.info("Device %s, precision %s", device, str(dtype).replace("torch.", ""))
+        manager = PipelineManager(
+            registry,
+            device=device,
+            dtype=dtype,
+            ram_cache_bytes=settings.ram_cache_bytes,
+            offload=settings.offload,
+            default_checkpoint=settings.default_checkpoint,
+            batch_mode=settings.batch_mode,
+        )
+        return cls(settings, registry, manager, OutputLayout(settings.outputs_dir), JobRegistry())
+
+    def close(self) -> None:
+        shutdown = getattr(self.manager, "shutdown", None)
+        if shutdown is not None:
+            shutdown()

@@ -1,0 +1,312 @@
+"""One generation job, as numbered steps. Shared by the UI, the CLI and the REST API.
+
+1. check the request and resolve sampler and seeds
+2. take the model (loading it if needed) and the device for the whole job
+3. prepare the init image and mask (img2img / inpainting)
+4. per batch: a fresh scheduler, one generator per image (seed + i), denoise with step callbacks
+   for progress, previews, interrupt and skip
+5. inpainting: paste the result into the original through the blurred mask
+6. write infotext and save the files
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .. import devices
+from ..infotext import format_infotext
+from ..jobs import JobControl
+from ..models.loader import LoadedModel
+from ..models.offload import step_up
+from ..outputs import OutputLayout, save_image
+from ..samplers import SamplerChoice, resolve_sampler
+from . import images as imgs
+from .manager import PipelineManager
+from .previews import latents_to_preview
+from .request import GenerationRequest, InpaintArea, RequestError, Task
+from .schedulers import make_scheduler
+
+log = logging.getLogger(__name__)
+
+VERSION = "atelier-0.1.0"
+
+
+@dataclass
+class GenerationResult:
+    request: GenerationRequest
+    images: list[Image.Image] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    infotexts: list[str] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    model_name: str = ""
+    model_hash: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What A1111's API returns as `info` (before JSON encoding)."""
+        req = self.request
+        return {
+            "prompt": req.prompt,
+            "negative_prompt": req.negative_prompt,
+            "all_prompts": [req.prompt] * len(self.images),
+            "all_negative_prompts": [req.negative_prompt] * len(self.images),
+            "seed": self.seeds[0] if self.seeds else req.seed,
+            "all_seeds": self.seeds,
+            "width": req.width,
+            "height": req.height,
+            "sampler_name": req.sampler,
+            "scheduler": req.schedule_type,
+            "cfg_scale": req.cfg_scale,
+            "steps": req.steps,
+            "batch_size": req.batch_size,
+            "clip_skip": req.clip_skip,
+            "denoising_strength": req.denoising_strength if req.task is not Task.TXT2IMG else None,
+            "sd_model_name": self.model_name,
+            "sd_model_hash": self.model_hash,
+            "infotexts": self.infotexts,
+            "interrupted": self.interrupted,
+            "warnings": self.warnings,
+            "version": VERSION,
+        }
+
+
+def resolve_seed(seed: int) -> int:
+    """-1 means a random seed in A1111's range [0, 4294967294)."""
+    return secrets.randbelow(4294967294) if seed == -1 else seed
+
+
+@dataclass
+class _Prepared:
+    """Step 3's output: what the pipeline gets, and how to put its output back."""
+
+    source: Image.Image | None = None  # image given to img2img/inpaint (already at width × height)
+    mask: Image.Image | None = None  # blurred mask given to the pipeline
+    original: Image.Image | None = None  # the picture the result is pasted into
+    paste_mask: Image.Image | None = None  # blurred mask at the original's size
+    crop: imgs.CropBox | None = None
+
+
+def _prepare_inputs(req: GenerationRequest, model: LoadedModel, first_seed: int) -> _Prepared:
+    width, height = req.width, req.height
+    if req.task is Task.TXT2IMG:
+        if model.detection.is_inpaint:  # an inpainting UNet always needs an image and a mask
+            return _Prepared(Image.new("RGB", (width, height), (127, 127, 127)), Image.new("L", (width, height), 255))
+        return _Prepared()
+    assert req.init_image is not None
+    if req.task is Task.IMG2IMG:
+        source = imgs.fit_image(req.init_image, width, height, req.resize_mode)
+        if model.detection.is_inpaint:
+            return _Prepared(source, Image.new("L", (width, height), 255))
+        return _Prepared(source)
+
+    assert req.mask is not None
+    if req.inpaint_area is InpaintArea.ONLY_MASKED:
+        original = req.init_image.convert("RGB")
+        hard, blurred = imgs.prepare_mask(req.mask, original.size, req.mask_invert, req.mask_blur)
+        crop = imgs.masked_region(hard, req.inpaint_padding, width, height)
+        if crop is None:
+            raise RequestError("mask", "the mask is empty: paint the area to repaint")
+        source = original.crop(crop.as_tuple()).resize((width, height), Image.Resampling.LANCZOS)
+        crop_hard = hard.crop(crop.as_tuple()).resize((width, height), Image.Resampling.NEAREST)
+        crop_blur = blurred.crop(crop.as_tuple()).resize((width, height), Image.Resampling.BILINEAR)
+        source = imgs.fill_masked(source, crop_hard, req.masked_content, first_seed)
+        return _Prepared(source, crop_blur, original, blurred, crop)
+    original = imgs.fit_image(req.init_image, width, height, req.resize_mode)
+    hard, blurred = imgs.prepare_mask(req.mask, original.size, req.mask_invert, req.mask_blur)
+    if hard.getbbox() is None:
+        raise RequestError("mask", "the mask is empty: paint the area to repaint")
+    source = imgs.fill_masked(original, hard, req.masked_content, first_seed)
+    return _Prepared(source, blurred, original, blurred)
+
+
+def _pipeline_task(req: GenerationRequest, model: LoadedModel) -> Task:
+    return Task.INPAINT if model.detection.is_inpaint else req.task
+
+
+def _infotext(req: GenerationRequest, choice: SamplerChoice, seed: int, model_name: str, model_hash: str | None) -> str:
+    params: dict[str, Any] = {
+        "Steps": req.steps,
+        "Sampler": choice.name,
+        "Schedule type": choice.schedule_type,
+        "CFG scale": req.cfg_scale,
+        "Seed": seed,
+        "Size": f"{req.width}x{req.height}",
+        "Model hash": model_hash,
+        "Model": model_name,
+        "Denoising strength": req.denoising_strength if req.task is not Task.TXT2IMG else None,
+        "Clip skip": req.clip_skip if req.clip_skip > 1 else None,
+    }
+    if req.task is Task.INPAINT:
+        params["Mask blur"] = req.mask_blur
+        if req.inpaint_area is InpaintArea.ONLY_MASKED:
+            params["Inpaint area"] = req.inpaint_area.value
+            params["Masked area padding"] = req.inpaint_padding
+    if req.task is not Task.TXT2IMG and req.resize_mode.value != "Just resize":
+        params["Resize mode"] = req.resize_mode.value
+    params["Version"] = VERSION
+    return format_infotext(req.prompt, req.negative_prompt, params)
+
+
+class _StepCallback:
+    """Progress, previews, interrupt and skip, called by diffusers after every denoising step."""
+
+    def __init__(self, control: JobControl, is_sdxl: bool) -> None:
+        self.control = control
+        self.is_sdxl = is_sdxl
+
+    def __call__(self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        control = self.control
+        total = int(getattr(pipe, "_num_timesteps", 0) or control.progress.steps)
+        changes: dict[str, Any] = {"step": step + 1, "steps": total}
+        every = control.preview_every
+        if every > 0 and (step + 1) % every == 0 and "latents" in kwargs and step + 1 < total:
+            changes["preview"] = latents_to_preview(kwargs["latents"], self.is_sdxl)
+        control.update(**changes)
+        if control.interrupted or control.skipped:
+            pipe._interrupt = True  # diffusers stops after this step and still decodes what it has
+        return {}
+
+
+def generate(
+    manager: PipelineManager,
+    request: GenerationRequest,
+    outputs: OutputLayout | None = None,
+    control: JobControl | None = None,
+    save_format: str = "png",
+) -> GenerationResult:
+    control = control or JobControl()
+    start = time.perf_counter()
+    # 1. check the request and resolve sampler and seeds
+    request.validate()
+    choice = resolve_sampler(request.sampler, request.schedule_type)
+    first_seed = resolve_seed(request.seed)
+    req = request.replace(seed=first_seed, sampler=choice.name, schedule_type=choice.schedule_type)
+    result = GenerationResult(req)
+    if control.interrupted:
+        result.interrupted = True
+        control.update(state="interrupted")
+        return result
+
+    # 2. take the model and the device for the whole job
+    control.update(state="loading", batches=req.batch_count, steps=req.steps)
+    with manager.use(req.checkpoint) as model:
+        entry = manager.resolve(model.name)
+        result.model_name = Path(entry.name).stem if entry.kind != "diffusers" else entry.name
+        control.update(state="running", started=time.monotonic())
+        # 3. prepare the init image and mask
+        prepared = _prepare_inputs(req, model, first_seed)
+        task = _pipeline_task(req, model)
+        plan = manager.plan_offload(model, req.width, req.height, req.batch_size)
+
+        # 4. per batch: fresh scheduler, one generator per image, denoise
+        callback = _StepCallback(control, model.is_sdxl)
+        for batch in range(req.batch_count):
+            if control.interrupted:
+                result.interrupted = True
+                break
+            control.clear_skip()
+            control.update(batch=batch, step=0)
+            seeds = [first_seed + batch * req.batch_size + i for i in range(req.batch_size)]
+            # Exact mode denoises the images of a batch one by one: batched kernels round differently,
+            # and image i must equal a single run with seed + i. Fast mode makes one batched call.
+            groups = [[s] for s in seeds] if manager.exact_batches else [seeds]
+            for group in groups:
+                if control.interrupted or control.skipped:
+                    break
+                images, plan = _run_batch(manager, model, task, req, choice, prepared, group, callback, plan, result)
+                # 5. inpainting: paste into the original through the blurred mask
+                if req.task is Task.INPAINT and prepared.original is not None:
+                    images = [imgs.paste_back(prepared.original, im, prepared.paste_mask, prepared.crop)
+                              for im in images]
+                result.images.extend(images)
+                result.seeds.extend(group)
+            if control.interrupted:
+                result.interrupted = True
+
+        # 6. infotext and files
+        result.model_hash = manager.short_hash(model)
+        for image, seed in zip(result.images, result.seeds, strict=True):
+            text = _infotext(req, choice, seed, result.model_name, result.model_hash)
+            result.infotexts.append(text)
+            if req.save_images and outputs is not None:
+                folder = outputs.folder_for(req.task.value)
+                result.paths.append(save_image(image, folder, seed, text, save_format))
+    result.seconds = time.perf_counter() - start
+    control.update(state="interrupted" if result.interrupted else "done")
+    return result
+
+
+def _run_batch(
+    manager: PipelineManager,
+    model: LoadedModel,
+    task: Task,
+    req: GenerationRequest,
+    choice: SamplerChoice,
+    prepared: _Prepared,
+    seeds: list[int],
+    callback: _StepCallback,
+    plan: Any,
+    result: GenerationResult,
+) -> tuple[list[Image.Image], Any]:
+    """One batch; on out-of-memory, free memory, step the offload plan up once and retry."""
+    for attempt in range(2):
+        scheduler = make_scheduler(choice, model.components["scheduler"].config, noise_seeds=seeds)
+        pipe = manager.pipeline(model, task, scheduler)
+        manager.place(model, pipe, plan)
+        try:
+            return _call_pipeline(pipe, task, req, prepared, seeds, callback), plan
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+            if attempt == 1 or not devices.is_out_of_memory(exc):
+                raise
+            devices.release_memory(manager.device)
+            bigger = step_up(plan)
+            if bigger is None:
+                raise
+            message = f"Out of GPU memory; retried with {bigger.mode.value} offload" + (
+                " and VAE tiling" if bigger.vae_tiling else ""
+            )
+            log.warning(message)
+            result.warnings.append(message)
+            plan = bigger
+    raise AssertionError("unreachable")
+
+
+def _call_pipeline(
+    pipe: Any, task: Task, req: GenerationRequest, prepared: _Prepared, seeds: list[int], callback: _StepCallback
+) -> list[Image.Image]:
+    count = len(seeds)
+    # One generator per image on the CPU: image i of a batch equals a single run with seed + i, on any device.
+    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    kwargs: dict[str, Any] = {
+        "prompt": [req.prompt] * count,
+        "negative_prompt": [req.negative_prompt] * count,
+        "num_inference_steps": req.steps,
+        "guidance_scale": req.cfg_scale,
+        "generator": generators,
+        "callback_on_step_end": callback,
+        "callback_on_step_end_tensor_inputs": ["latents"],
+        "output_type": "pil",
+    }
+    if req.clip_skip > 1:
+        kwargs["clip_skip"] = req.clip_skip - 1  # A1111 counts the last layer as 1; diffusers counts skipped layers
+    if task is not Task.IMG2IMG:  # img2img takes its size from the (already fitted) init image
+        kwargs.update(width=req.width, height=req.height)
+    if task is not Task.TXT2IMG:
+        kwargs["image"] = [prepared.source] * count
+        kwargs["strength"] = req.denoising_strength if req.task is not Task.TXT2IMG else 1.0
+    if task is Task.INPAINT:
+        kwargs["mask_image"] = [prepared.mask] * count
+    with torch.inference_mode():
+        output = pipe(**kwargs)
+    return list(output.images)

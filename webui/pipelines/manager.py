@@ -1,0 +1,228 @@
+"""The pipeline manager: one per process. It owns the checkpoint cache and the device, and hands
+out pipelines for txt2img / img2img / inpainting built over one shared set of weights.
+
+- RAM tier: a byte-budgeted LRU of loaded checkpoints (models/cache.py).
+- Device tier: at most one checkpoint is placed on the accelerator; offload is planned per job.
+- A job holds `use()` for its whole run, so nothing swaps the model out from under it, and
+  jobs from several threads never interleave on one model.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from .. import devices
+from ..models.cache import ModelCache
+from ..models.loader import (
+    CheckpointLoadError,
+    LoadedModel,
+    detect_file,
+    estimate_nbytes,
+    load_checkpoint,
+)
+from ..models.offload import MemoryNeeds, OffloadMode, OffloadPlan, choose_offload
+from ..models.registry import CheckpointEntry, CheckpointRegistry
+from .request import Task
+
+log = logging.getLogger(__name__)
+
+
+class NoCheckpointError(RuntimeError):
+    """No checkpoint is available or the requested one does not exist."""
+
+
+def _pipeline_classes(is_sdxl: bool) -> dict[Task, type]:
+    import diffusers
+
+    if is_sdxl:
+        return {
+            Task.TXT2IMG: diffusers.StableDiffusionXLPipeline,
+            Task.IMG2IMG: diffusers.StableDiffusionXLImg2ImgPipeline,
+            Task.INPAINT: diffusers.StableDiffusionXLInpaintPipeline,
+        }
+    return {
+        Task.TXT2IMG: diffusers.StableDiffusionPipeline,
+        Task.IMG2IMG: diffusers.StableDiffusionImg2ImgPipeline,
+        Task.INPAINT: diffusers.StableDiffusionInpaintPipeline,
+    }
+
+
+class PipelineManager:
+    def __init__(
+        self,
+        registry: CheckpointRegistry,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        ram_cache_bytes: int,
+        offload: str = "auto",
+        default_checkpoint: str | None = None,
+        batch_mode: str = "auto",
+    ) -> None:
+        self.registry = registry
+        self.device = device
+        self.dtype = dtype
+        self.offload_setting = offload
+        self.default_checkpoint = default_checkpoint
+        # "exact": image i of a batch is pixel-identical to a single run with seed + i (images denoised one
+        # by one; on a CPU batching gains little). "fast": one batched call, which GPUs run much faster but
+        # whose kernels round slightly differently per batch size. "auto": exact on CPU, fast on GPUs.
+        self.exact_batches = batch_mode == "exact" or (batch_mode == "auto" and device.type == "cpu")
+        self.cache: ModelCache[LoadedModel] = ModelCache(ram_cache_bytes, on_evict=self._on_evict)
+        # One job at a time on the model and the device; waiting jobs queue on this lock.
+        self._run_lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self._on_device: str | None = None
+        self._current: str | None = None
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash")
+        self._hash_jobs: dict[str, Future] = {}
+
+    # ------------------------------------------------------------------ model selection
+    @property
+    def current_name(self) -> str | None:
+        """The checkpoint most recently used (what the UI shows as selected)."""
+        return self._current
+
+    def resolve(self, query: str | None) -> CheckpointEntry:
+        if query:
+            entry = self.registry.find(query)
+            if entry is None:
+                self.registry.refresh()
+                entry = self.registry.find(query)
+            if entry is None:
+                raise NoCheckpointError(f"Checkpoint not found: {query!r}")
+            return entry
+        for preferred in (self._current, self.default_checkpoint):
+            entry = self.registry.find(preferred) if preferred else None
+            if entry is not None:
+                return entry
+        entry = self.registry.default()
+        if entry is None:
+            raise NoCheckpointError(
+                f"No checkpoint found. Put a Stable Diffusion .safetensors file (SD 1.x, 2.x or SDXL) "
+                f"into {self.registry.checkpoints_dir} and press refresh."
+            )
+        return entry
+
+    def load(self, query: str | None = None) -> LoadedModel:
+        """Make `query` (or the default) the current model, loading it if it is not cached.
+
+        On failure the error names the file and the reason; the previous model stays cached and current.
+        """
+        entry = self.resolve(query)
+        with self._load_lock:
+            model = self.cache.get(entry.name)
+            if model is None:
+                model = self._load_into_cache(entry)
+            self._current = entry.name
+        return model
+
+    def _load_into_cache(self, entry: CheckpointEntry) -> LoadedModel:
+        try:
+            detect_file(entry.path)  # header checks first, so a bad file evicts nothing
+        except Exception as exc:
+            raise CheckpointLoadError(str(exc)) from exc
+        expected = estimate_nbytes(entry, self.dtype)
+        if expected:
+            self.cache.make_room(expected)
+        model = load_checkpoint(entry, self.dtype)
+        self.cache.put(entry.name, model, model.nbytes)
+        self._start_hashing(entry, model)
+        return model
+
+    def _start_hashing(self, entry: CheckpointEntry, model: LoadedModel) -> None:
+        """Hash in the background: the first job's generation usually outlasts it."""
+        model.sha256 = entry.sha256
+        if model.sha256 is None and entry.kind != "diffusers":
+            self._hash_jobs[entry.name] = self._hasher.submit(entry.compute_sha256)
+
+    def short_hash(self, model: LoadedModel, wait: float = 120.0) -> str | None:
+        if model.sha256 is None:
+            job = self._hash_jobs.get(model.name)
+            if job is not None:
+                try:
+                    model.sha256 = job.result(timeout=wait)
+                except Exception as exc:  # a hash is nice to have, never worth failing a job
+                    log.warning("Could not hash %s: %s", model.name, exc)
+        return model.sha256[:10] if model.sha256 else None
+
+    def _on_evict(self, name: str, model: LoadedModel) -> None:
+        if self._on_device == name:
+            self._on_device = None
+        for pipe in model.pipelines.values():
+            if hasattr(pipe, "remove_all_hooks"):
+                pipe.remove_all_hooks()
+        model.pipelines.clear()
+        model.components.clear()
+        devices.release_memory(self.device)
+
+    # ------------------------------------------------------------------ running jobs
+    @contextmanager
+    def use(self, query: str | None = None) -> Iterator[LoadedModel]:
+        """Hold the model (loaded if needed) and the device for one job."""
+        with self._run_lock:
+            model = self.load(query)
+            with self.cache.use(model.name) as pinned:
+                yield pinned
+
+    def pipeline(self, model: LoadedModel, task: Task, scheduler: Any) -> Any:
+        """A pipeline for `task` over the model's shared weights, with this job's own scheduler."""
+        classes = _pipeline_classes(model.is_sdxl)
+        base = model.pipelines.get("base")
+        if base is None:
+            comps = dict(model.components)
+            extra: dict[str, Any] = {"feature_extractor": None, "image_encoder": None}
+            if not model.is_sdxl:
+                extra.update(safety_checker=None, requires_safety_checker=False)
+            base = classes[Task.TXT2IMG](**comps, **extra)
+            base.set_progress_bar_config(disable=True)
+            model.pipelines["base"] = base
+        pipe = classes[task].from_pipe(base, scheduler=scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def plan_offload(self, model: LoadedModel, width: int, height: int, batch_size: int) -> OffloadPlan:
+        unet_bytes = sum(t.numel() * t.element_size() for t in model.components["unet"].parameters())
+        needs = MemoryNeeds(model.nbytes, unet_bytes, width, height, batch_size)
+        free = devices.free_vram(self.device)
+        if free is not None and self._on_device == model.name:
+            free += model.nbytes  # what this model already occupies is available to it
+        return choose_offload(needs, free, self.offload_setting)
+
+    def place(self, model: LoadedModel, pipe: Any, plan: OffloadPlan) -> None:
+        """Put the job's pipeline on the device according to the plan (CPU: nothing to do)."""
+        vae = model.components["vae"]
+        if plan.vae_tiling:
+            vae.enable_tiling()
+        else:
+            vae.disable_tiling()
+        if self.device.type == "cpu":
+            return
+        if self._on_device not in (None, model.name):
+            previous = self.cache.get(self._on_device)
+            if previous is not None and "base" in previous.pipelines:
+                previous.pipelines["base"].remove_all_hooks()
+                previous.pipelines["base"].to("cpu")
+            devices.release_memory(self.device)
+        pipe.remove_all_hooks()
+        if plan.mode is OffloadMode.NONE:
+            pipe.to(self.device)
+        elif plan.mode is OffloadMode.MODEL:
+            pipe.enable_model_cpu_offload(device=self.device)
+        else:
+            pipe.enable_sequential_cpu_offload(device=self.device)
+        self._on_device = model.name
+
+    @property
+    def execution_device(self) -> torch.device:
+        return self.device
+
+    def shutdown(self) -> None:
+        self._hasher.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,38 @@
+"""Small helpers the tabs share: checkpoint choices, native sizes, user-facing messages."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from ..models.loader import detect_file
+
+
+def checkpoint_choices(ctx: Any) -> list[str]:
+    return [entry.title for entry in ctx.registry.entries()]
+
+
+def default_checkpoint_title(ctx: Any) -> str | None:
+    entry = ctx.registry.default(ctx.manager.current_name or ctx.settings.default_checkpoint)
+    return entry.title if entry else None
+
+
+def native_size_of(ctx: Any, title: str | None, fallback: int = 512) -> int:
+    """The checkpoint's native size from its header alone (no load)."""
+    entry = ctx.registry.find(title) if title else None
+    if entry is None or entry.kind != "safetensors":
+        return fallback
+    try:
+        detection = detect_file(entry.path)
+    except Exception:  # an unreadable file shows its error when it is used, not while drawing the page
+        return fallback
+    return detection.native_size if detection else fallback
+
+
+def no_checkpoint_message(ctx: Any) -> str:
+    folder = html.escape(str(ctx.registry.checkpoints_dir))
+    return (
+        "### No checkpoint yet\n"
+        f"Put a Stable Diffusion checkpoint (`.safetensors`, SD 1.x, 2.x or SDXL) into `{folder}` "
+        "and press 🔄 next to the checkpoint list."
+    )
