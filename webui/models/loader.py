@@ -326,7 +326,8 @@ def _load_diffusers_folder(folder: Path, dtype: torch.dtype) -> tuple[Detection,
         module.eval().requires_grad_(False)
     _add_tokenizers_and_scheduler(components, detection)
     for tok in ("tokenizer", "tokenizer_2"):
-        if tok in components and (folder / tok / "vocab.json").exists():
+        files = ("vocab.json", "tokenizer.json")  # transformers 5 saves only tokenizer.json
+        if tok in components and any((folder / tok / f).exists() for f in files):
             components[tok] = CLIPTokenizer.from_pretrained(folder / tok, local_files_only=True)
             components[tok].model_max_length = 77
     sched = folder / "scheduler" / "scheduler_config.json"
