@@ -23,7 +23,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from tests.support.tiny_models import tiny_components, write_single_file
     from webui.pipelines.generate import generate
-    from webui.pipelines.request import GenerationRequest, Task
+    from webui.pipelines.request import GenerationRequest
     from webui.pipelines.schedulers import make_scheduler
     from webui.samplers import resolve_sampler
 
@@ -36,8 +36,15 @@ def main() -> None:
                                 height=args.size, seed=1234, save_images=False, sampler="Euler a")
     choice = resolve_sampler("Euler a")
 
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(**model.components, safety_checker=None, feature_extractor=None,
+                                   image_encoder=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+
     def direct():
-        pipe = ctx.manager.pipeline(model, Task.TXT2IMG, make_scheduler(choice, model.components["scheduler"].config))
+        # Plain diffusers over the same components; a fresh scheduler per call, as any correct server needs.
+        pipe.scheduler = make_scheduler(choice, model.components["scheduler"].config)
         with torch.inference_mode():
             return pipe(prompt=[request.prompt], negative_prompt=[""], num_inference_steps=args.steps,
                         guidance_scale=request.cfg_scale, width=args.size, height=args.size,
