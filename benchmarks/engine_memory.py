@@ -7,6 +7,7 @@ Pass: peak < baseline + budget + 1.1 x one checkpoint, and RSS at cycle 30 withi
 from __future__ import annotations
 
 import argparse
+import gc
 
 from benchmarks.common import PeakRss, gib, make_context, rss_bytes, work_dir
 from benchmarks.random_checkpoints import write_random_sd15
@@ -23,13 +24,15 @@ def main() -> None:
     for i, name in enumerate(names):
         write_random_sd15(models / "Stable-diffusion" / f"{name}.safetensors", seed=i)
 
-    from webui.models.loader import estimate_nbytes
-
+    # The size of one loaded checkpoint as the cache counts it (parameters and buffers).
     probe = make_context(models, work / "outputs", precision=args.precision)
-    one = estimate_nbytes(probe.registry.find(names[0]), probe.manager.dtype)
+    one = probe.manager.load(names[0]).nbytes
+    probe.manager.cache.clear()
     probe.close()
+    del probe
     budget = 2 * one
     ctx = make_context(models, work / "outputs", precision=args.precision, ram_cache_bytes=budget)
+    gc.collect()
     baseline = rss_bytes()
     print(f"one checkpoint = {gib(one)} as {ctx.manager.dtype}; budget = {gib(budget)}; baseline RSS = {gib(baseline)}")
     per_cycle = []

@@ -22,8 +22,8 @@ def served(make_context):
 
     started = []
 
-    def start(names):
-        ctx = make_context(names, autolaunch=False, port=0)
+    def start(names, **overrides):
+        ctx = make_context(names, autolaunch=False, port=0, **overrides)
         demo = launch(ctx, server_port=None, prevent_thread_lock=True, quiet=True, inbrowser=False)
         started.append(demo)
         return ctx, demo.local_url
@@ -53,7 +53,7 @@ def test_txt2img_through_the_running_server(served, tmp_path):
 def test_empty_models_folder_shows_where_to_put_checkpoints(served, tmp_path):
     import httpx
 
-    ctx, url = served([])
+    ctx, url = served([], include_builtin=False)
     config = httpx.get(url.rstrip("/") + "/config", timeout=30).json()
     texts = [c.get("props", {}).get("value") for c in config["components"]]
     notice = next(t for t in texts if isinstance(t, str) and "No checkpoint" in t)
@@ -67,7 +67,8 @@ def test_empty_models_folder_shows_where_to_put_checkpoints(served, tmp_path):
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    # An empty HF cache proves nothing is looked up on a hub.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "HF_HOME": str(cwd / "empty-hf-home")}
     return subprocess.run([sys.executable, "-m", "webui", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=600)
 

@@ -57,6 +57,7 @@ class Settings:
     batch_mode: str = "auto"  # exact | fast | auto (see PipelineManager)
     preview_every_n_steps: int = 5
     default_checkpoint: str | None = None
+    include_builtin: bool = True  # list the built-in demo model after the user's checkpoints
     # Generation defaults
     default_sampler: str = "Euler a"
     default_steps: int = 20

@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "models" / "builtin"
 BUILTIN_LABEL = "Atelier demo model (built-in)"
+# A prompt the demo model understands; shown in the prompt box.
+EXAMPLE_PROMPT = "a red circle on a blue background"
 
 
 def builtin_checkpoints() -> list[CheckpointEntry]:
@@ -45,7 +47,8 @@ class AppContext:
         from .pipelines.manager import PipelineManager
 
         hashes = HashCache(settings.models_dir / ".hashes.json")
-        registry = CheckpointRegistry(settings.checkpoints_dir, hashes, builtin=builtin_checkpoints())
+        builtin = builtin_checkpoints() if settings.include_builtin else []
+        registry = CheckpointRegistry(settings.checkpoints_dir, hashes, builtin=builtin)
         device = devices.choose_device(settings.device)
         dtype = devices.choose_dtype(device, settings.precision)
         log.info("Device %s, precision %s", device, str(dtype).replace("torch.", ""))

@@ -11,6 +11,7 @@ from typing import Any
 
 import gradio as gr
 
+from ..context import EXAMPLE_PROMPT
 from ..jobs import JobControl
 from ..models.loader import CheckpointLoadError
 from ..pipelines.generate import generate
@@ -22,6 +23,12 @@ from .common import checkpoint_choices, default_checkpoint_title, native_size_of
 log = logging.getLogger(__name__)
 
 USER_ERRORS = (RequestError, UnknownSamplerError, CheckpointLoadError, NoCheckpointError)
+
+
+def _schedule_types(sampler: str) -> list[str]:
+    """Only the schedule types this sampler accepts (DDIM has no Karras sigmas, for instance)."""
+    spec = SAMPLERS.get(sampler)
+    return list(spec.schedule_types) if spec else list(SCHEDULE_TYPES)
 
 
 def build(ctx: Any) -> None:
@@ -39,11 +46,12 @@ def build(ctx: Any) -> None:
         refresh = gr.Button("🔄", elem_id="refresh-checkpoints", scale=0, min_width=48)
     with gr.Row():
         with gr.Column(scale=3):
-            prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img-prompt")
+            prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img-prompt", placeholder=EXAMPLE_PROMPT)
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img-negative")
             with gr.Row():
                 sampler = gr.Dropdown(label="Sampling method", choices=list(SAMPLERS), value=settings.default_sampler)
-                schedule = gr.Dropdown(label="Schedule type", choices=list(SCHEDULE_TYPES), value="Automatic")
+                schedule = gr.Dropdown(label="Schedule type", choices=_schedule_types(settings.default_sampler),
+                                       value="Automatic")
                 steps = gr.Slider(1, 150, value=settings.default_steps, step=1, label="Sampling steps")
             with gr.Row():
                 width = gr.Slider(64, 2048, value=size, step=8, label="Width", elem_id="txt2img-width")
@@ -121,3 +129,6 @@ def build(ctx: Any) -> None:
     stop.click(on_interrupt, None, None, api_name="interrupt", queue=False)
     refresh.click(on_refresh, [checkpoint], [checkpoint, empty_notice], api_name="refresh_checkpoints")
     checkpoint.change(on_checkpoint, [checkpoint], [width, height], api_name=False)
+    sampler.change(lambda name, current: gr.update(choices=_schedule_types(name),
+                                                   value=current if current in _schedule_types(name) else "Automatic"),
+                   [sampler, schedule], [schedule], api_name=False)
