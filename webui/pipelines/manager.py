@@ -134,6 +134,7 @@ class PipelineManager:
             self.cache.make_room(expected)
         model = load_checkpoint(entry, self.dtype)
         self.cache.put(entry.name, model, model.nbytes)
+        devices.release_memory(self.device)  # the conversion's temporaries, and anything just evicted
         self._start_hashing(entry, model)
         return model
 
