@@ -63,7 +63,7 @@ SDXL = MemoryNeeds(model_bytes=int(6.5 * GiB), largest_component_bytes=int(4.8 *
     [
         (SD15, 24, OffloadMode.NONE),
         (SD15, 6, OffloadMode.NONE),
-        (SD15, 2.6, OffloadMode.MODEL),
+        (SD15, 3.0, OffloadMode.MODEL),
         (SD15, 1.5, OffloadMode.SEQUENTIAL),
         (SDXL, 24, OffloadMode.NONE),
         (SDXL, 8, OffloadMode.MODEL),

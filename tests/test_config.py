@@ -42,3 +42,11 @@ def test_wrong_types_and_unknown_keys_are_ignored(tmp_path, caplog):
     s = load_settings({"settings_file": f}, env={})
     assert s.port == 7860 and s.default_steps == 12
     assert "colour" in caplog.text
+
+
+def test_settings_outside_their_choices_are_refused(tmp_path, caplog):
+    f = tmp_path / "settings.json"
+    f.write_text(json.dumps({"offload": "low", "batch_mode": "Exact", "precision": "fp8"}))
+    s = load_settings({"settings_file": f}, env={})
+    assert (s.offload, s.batch_mode, s.precision) == ("auto", "exact", "auto")
+    assert "offload" in caplog.text and "precision" in caplog.text

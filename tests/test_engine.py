@@ -326,3 +326,77 @@ def test_samplers_change_the_picture_but_all_work(make_context, sampler):
     other = generate(ctx.manager, req(sampler=sampler, steps=4)).images[0]
     assert other.size == (SIZE, SIZE)
     assert not np.array_equal(pixels(base), pixels(other))
+
+
+def test_img2img_and_inpaint_keep_the_model_in_its_precision(make_context):
+    ctx = make_context(["sd1"], precision="bf16")
+    model = ctx.manager.load("sd1")
+    size_before = model.nbytes
+    generate(ctx.manager, req(init_image=_init_image(), denoising_strength=0.5, steps=2))
+    generate(ctx.manager, req(init_image=_init_image(), mask=Image.new("L", (SIZE, SIZE), 255), steps=2))
+    for name in ("unet", "vae", "text_encoder"):
+        assert model.components[name].dtype == torch.bfloat16, name
+    assert model.nbytes == size_before
+
+
+def test_same_file_name_in_two_folders_picks_the_exact_one(make_context, tiny_files):
+    import shutil
+
+    ctx = make_context(["sd1"])
+    (ctx.registry.checkpoints_dir / "other").mkdir()
+    shutil.copy2(tiny_files["sd1b"], ctx.registry.checkpoints_dir / "other" / "sd1.safetensors")
+    ctx.registry.refresh()
+    assert ctx.registry.find("sd1.safetensors").name == "sd1.safetensors"
+    assert ctx.registry.find("other/sd1.safetensors").name == "other/sd1.safetensors"
+    assert ctx.registry.find("sd1").name == "sd1.safetensors"  # A1111's model_name keeps the folder
+    (ctx.registry.checkpoints_dir / "third").mkdir()
+    shutil.copy2(tiny_files["sd1c"], ctx.registry.checkpoints_dir / "third" / "x.safetensors")
+    shutil.copy2(tiny_files["sd1c"], ctx.registry.checkpoints_dir / "other" / "x.safetensors")
+    ctx.registry.refresh()
+    assert ctx.registry.find("x.safetensors") is None  # in two folders: no silent guess
+
+
+def test_incomplete_file_does_not_evict_the_model_in_use(make_context, tiny_files):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    probe = make_context(["sd1"])
+    one = probe.manager.load("sd1").nbytes
+    ctx = make_context(["sd1"], ram_cache_bytes=int(1.2 * one))
+    ctx.manager.load("sd1")
+    with safe_open(str(tiny_files["sd1"]), framework="pt") as fh:
+        unet_only = {k: fh.get_tensor(k) for k in fh.keys() if k.startswith("model.diffusion_model.")}
+        metadata = fh.metadata()
+    save_file(unet_only, str(ctx.registry.checkpoints_dir / "novae.safetensors"), metadata=metadata)
+    ctx.registry.refresh()
+    with pytest.raises(CheckpointLoadError, match="novae.safetensors: the file has no VAE"):
+        ctx.manager.load("novae")
+    assert ctx.manager.cache.keys() == ["sd1.safetensors"]
+
+
+def test_latent_noise_fill_follows_each_images_seed(make_context):
+    from webui.pipelines.request import MaskedContent
+
+    ctx = make_context(["sd1"])
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    ImageDraw.Draw(mask).rectangle((16, 16, 47, 47), fill=255)
+    common = {"init_image": _init_image(), "mask": mask, "masked_content": MaskedContent.LATENT_NOISE,
+              "denoising_strength": 0.5, "steps": 4}
+    batch = generate(ctx.manager, req(seed=30, batch_size=2, **common))
+    single = generate(ctx.manager, req(seed=31, **common)).images[0]
+    assert np.array_equal(pixels(batch.images[1]), pixels(single))
+
+
+def test_denoising_strength_too_low_for_the_steps_is_a_clear_error(make_context):
+    ctx = make_context(["sd1"])
+    with pytest.raises(RequestError, match="denoising_strength"):
+        generate(ctx.manager, req(init_image=_init_image(), denoising_strength=0.05, steps=10))
+
+
+def test_garbage_ckpt_is_called_corrupt_not_dangerous(make_context):
+    ctx = make_context(["sd1"])
+    (ctx.registry.checkpoints_dir / "page.ckpt").write_bytes(b"<html>404 not found</html>" * 10)
+    ctx.registry.refresh()
+    with pytest.raises(CheckpointLoadError) as err:
+        ctx.manager.load("page.ckpt")
+    assert "corrupt" in str(err.value) and not isinstance(err.value, UnsafeCheckpointError)

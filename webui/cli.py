@@ -138,7 +138,9 @@ def _request_from_args(args: argparse.Namespace, ctx: Any):
             return im.copy()
 
     model = ctx.manager.load(args.checkpoint)
-    size = model.native_size
+    init = open_image(args.init_image)
+    # img2img/inpainting default to the init image's own size (to a multiple of 8), so nothing is stretched.
+    default_w, default_h = (model.native_size,) * 2 if init is None else (init.width // 8 * 8, init.height // 8 * 8)
     return GenerationRequest(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
@@ -147,13 +149,13 @@ def _request_from_args(args: argparse.Namespace, ctx: Any):
         schedule_type=args.schedule_type,
         steps=ctx.settings.default_steps if args.steps is None else args.steps,
         cfg_scale=args.cfg_scale,
-        width=size if args.width is None else args.width,
-        height=size if args.height is None else args.height,
+        width=default_w if args.width is None else args.width,
+        height=default_h if args.height is None else args.height,
         seed=args.seed,
         batch_count=args.batch_count,
         batch_size=args.batch_size,
         clip_skip=args.clip_skip,
-        init_image=open_image(args.init_image),
+        init_image=init,
         mask=open_image(args.mask),
         denoising_strength=args.denoising_strength,
         resize_mode=ResizeMode(args.resize_mode),

@@ -75,8 +75,17 @@ _PATH_FIELDS = {f.name for f in dataclasses.fields(Settings) if "Path" in str(f.
 _ENV_PREFIX = "ATELIER_"
 
 
+_CHOICES = {"offload": OFFLOAD_MODES, "precision": PRECISIONS, "device": DEVICES,
+            "batch_mode": ("auto", "exact", "fast"), "save_format": ("png", "jpg", "jpeg", "webp")}
+
+
 def _coerce(name: str, value: Any) -> Any:
-    """Turn a JSON/env value into the type the Settings field holds."""
+    """Turn a JSON/env value into the type the Settings field holds; refuse values outside a field's choices."""
+    if name in _CHOICES:
+        value = str(value).strip().lower()
+        if value not in _CHOICES[name]:
+            raise ValueError(f"{name} must be one of {', '.join(_CHOICES[name])}")
+        return value
     current = getattr(Settings(), name)
     if name in _PATH_FIELDS:
         return Path(value).expanduser()

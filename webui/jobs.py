@@ -80,37 +80,39 @@ class JobControl:
 
 
 class JobRegistry:
-    """Which job belongs to which client (browser session or API caller), so Interrupt and Skip
-    reach only the presser's own job."""
+    """Which jobs belong to which client (browser session or API caller), so Interrupt and Skip reach
+    only the presser's own jobs. A client may have several jobs queued; Interrupt stops them all,
+    Skip only the one that is running."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_owner: dict[str, JobControl] = {}
+        self._by_owner: dict[str, list[JobControl]] = {}
 
     def start(self, owner: str, control: JobControl) -> JobControl:
         with self._lock:
-            self._by_owner[owner] = control
+            self._by_owner.setdefault(owner, []).append(control)
         return control
 
     def finish(self, owner: str, control: JobControl) -> None:
         with self._lock:
-            if self._by_owner.get(owner) is control:
-                del self._by_owner[owner]
+            jobs = self._by_owner.get(owner, [])
+            if control in jobs:
+                jobs.remove(control)
+            if not jobs:
+                self._by_owner.pop(owner, None)
 
-    def get(self, owner: str) -> JobControl | None:
+    def get(self, owner: str) -> list[JobControl]:
         with self._lock:
-            return self._by_owner.get(owner)
+            return list(self._by_owner.get(owner, []))
 
     def interrupt(self, owner: str) -> bool:
-        control = self.get(owner)
-        if control is None:
-            return False
-        control.interrupt()
-        return True
+        jobs = self.get(owner)
+        for control in jobs:
+            control.interrupt()
+        return bool(jobs)
 
     def skip(self, owner: str) -> bool:
-        control = self.get(owner)
-        if control is None:
-            return False
-        control.skip()
-        return True
+        running = [c for c in self.get(owner) if c.progress.state in ("loading", "running")]
+        for control in running:
+            control.skip()
+        return bool(running)

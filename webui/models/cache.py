@@ -68,6 +68,12 @@ class ModelCache(Generic[V]):
             self._slots.move_to_end(key)
             return slot.value
 
+    def peek(self, key: str) -> V | None:
+        """The cached value without marking it recently used."""
+        with self._lock:
+            slot = self._slots.get(key)
+            return slot.value if slot is not None else None
+
     def put(self, key: str, value: V, nbytes: int) -> None:
         with self._lock:
             if key in self._slots:

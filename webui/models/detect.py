@@ -65,9 +65,32 @@ def _embedded_config(metadata: Mapping[str, str], name: str) -> dict[str, Any] |
         config = json.loads(raw)
         if not isinstance(config, dict) or config.get("arch") not in NATIVE_SIZES or "unet" not in config:
             raise ValueError("missing arch or unet")
+        _check_embedded_sizes(config)
     except ValueError as exc:
         raise UnknownArchitectureError(f"{name}: the embedded model config is unreadable ({exc})") from exc
     return config
+
+
+# A file's embedded config decides buffer sizes before any weight is read; keep a downloaded file from
+# asking for absurd ones. The real CLIP tokenizer is always used, so its vocabulary and length are fixed.
+_MAX_WIDTH = 4096
+
+
+def _check_embedded_sizes(config: Mapping[str, Any]) -> None:
+    for name in ("text_encoder", "text_encoder_2"):
+        te = config.get(name)
+        if te is None:
+            continue
+        if te.get("vocab_size") != 49408 or te.get("max_position_embeddings") != 77:
+            raise ValueError(f"{name} must use the CLIP tokenizer (49408 tokens, 77 positions)")
+        if not 0 < int(te.get("hidden_size", 0)) <= _MAX_WIDTH:
+            raise ValueError(f"{name} hidden_size out of range")
+    for name in ("unet", "vae"):
+        widths = (config.get(name) or {}).get("block_out_channels") or []
+        if len(widths) > 6 or any(not 0 < int(w) <= _MAX_WIDTH for w in widths):
+            raise ValueError(f"{name} block_out_channels out of range")
+    if int(config["unet"].get("sample_size", 64)) > 256:
+        raise ValueError("unet sample_size out of range")
 
 
 def _looks_v_prediction(path: Path | None, metadata: Mapping[str, str], shapes: Mapping[str, Any]) -> bool | None:
@@ -121,7 +144,7 @@ def detect_architecture(
     if in_channels not in (4, 9):
         raise UnknownArchitectureError(f"{name}: UNet with {in_channels} input channels is not supported")
 
-    context_dims = {shape(k)[1] for k in unet_keys if _CROSS_ATTN_KEY.match(k) and shape(k)}
+    context_dims = {shape(k)[1] for k in unet_keys if _CROSS_ATTN_KEY.match(k) and len(shape(k) or ()) == 2}
     is_xl = UNET_PREFIX + "label_emb.0.0.weight" in shapes or any(
         k.startswith("conditioner.embedders.1.") for k in shapes
     )

@@ -61,6 +61,12 @@ class LoadedModel:
         return self.detection.is_sdxl
 
     @property
+    def display_name(self) -> str:
+        """A1111's "Model" in infotext: the file name without folder or extension."""
+        base = self.name.rsplit("/", 1)[-1]
+        return base if self.source.is_dir() else base.rsplit(".", 1)[0]
+
+    @property
     def native_size(self) -> int:
         return self.detection.native_size
 
@@ -137,6 +143,8 @@ def _read_pickled(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             data = torch.load(path, map_location="cpu", weights_only=True)  # old non-zip format
     except pickle.UnpicklingError as exc:
         reason = str(exc).split("\n")[0][:300]
+        if "global" not in str(exc).lower():  # damaged data, not a forbidden object
+            raise CorruptCheckpointError(f"{path.name}: corrupt or not a checkpoint ({reason})") from exc
         raise UnsafeCheckpointError(
             f"{path.name}: refused to open this pickled checkpoint because it asks to run code or build "
             f"objects other than tensors ({reason}). Only plain tensor data is accepted from .ckpt files; "
@@ -281,11 +289,23 @@ def _detect_from_state_dict(checkpoint: dict[str, torch.Tensor], metadata: dict[
 
 
 def detect_file(path: Path) -> Detection | None:
-    """The architecture of a .safetensors file from its header; None for pickled files (unknown until read)."""
+    """The architecture of a .safetensors file from its header; None for pickled files (unknown until read).
+
+    Also checks that every part the loader needs is present, so an incomplete file fails before the
+    cache makes room for it (which could evict the model in use).
+    """
     if Path(path).suffix.lower() != ".safetensors":
         return None
     header = read_header(path)
-    return detect_architecture(header.tensors, header.metadata, Path(path))
+    detection = detect_architecture(header.tensors, header.metadata, Path(path))
+    family = "sdxl" if detection.is_sdxl else ("sd2" if detection.arch.startswith("sd2") else "sd1")
+    needed = {"VAE": ("first_stage_model.",), "text encoder": (TEXT_ENCODER_PREFIXES[family][1],)}
+    if detection.is_sdxl:
+        needed["second text encoder"] = (TEXT_ENCODER_PREFIXES["sdxl_2"][1],)
+    for part, prefixes in needed.items():
+        if not any(key.startswith(prefixes) for key in header.tensors):
+            raise CheckpointLoadError(f"{Path(path).name}: the file has no {part} ({prefixes[0]}* tensors)")
+    return detection
 
 
 # --------------------------------------------------------------------------- diffusers folders
@@ -357,7 +377,9 @@ def load_checkpoint(entry: CheckpointEntry, dtype: torch.dtype) -> LoadedModel:
         raise
     except (CorruptCheckpointError, UnknownArchitectureError) as exc:
         raise CheckpointLoadError(str(exc)) from exc
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except MemoryError as exc:
+        raise CheckpointLoadError(f"{name}: not enough memory to load it") from exc
+    except Exception as exc:  # any other failure inside conversion is still a problem with this file
         raise CheckpointLoadError(f"{name}: cannot load ({type(exc).__name__}: {exc})") from exc
     elapsed = time.perf_counter() - start
     log.info("Loaded %s (%s, %s) in %.1f s", name, detection.arch, str(dtype).replace("torch.", ""), elapsed)

@@ -15,8 +15,9 @@ GiB = 2**30
 
 # Room kept free for the CUDA context, cuDNN workspaces and fragmentation (measure on a GPU and update).
 RESERVE_BYTES = int(0.75 * GiB)
-# Rough activation cost of a UNet step per latent pixel per image in the batch (fp16, with CFG, SDP attention).
-UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL = 160 * 1024
+# Rough activation peak of a UNet step per latent pixel per image in the batch (fp16, with CFG, SDP attention):
+# ~0.4 GiB for SD 1.5 at 512² (64² latents), ~1.5 GiB for SDXL at 1024². An estimate until measured on a GPU.
+UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL = 96 * 1024
 # VAE decode peak per output pixel per image (fp16, untiled): SD's decoder runs 128-512 channels at full size.
 VAE_DECODE_BYTES_PER_PIXEL = 3 * 1024
 # Above this, decode in tiles whatever the budget: the untiled decode's peak grows with the picture.
@@ -50,11 +51,12 @@ class MemoryNeeds:
     @property
     def unet_activation_bytes(self) -> int:
         latent_pixels = (self.width // 8) * (self.height // 8)
-        return latent_pixels * self.batch_size * UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL // 64
+        return latent_pixels * self.batch_size * UNET_ACTIVATION_BYTES_PER_LATENT_PIXEL
 
     @property
     def vae_decode_bytes(self) -> int:
-        return self.width * self.height * VAE_DECODE_BYTES_PER_PIXEL
+        # diffusers decodes the whole batch in one call
+        return self.width * self.height * self.batch_size * VAE_DECODE_BYTES_PER_PIXEL
 
 
 def choose_offload(
@@ -89,11 +91,14 @@ def choose_offload(
 
 
 def step_up(plan: OffloadPlan) -> OffloadPlan | None:
-    """The next more frugal plan after an out-of-memory error, or None if there is none."""
-    if not plan.vae_tiling:
-        return replace(plan, vae_tiling=True, reason="out of memory: tiling the VAE")
+    """The next more frugal plan after an out-of-memory error, or None if there is none.
+
+    Only one retry follows, so it both tiles the VAE and moves to the next offload mode.
+    """
     index = _ORDER.index(plan.mode)
     if index + 1 < len(_ORDER):
         nxt = _ORDER[index + 1]
         return OffloadPlan(nxt, True, f"out of memory: stepping up to {nxt.value} offload")
+    if not plan.vae_tiling:
+        return replace(plan, vae_tiling=True, reason="out of memory: tiling the VAE")
     return None

@@ -111,12 +111,17 @@ class CheckpointRegistry:
             return list(self._entries)
 
     def find(self, query: str | None) -> CheckpointEntry | None:
+        """Exact relative name or title first; then file name, stem or hash, if only one entry has it."""
         if not query:
             return None
-        for entry in self.entries():
-            if entry.matches(query):
+        entries = self.entries()
+        q = query.strip()
+        base = q.rsplit(" [", 1)[0] if q.endswith("]") else q
+        for entry in entries:
+            if q in (entry.name, entry.title) or base == entry.name or (entry.label and base == entry.label):
                 return entry
-        return None
+        loose = [entry for entry in entries if entry.matches(query)]
+        return loose[0] if len(loose) == 1 else None
 
     def default(self, preferred: str | None = None) -> CheckpointEntry | None:
         """The preferred checkpoint if it exists, else the first user file, else the built-in model."""

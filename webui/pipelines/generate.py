@@ -31,7 +31,7 @@ from ..samplers import SamplerChoice, resolve_sampler
 from . import images as imgs
 from .manager import PipelineManager
 from .previews import latents_to_preview
-from .request import GenerationRequest, InpaintArea, RequestError, Task
+from .request import GenerationRequest, InpaintArea, MaskedContent, RequestError, Task
 from .schedulers import make_scheduler
 
 log = logging.getLogger(__name__)
@@ -189,6 +189,8 @@ def generate(
     start = time.perf_counter()
     # 1. check the request and resolve sampler and seeds
     request.validate()
+    if request.task is not Task.TXT2IMG and int(request.steps * request.denoising_strength) < 1:
+        raise RequestError("denoising_strength", f"too low for {request.steps} steps: no denoising step would run")
     choice = resolve_sampler(request.sampler, request.schedule_type)
     first_seed = resolve_seed(request.seed)
     req = request.replace(seed=first_seed, sampler=choice.name, schedule_type=choice.schedule_type)
@@ -201,10 +203,9 @@ def generate(
     # 2. take the model and the device for the whole job
     control.update(state="loading", batches=req.batch_count, steps=req.steps)
     with manager.use(req.checkpoint) as model:
-        entry = manager.resolve(model.name)
-        result.model_name = Path(entry.name).stem if entry.kind != "diffusers" else entry.name
+        result.model_name = model.display_name
         control.update(state="running", started=time.monotonic())
-        # 3. prepare the init image and mask
+        # 3. prepare the init image and mask (once; "latent noise" fill is redone per seed below)
         prepared = _prepare_inputs(req, model, first_seed)
         task = _pipeline_task(req, model)
         plan = manager.plan_offload(model, req.width, req.height, req.batch_size)
@@ -224,6 +225,8 @@ def generate(
             for group in groups:
                 if control.interrupted or control.skipped:
                     break
+                if req.masked_content is MaskedContent.LATENT_NOISE and req.task is Task.INPAINT:
+                    prepared = _prepare_inputs(req, model, group[0])  # noise drawn from this image's seed
                 images, plan = _run_batch(manager, model, task, req, choice, prepared, group, callback, plan, result)
                 # 5. inpainting: paste into the original through the blurred mask
                 if req.task is Task.INPAINT and prepared.original is not None:
@@ -263,19 +266,21 @@ def _run_batch(
     for attempt in range(2):
         scheduler = make_scheduler(choice, model.components["scheduler"].config, noise_seeds=seeds)
         pipe = manager.pipeline(model, task, scheduler)
-        manager.place(model, pipe, plan)
+        out_of_memory = False
         try:
+            manager.place(model, pipe, plan)
             return _call_pipeline(pipe, task, req, prepared, seeds, callback), plan
         except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
             if attempt == 1 or not devices.is_out_of_memory(exc):
                 raise
+            out_of_memory = True
+        # Freed only here: inside the except block the traceback still holds the failed step's tensors.
+        if out_of_memory:
             devices.release_memory(manager.device)
             bigger = step_up(plan)
             if bigger is None:
-                raise
-            message = f"Out of GPU memory; retried with {bigger.mode.value} offload" + (
-                " and VAE tiling" if bigger.vae_tiling else ""
-            )
+                raise RuntimeError("Out of GPU memory even with sequential offload and VAE tiling")
+            message = f"Out of GPU memory; retried with {bigger.mode.value} offload and VAE tiling"
             log.warning(message)
             result.warnings.append(message)
             plan = bigger

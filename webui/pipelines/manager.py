@@ -191,7 +191,8 @@ class PipelineManager:
         pipe = model.pipelines.get(task.value)
         if pipe is None:
             # from_pipe shares every module with the base pipeline; built once per task (it costs ~40 ms).
-            pipe = base if task is Task.TXT2IMG else classes[task].from_pipe(base)
+            # from_pipe casts every shared module to fp32 unless told the dtype: that would double the RAM.
+            pipe = base if task is Task.TXT2IMG else classes[task].from_pipe(base, torch_dtype=model.dtype)
             pipe.set_progress_bar_config(disable=True)
             model.pipelines[task.value] = pipe
         # Jobs hold the run lock, so swapping in this job's own scheduler cannot race another job.
@@ -202,13 +203,21 @@ class PipelineManager:
         unet_bytes = sum(t.numel() * t.element_size() for t in model.components["unet"].parameters())
         needs = MemoryNeeds(model.nbytes, unet_bytes, width, height, batch_size)
         free = devices.free_vram(self.device)
-        if free is not None and self._on_device == model.name:
-            free += model.nbytes  # what this model already occupies is available to it
+        if free is not None:
+            # What this job's own model already occupies on the device is available to it.
+            free += sum(
+                t.numel() * t.element_size()
+                for m in model.components.values() if isinstance(m, torch.nn.Module)
+                for t in m.parameters() if t.device.type != "cpu"
+            )
         return choose_offload(needs, free, self.offload_setting)
 
     def place(self, model: LoadedModel, pipe: Any, plan: OffloadPlan) -> None:
         """Put the job's pipeline on the device according to the plan (CPU: nothing to do)."""
         vae = model.components["vae"]
+        if vae.dtype != model.dtype:
+            # SDXL pipelines upcast the VAE for decoding and only cast it back on success.
+            vae.to(model.dtype)
         if plan.vae_tiling:
             vae.enable_tiling()
         else:
@@ -216,7 +225,7 @@ class PipelineManager:
         if self.device.type == "cpu":
             return
         if self._on_device not in (None, model.name):
-            previous = self.cache.get(self._on_device)
+            previous = self.cache.peek(self._on_device)
             if previous is not None and "base" in previous.pipelines:
                 previous.pipelines["base"].remove_all_hooks()
                 previous.pipelines["base"].to("cpu")
