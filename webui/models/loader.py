@@ -205,33 +205,28 @@ def _instantiate(build: Any, state_dict: dict[str, torch.Tensor], dtype: torch.d
 def _text_encoder_from_ldm(
     kind: str, prefix: str, config: dict[str, Any], checkpoint: dict[str, torch.Tensor], dtype, name: str
 ):
+    from accelerate import init_empty_weights
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     with_projection = "CLIPTextModelWithProjection" in (config.get("architectures") or [])
     cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
     text_config = CLIPTextConfig(**{k: v for k, v in config.items() if k != "architectures"})
+    with init_empty_weights():
+        probe = cls(text_config)  # weightless: only its structure is consulted
     if kind == "clip":
         subset = {k: v for k, v in checkpoint.items() if k.startswith(prefix)}
         converted = convert_ldm_clip_checkpoint(subset)
     else:
-        from accelerate import init_empty_weights
-
-        with init_empty_weights():
-            probe = cls(text_config)
         converted = convert_open_clip_checkpoint(probe, checkpoint, prefix=prefix)
     converted = {k: v for k, v in converted.items() if not k.endswith("position_ids")}
+    # transformers 5 flattened CLIPTextModel (no `text_model.` wrapper); the projection model still wraps.
+    if not hasattr(probe, "text_model"):
+        converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
 
     def build():
         return cls(text_config)
 
-    # transformers 5 flattened CLIPTextModel (no `text_model.` wrapper); the projection model still wraps.
-    from accelerate import init_empty_weights
-
-    with init_empty_weights():
-        has_wrapper = hasattr(cls(text_config), "text_model")
-    if not has_wrapper:
-        converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
     return _instantiate(build, converted, dtype, "text encoder", name)
 
 
