@@ -42,6 +42,13 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", action="store_true", help="listen on all interfaces (0.0.0.0) to share on the LAN")
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--no-autolaunch", action="store_true", help="do not open a browser")
+    a = p.add_argument_group("sharing")
+    a.add_argument("--auth", help="sign-in required: user:password[,user2:password2]")
+    a.add_argument("--auth-file", type=Path, help="file of user:password lines (or comma separated)")
+    a.add_argument("--no-auth", action="store_true",
+                   help="with --listen: serve without sign-in (by default a password is generated)")
+    a.add_argument("--share", action="store_true",
+                   help="also make a public link (needs the internet; sign-in is then always required)")
     return p
 
 
@@ -192,11 +199,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .auth import AuthError, resolve_credentials
+
+    settings = settings_from_args(args)
+    password_file = settings.settings_file.with_name("lan-password.json")
+    exposed = args.listen or args.share or settings.host not in ("127.0.0.1", "localhost", "::1")
+    try:
+        # A public link is never open to everyone: --no-auth only applies to the LAN.
+        credentials = resolve_credentials(args.auth, args.auth_file, exposed, args.no_auth and not args.share,
+                                          password_file)
+    except AuthError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from .context import AppContext
     from .ui.app import serve
 
-    ctx = _context(args)
+    ctx = AppContext.create(settings)
     try:
-        serve(ctx)
+        serve(ctx, credentials=credentials, share=args.share, password_file=password_file)
     finally:
         ctx.close()
     return 0

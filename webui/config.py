@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +62,9 @@ class Settings:
     # Generation defaults
     default_sampler: str = "Euler a"
     default_steps: int = 20
+    default_size: int | None = None  # None: the model's native size
     save_format: str = "png"
+    filename_pattern: str = "[number]-[seed]"  # [number] [seed] [prompt_words] [model_name] [date]
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -86,6 +89,8 @@ def _coerce(name: str, value: Any) -> Any:
         if value not in _CHOICES[name]:
             raise ValueError(f"{name} must be one of {', '.join(_CHOICES[name])}")
         return value
+    if name == "default_size":
+        return None if value in (None, "", 0, "0") else int(value)
     current = getattr(Settings(), name)
     if name in _PATH_FIELDS:
         return Path(value).expanduser()
@@ -150,3 +155,55 @@ def load_settings(overrides: Mapping[str, Any] | None = None, env: Mapping[str, 
     }
     settings = _apply(settings, from_env, "environment")
     return _apply(settings, {k: v for k, v in overrides.items() if v is not None}, "command line")
+
+
+# What the Settings tab may change and save; folders and the server address stay with flags and the file.
+EDITABLE = ("outputs_dir", "ram_cache_bytes", "offload", "preview_every_n_steps", "default_sampler",
+            "default_steps", "default_size", "save_format", "filename_pattern")
+
+
+def save_settings(settings: Settings, changes: Mapping[str, Any]) -> Settings:
+    """Validate ``changes``, merge them into the settings file atomically and return the new Settings.
+
+    Raises ValueError naming the first bad field; the file is untouched then. Keys already in the file
+    that are not changed are kept as they are.
+    """
+    coerced: dict[str, Any] = {}
+    for name, value in changes.items():
+        if name not in EDITABLE:
+            raise ValueError(f"{name} cannot be changed here")
+        try:
+            coerced[name] = _coerce(name, value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{name}: {exc}") from exc
+    updated = settings.replace(**coerced)
+    _validate(updated)
+    path = settings.settings_file
+    stored = read_settings_file(path)
+    stored.update({k: str(v) if isinstance(v, Path) else v for k, v in coerced.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(stored, fh, indent=2, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return updated
+
+
+def _validate(settings: Settings) -> None:
+    if not 1 <= settings.default_steps <= 150:
+        raise ValueError("default_steps must be between 1 and 150")
+    if settings.default_size is not None and (not 64 <= settings.default_size <= 4096 or settings.default_size % 8):
+        raise ValueError("default_size must be a multiple of 8 between 64 and 4096")
+    if settings.preview_every_n_steps < 0:
+        raise ValueError("preview_every_n_steps must be 0 (off) or more")
+    if settings.ram_cache_bytes < 0:
+        raise ValueError("ram_cache_bytes must not be negative")
+    if not settings.filename_pattern.strip() or "/" in settings.filename_pattern:
+        raise ValueError("filename_pattern must be a file name such as [number]-[seed] (no folders)")

@@ -44,7 +44,9 @@ class AppContext:
     @classmethod
     def create(cls, settings: Settings) -> AppContext:
         from . import devices
-        from .pipelines.manager import PipelineManager
+        from .pipelines.manager import PipelineManager, import_model_libraries
+
+        import_model_libraries()
 
         hashes = HashCache(settings.models_dir / ".hashes.json")
         builtin = builtin_checkpoints() if settings.include_builtin else []
@@ -61,7 +63,19 @@ class AppContext:
             default_checkpoint=settings.default_checkpoint,
             batch_mode=settings.batch_mode,
         )
-        return cls(settings, registry, manager, OutputLayout(settings.outputs_dir), JobRegistry())
+        outputs = OutputLayout(settings.outputs_dir, settings.filename_pattern)
+        return cls(settings, registry, manager, outputs, JobRegistry())
+
+    def apply_settings(self, settings: Settings) -> None:
+        """Switch to settings saved in the Settings tab: what can change without a restart changes now.
+
+        The output folder is the exception: the server may only serve files from the folder it started
+        with, so a new one takes effect at the next start."""
+        self.settings = settings.replace(outputs_dir=self.settings.outputs_dir)
+        self.outputs = OutputLayout(self.settings.outputs_dir, settings.filename_pattern)
+        manager = self.manager
+        manager.cache.set_budget(settings.ram_cache_bytes)  # type: ignore[attr-defined]
+        manager.offload_setting = settings.offload  # type: ignore[attr-defined]
 
     def close(self) -> None:
         shutdown = getattr(self.manager, "shutdown", None)

@@ -38,6 +38,7 @@ _save_lock = threading.Lock()  # one counter pick-and-link at a time within this
 @dataclass(frozen=True)
 class OutputLayout:
     root: Path
+    pattern: str = "[number]-[seed]"  # file name pattern (see file_stem)
 
     def folder_for(self, task: str, day: datetime.date | None = None, grid: bool = False) -> Path:
         """`<root>/<txt2img|img2img>-<images|grids>/YYYY-MM-DD`; inpainting shares img2img's folders."""
@@ -62,8 +63,35 @@ def next_counter(folder: Path) -> int:
     return highest + 1
 
 
-def save_image(image: Image.Image, folder: Path, seed: int, infotext: str, fmt: str = "png") -> Path:
-    """Save as `NNNNN-SEED.<ext>` with the infotext embedded; returns the new file's path.
+DEFAULT_PATTERN = "[number]-[seed]"
+_UNSAFE_NAME = re.compile(r'[\x00-\x1f<>:"/\\|?*]+')
+_PATTERN_TOKEN = re.compile(r"\[(\w+)\]")
+
+
+def file_stem(pattern: str, counter: int, fields: dict[str, str]) -> str:
+    """A file name from the user's pattern: [number] is the counter, other [tokens] come from ``fields``
+    (unknown ones stay as typed); anything a file system refuses becomes '_' and the stem is capped."""
+
+    def token(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key == "number":
+            return f"{counter:0{COUNTER_DIGITS}d}"
+        value = fields.get(key)
+        return match.group(0) if value is None else _UNSAFE_NAME.sub("_", value).strip(" .")
+    if "[number]" not in pattern:
+        pattern = "[number]-" + pattern
+    return _PATTERN_TOKEN.sub(token, pattern)[:150].rstrip(" .")
+
+
+def prompt_words(prompt: str, limit: int = 8) -> str:
+    return " ".join(re.findall(r"[^\W_]+", prompt)[:limit])
+
+
+def save_image(
+    image: Image.Image, folder: Path, seed: int, infotext: str, fmt: str = "png", pattern: str = DEFAULT_PATTERN,
+    fields: dict[str, str] | None = None,
+) -> Path:
+    """Save as `NNNNN-SEED.<ext>` (or the user's ``pattern``) with the infotext embedded; returns the path.
 
     Safe to call from several threads and processes at once: each call gets its own file.
     """
@@ -78,7 +106,7 @@ def save_image(image: Image.Image, folder: Path, seed: int, infotext: str, fmt: 
             f.flush()
             os.fsync(f.fileno())
         with _save_lock:
-            path = _publish(temp, folder, seed, ext)
+            path = _publish(temp, folder, ext, pattern, {"seed": str(seed), **(fields or {})})
         _sync_folder(folder)
         return path
     finally:
@@ -103,11 +131,11 @@ def _format(fmt: str) -> tuple[str, str]:
     return _FORMATS[key]
 
 
-def _publish(temp: Path, folder: Path, seed: int, ext: str) -> Path:
-    """Give `temp` the next free `NNNNN-SEED.ext` name without ever replacing a file."""
+def _publish(temp: Path, folder: Path, ext: str, pattern: str, fields: dict[str, str]) -> Path:
+    """Give `temp` the next free name from ``pattern`` without ever replacing a file."""
     counter = next_counter(folder)
     while True:
-        path = folder / f"{counter:0{COUNTER_DIGITS}d}-{seed}.{ext}"
+        path = folder / f"{file_stem(pattern, counter, fields)}.{ext}"
         try:
             _link_exclusive(temp, path)
             return path

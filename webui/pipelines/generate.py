@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import secrets
 import time
@@ -26,7 +27,7 @@ from ..infotext import format_infotext
 from ..jobs import JobControl
 from ..models.loader import LoadedModel
 from ..models.offload import step_up
-from ..outputs import OutputLayout, save_image
+from ..outputs import OutputLayout, prompt_words, save_image
 from ..samplers import SamplerChoice, resolve_sampler
 from . import images as imgs
 from .manager import PipelineManager
@@ -244,7 +245,9 @@ def generate(
             result.infotexts.append(text)
             if req.save_images and outputs is not None:
                 folder = outputs.folder_for(req.task.value)
-                result.paths.append(save_image(image, folder, seed, text, save_format))
+                fields = {"prompt_words": prompt_words(req.prompt), "model_name": result.model_name,
+                          "date": datetime.date.today().isoformat()}
+                result.paths.append(save_image(image, folder, seed, text, save_format, outputs.pattern, fields))
     result.seconds = time.perf_counter() - start
     control.update(state="interrupted" if result.interrupted else "done")
     return result

@@ -34,6 +34,24 @@ from .request import Task
 log = logging.getLogger(__name__)
 
 
+def import_model_libraries() -> None:
+    """Import diffusers' and transformers' lazily loaded classes once, up front, on one thread.
+
+    Both libraries resolve names on first attribute access; two server threads doing that at the same
+    moment (a job loading a model while the page counts tokens) can see a half-initialised module and
+    fail with "cannot import name ...". Importing here, before the server starts, avoids the race.
+    """
+    import diffusers
+    import transformers
+
+    for name in ("AutoencoderKL", "UNet2DConditionModel", "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline",
+                 "StableDiffusionInpaintPipeline", "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline",
+                 "StableDiffusionXLInpaintPipeline", "EulerAncestralDiscreteScheduler"):
+        getattr(diffusers, name)
+    for name in ("CLIPTextModel", "CLIPTextModelWithProjection", "CLIPTokenizer", "PreTrainedModel"):
+        getattr(transformers, name)
+
+
 class NoCheckpointError(RuntimeError):
     """No checkpoint is available or the requested one does not exist."""
 

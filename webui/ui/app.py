@@ -1,28 +1,194 @@
-"""The Gradio app: one Blocks with a tab per mode, served on 127.0.0.1 unless told otherwise."""
+"""The Gradio app: a top bar (checkpoint, clip skip), the txt2img / img2img / Inpaint / PNG Info / Settings
+tabs, the buttons that carry pictures and parameters between them, and the launch with one auth check."""
 
 from __future__ import annotations
 
 import logging
+import socket
+import threading
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from . import txt2img
+from ..styles import StyleStore
+from . import forms, generation_tab, png_info, settings_tab
+from .common import checkpoint_choices, default_checkpoint_title, native_size_of, no_checkpoint_message
+from .generation_tab import GENERATION_QUEUE, USER_ERRORS, ModeTab, TopBar, fill_targets, fill_updates
 
 log = logging.getLogger(__name__)
 
 TITLE = "Atelier"
+MAX_UPLOAD = "50mb"  # an init image or PNG; nothing a user sends needs more
+CSS = """
+.atelier-progress { position: relative; height: 22px; border-radius: 6px; background: var(--neutral-200);
+  overflow: hidden; }
+.atelier-progress-fill { position: absolute; inset: 0 auto 0 0; background: var(--color-accent); opacity: .6; }
+.atelier-progress span { position: relative; padding-left: 8px; font-size: 13px; }
+.atelier-warning, .atelier-error { color: var(--error-text-color, #b91c1c); }
+"""
+
+
+class LazyTokenizer:
+    """The CLIP tokenizer for the token counter, loaded on first use (not while the page is built)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tokenizer: Any = None
+
+    def get(self) -> Any:
+        with self._lock:
+            if self._tokenizer is None:
+                from ..models.configs import load_clip_tokenizer
+
+                self._tokenizer = load_clip_tokenizer()
+            return self._tokenizer
+
+
+def _image_value(mode: str, path_or_image: Any) -> Any:
+    if mode == "inpaint":
+        return {"background": path_or_image, "layers": [], "composite": path_or_image}
+    return path_or_image
 
 
 def build(ctx: Any) -> gr.Blocks:
+    styles = StyleStore(ctx.settings.settings_file.parent / "styles.csv")
+    tokenizer = LazyTokenizer()
+    current = default_checkpoint_title(ctx)
+    size = ctx.settings.default_size or native_size_of(ctx, current)
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
-        with gr.Tabs():
-            with gr.Tab("txt2img", id="txt2img"):
-                txt2img.build(ctx)
+        empty_notice = gr.Markdown(no_checkpoint_message(ctx), visible=not ctx.registry.entries(),
+                                   elem_id="no-checkpoint")
+        with gr.Row(equal_height=True):
+            checkpoint = gr.Dropdown(label="Stable Diffusion checkpoint", choices=checkpoint_choices(ctx),
+                                     value=current, elem_id="checkpoint", scale=4)
+            refresh = gr.Button("🔄", elem_id="refresh-checkpoints", scale=0, min_width=48)
+            clip_skip = gr.Slider(1, 12, value=1, step=1, label="Clip skip", elem_id="clip-skip", scale=2)
+            status = gr.Markdown("", elem_id="checkpoint-status")
+        top = TopBar(checkpoint, refresh, clip_skip, status)
+        tabs_by_mode: dict[str, ModeTab] = {}
+        with gr.Tabs(elem_id="tabs") as tabs:
+            for mode in ("txt2img", "img2img", "inpaint"):
+                with gr.Tab(generation_tab.TITLES[mode], id=mode, elem_id=f"tab-{mode}"):
+                    tabs_by_mode[mode] = generation_tab.build_mode_tab(ctx, mode, top, size, styles, tokenizer)
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab-pnginfo"):
+                info_tab = png_info.build()
+            with gr.Tab("Settings", id="settings", elem_id="tab-settings"):
+                settings_tab.build(ctx, allow_folder_changes=_is_loopback(ctx.settings.host))
+        _wire_top_bar(ctx, top, empty_notice, tabs_by_mode)
+        _wire_transfers(ctx, top, tabs, tabs_by_mode, info_tab)
     return demo
 
 
-def launch(ctx: Any, demo: gr.Blocks | None = None, **overrides: Any) -> gr.Blocks:
+def _wire_top_bar(ctx: Any, top: TopBar, empty_notice: gr.Markdown, tabs: dict[str, ModeTab]) -> None:
+    sizes = [c for tab in tabs.values() for c in (tab.fields["width"], tab.fields["height"])]
+
+    def on_refresh(current: str | None):
+        ctx.registry.refresh()
+        choices = checkpoint_choices(ctx)
+        value = current if current in choices else default_checkpoint_title(ctx)
+        return gr.update(choices=choices, value=value), gr.update(visible=not choices)
+
+    top.refresh.click(on_refresh, [top.checkpoint], [top.checkpoint, empty_notice], api_name="refresh_checkpoints",
+                      queue=False)
+
+    def on_switch(title: str | None):
+        # Loads in the generation queue's turn, so a job that is running keeps its model. Every job
+        # names its own checkpoint, so this only warms the cache for the next one.
+        if not title:
+            return ""
+        try:
+            model = ctx.manager.load(title)
+        except USER_ERRORS as exc:
+            raise gr.Error(str(exc)) from exc
+        return f"Loaded **{model.display_name}**"
+
+    top.checkpoint.input(lambda title: "⏳ Loading…", [top.checkpoint], [top.status], queue=False, api_name=False) \
+        .then(on_switch, [top.checkpoint], [top.status], concurrency_id=GENERATION_QUEUE, api_name="switch_checkpoint")
+
+    def on_sizes(title: str | None):
+        side = ctx.settings.default_size or native_size_of(ctx, title)
+        return [gr.update(value=side)] * len(sizes)
+
+    top.checkpoint.change(on_sizes, [top.checkpoint], sizes, queue=False, api_name=False)
+
+
+def _wire_transfers(ctx: Any, top: TopBar, tabs: gr.Tabs, by_mode: dict[str, ModeTab], info_tab: Any) -> None:
+    """Send to img2img / inpaint / txt2img from every gallery and from PNG Info; read pasted infotext."""
+
+    def find_checkpoint(name: str) -> Any:
+        entry = ctx.registry.find(name)
+        return entry.title if entry is not None else None
+
+    def transfer(target_mode: str, with_image: bool):
+        target = by_mode[target_mode]
+        image_component = target.fields["init_image" if target_mode == "img2img" else "mask_editor"] \
+            if with_image else None
+
+        def outputs() -> list[Any]:
+            return [tabs] + ([image_component] if image_component is not None else []) + fill_targets(target, top)
+
+        def from_values(image: Any, text: str) -> list[Any]:
+            if with_image and image is None:
+                raise gr.Error("Generate or drop a picture first.")
+            values = forms.values_from_infotext(text) if text else {}
+            head = [gr.Tabs(selected=target_mode)]
+            if image_component is not None:
+                head.append(_image_value(target_mode, image))
+            return head + fill_updates(target, top, values, find_checkpoint)
+
+        return outputs, from_values
+
+    for source in by_mode.values():
+        for target_mode, button in source.send.items():
+            outputs, from_values = transfer(target_mode, with_image=target_mode != "txt2img")
+
+            def from_gallery(results: dict, _from_values=from_values):
+                paths, texts = results.get("paths") or [], results.get("infotexts") or []
+                index = min(int(results.get("selected", 0)), len(paths) - 1) if paths else -1
+                if index < 0:
+                    raise gr.Error("Generate a picture first.")
+                return _from_values(paths[index], texts[index] if index < len(texts) else "")
+
+            button.click(from_gallery, [source.results], outputs(), queue=False, api_name=False)
+
+    for target_mode, button in info_tab.send.items():
+        outputs, from_values = transfer(target_mode, with_image=target_mode != "txt2img")
+        button.click(from_values, [info_tab.image, info_tab.text], outputs(), queue=False, api_name=False)
+
+    for tab in by_mode.values():
+        outputs, _ = transfer(tab.mode, with_image=False)
+
+        def read_params(prompt: str, results: dict, _tab: ModeTab = tab):
+            # A1111's ↙️: the prompt box holds pasted parameters; an empty box reads the last generation's.
+            text = prompt or ""
+            if not text.strip():
+                texts = results.get("infotexts") or []
+                text = texts[min(int(results.get("selected", 0)), len(texts) - 1)] if texts else ""
+            if not text.strip():
+                raise gr.Error("Paste generation parameters into the prompt box first.")
+            return fill_updates(_tab, top, forms.values_from_infotext(text), find_checkpoint)
+
+        tab.read_params.click(read_params, [tab.fields["prompt"], tab.results], outputs()[1:], queue=False,
+                              api_name=False)
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def lan_address() -> str:
+    """This machine's address on the LAN, for the link to hand to friends (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+            return s.getsockname()[0]
+        except OSError:
+            return socket.gethostbyname(socket.gethostname())
+
+
+def launch(ctx: Any, demo: gr.Blocks | None = None, credentials: Any = None, share: bool = False,
+           **overrides: Any) -> gr.Blocks:
     """Start serving; returns the running Blocks (tests pass prevent_thread_lock=True)."""
     demo = demo or build(ctx)
     settings = ctx.settings
@@ -30,15 +196,32 @@ def launch(ctx: Any, demo: gr.Blocks | None = None, **overrides: Any) -> gr.Bloc
         "server_name": settings.host,
         "server_port": settings.port,
         "inbrowser": settings.autolaunch,
-        # Only generated images may be served from disk: the outputs folder, nothing else.
+        # Only generated images may be served from disk: the outputs folder (and Gradio's own temp folder).
         "allowed_paths": [str(settings.outputs_dir)],
         "show_error": True,
+        "max_file_size": MAX_UPLOAD,
+        "css": CSS,
+        "share": share,
     }
+    if credentials is not None:
+        options["auth"] = credentials.check
+        options["auth_message"] = "Atelier: sign in with the user name and password you were given."
     options.update(overrides)
     demo.queue(default_concurrency_limit=4)
     demo.launch(**options)
     return demo
 
 
-def serve(ctx: Any) -> None:
-    launch(ctx)
+def serve(ctx: Any, credentials: Any = None, share: bool = False, password_file: Path | None = None) -> None:
+    if not _is_loopback(ctx.settings.host):
+        address = lan_address() if ctx.settings.host in ("0.0.0.0", "::") else ctx.settings.host
+        print(f"Atelier is reachable on your network at http://{address}:{ctx.settings.port}/", flush=True)
+        if credentials is not None and credentials.generated:
+            user, password = credentials.pairs[0]
+            print(f"Sign in as user {user!r} with password {password!r} (kept in {password_file}; "
+                  "--auth sets your own, --no-auth turns sign-in off).", flush=True)
+    demo = launch(ctx, credentials=credentials, share=share, prevent_thread_lock=True)
+    if share and not getattr(demo, "share_url", None):
+        print("No public link: it needs an internet connection to Gradio's share server, which this machine "
+              f"cannot reach. Still serving at {demo.local_url}", flush=True)
+    demo.block_thread()

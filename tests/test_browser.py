@@ -1,0 +1,269 @@
+"""The studio in a real browser: Debian's chromium driven by playwright against the real server.
+
+The server runs the built-in demo model (64×64, fast on the CPU). Screenshots of every tab are
+saved under tests/_output/screenshots/ for a reviewer to look at.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from webui import shapes
+from webui.context import BUILTIN_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOTS = ROOT / "tests" / "_output" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+TIMEOUT_MS = 120_000
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("chromium") is None and not Path(CHROMIUM).exists(),
+                       reason="Debian's chromium is not installed (run_tests.sh installs it)"),
+    pytest.mark.skipif(not (BUILTIN_DIR / "atelier-demo.safetensors").exists(), reason="demo model not built"),
+]
+
+
+def _start(tmp: Path, credentials=None):
+    from webui.config import load_settings
+    from webui.context import AppContext
+    from webui.ui.app import launch
+
+    (tmp / "models" / "Stable-diffusion").mkdir(parents=True)
+    settings = load_settings({"settings_file": tmp / "settings.json", "models_dir": tmp / "models",
+                              "outputs_dir": tmp / "outputs", "device": "cpu", "precision": "fp32",
+                              "autolaunch": False, "port": 0, "preview_every_n_steps": 2}, env={})
+    ctx = AppContext.create(settings)
+    demo = launch(ctx, credentials=credentials, server_port=None, prevent_thread_lock=True, quiet=True)
+    return ctx, demo
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    ctx, demo = _start(tmp_path_factory.mktemp("browser"))
+    yield ctx, demo.local_url
+    demo.close()
+    ctx.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page_at(browser, server):
+    contexts = []
+
+    def open_page():
+        context = browser.new_context(viewport={"width": 1400, "height": 1100})
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(server[1])
+        page.wait_for_selector("#txt2img-generate")
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()
+
+
+def _fill(page, selector: str, value) -> None:
+    page.fill(selector, str(value))
+    page.locator(selector).dispatch_event("input")
+
+
+def _gallery_images(page, mode: str) -> list[Image.Image]:
+    sources = page.eval_on_selector_all(f"#{mode}-gallery img", "els => els.map(e => e.src)")
+    images = []
+    for src in dict.fromkeys(sources):  # the gallery may show a thumbnail and the selected image
+        with urllib.request.urlopen(src) as response:
+            images.append(Image.open(io.BytesIO(response.read())).convert("RGB"))
+    return images
+
+
+def _wait_for_info(page, mode: str, text: str) -> str:
+    page.wait_for_function(
+        "([sel, text]) => { const el = document.querySelector(sel); return el && el.innerText.includes(text); }",
+        arg=[f"#{mode}-info", text])
+    return page.inner_text(f"#{mode}-info")
+
+
+def _screenshot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def _tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def test_txt2img_shows_the_image_and_its_parameters(page_at, server):
+    ctx, _ = server
+    page = page_at()
+    _fill(page, "#txt2img-prompt textarea", "a yellow star on a purple background")
+    _fill(page, "#txt2img-seed input", 123)
+    page.click("#txt2img-generate")
+    info = _wait_for_info(page, "txt2img", "Seed: 123")
+    assert "a yellow star on a purple background" in info
+    images = _gallery_images(page, "txt2img")
+    assert images and images[0].size == (64, 64)
+    saved = list((ctx.settings.outputs_dir / "txt2img-images").rglob("*-123.png"))
+    assert saved, "the picture is saved under outputs/"
+    assert page.inner_text("#txt2img-token-count").startswith("7/75")
+    _screenshot(page, "txt2img")
+
+
+def test_inpaint_changes_only_the_painted_region(page_at, tmp_path):
+    picture = shapes.draw(shapes.Scene("green", "circle", "blue"))
+    source = tmp_path / "green-circle.png"
+    picture.save(source)
+    page = page_at()
+    _tab(page, "Inpaint")
+    page.wait_for_selector("#inpaint-editor .empty")  # the editor is mounted and waits for a picture
+    page.wait_for_timeout(300)
+    page.set_input_files("#inpaint-editor input[type=file]", str(source))
+    # The editor keeps the picture in the page; its "Upload an image" prompt goes away once it is drawn.
+    page.wait_for_function("!document.querySelector('#inpaint-editor').innerText.includes('Upload an image')")
+    page.wait_for_timeout(500)
+    canvas = page.locator("#inpaint-editor canvas").first
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    # The picture is drawn centred in the canvas at the zoom the editor shows ("528%").
+    zoom = float(page.inner_text("#inpaint-editor").split("%")[0].split()[-1]) / 100
+
+    def screen(x: float, y: float) -> tuple[float, float]:
+        return box["x"] + box["width"] / 2 + (x - 32) * zoom, box["y"] + box["height"] / 2 + (y - 32) * zoom
+
+    page.mouse.move(*screen(14, 14))  # a short stroke in the top-left quarter
+    page.mouse.down()
+    page.mouse.move(*screen(18, 18), steps=4)
+    page.mouse.up()
+    _fill(page, "#inpaint-prompt textarea", "a red circle on a blue background")
+    _fill(page, "#inpaint-seed input", 1)
+    _fill(page, "#inpaint-strength input[type=number]", 1)
+    _screenshot(page, "inpaint-painted")
+    page.click("#inpaint-generate")
+    _wait_for_info(page, "inpaint", "Seed: 1")
+    result = np.asarray(_gallery_images(page, "inpaint")[0], dtype=int)
+    original = np.asarray(picture, dtype=int)
+    changed = np.abs(result - original).sum(axis=2) > 6
+    assert changed[:32, :32].sum() > 20, "the painted spot is repainted"
+    rows, cols = np.where(changed)
+    assert not changed[44:, :].any() and not changed[:, 44:].any(), \
+        f"changes outside the painted region: rows {rows.min()}-{rows.max()}, columns {cols.min()}-{cols.max()}"
+    _screenshot(page, "inpaint")
+
+
+def test_png_info_reads_a_generated_png_and_sends_it_to_txt2img(page_at, server, tmp_path):
+    from gradio_client import Client
+
+    ctx, url = server
+    client = Client(url, download_files=str(tmp_path / "dl"), verbose=False)
+    client.predict(None, "a pink square on a cyan background", "blurry", "Euler a", "Automatic", 12, 64, 64, 1, 1,
+                   6.5, 4242, 1, [], api_name="/txt2img")
+    saved = next((ctx.settings.outputs_dir / "txt2img-images").rglob("*-4242.png"))
+    page = page_at()
+    _tab(page, "PNG Info")
+    page.set_input_files("#pnginfo-image input[type=file]", str(saved))
+    page.wait_for_function("document.querySelector('#pnginfo-info').innerText.includes('4242')")
+    text = page.inner_text("#pnginfo-info")
+    assert "a pink square on a cyan background" in text and "blurry" in text and "Euler a" in text
+    _screenshot(page, "png-info")
+    page.click("#pnginfo-send-txt2img")
+    page.wait_for_function(
+        "document.querySelector('#txt2img-prompt textarea').value === 'a pink square on a cyan background'")
+    assert page.input_value("#txt2img-negative textarea") == "blurry"
+    assert page.input_value("#txt2img-seed input") == "4242"
+    assert page.input_value("#txt2img-steps input[type=number]") == "12"
+    assert page.input_value("#txt2img-cfg input[type=number]") == "6.5"
+
+
+def test_interrupt_stops_a_long_job(page_at):
+    page = page_at()
+    _fill(page, "#txt2img-prompt textarea", "a blue circle")
+    _fill(page, "#txt2img-steps input[type=number]", 150)
+    _fill(page, "#txt2img-batch-count input[type=number]", 20)
+    page.click("#txt2img-generate")
+    page.wait_for_function("document.querySelector('#txt2img-progress').innerText.toLowerCase().includes('step ')")
+    _screenshot(page, "txt2img-progress")
+    started = time.monotonic()
+    page.click("#txt2img-interrupt")
+    _wait_for_info(page, "txt2img", "Interrupted.")
+    assert time.monotonic() - started < 60
+    assert len(_gallery_images(page, "txt2img")) < 20
+
+
+def test_two_users_get_their_own_images_and_interrupt_only_their_own_job(page_at):
+    alice, bob = page_at(), page_at()
+    _fill(bob, "#txt2img-prompt textarea", "bob: a green triangle")
+    _fill(bob, "#txt2img-steps input[type=number]", 60)
+    _fill(bob, "#txt2img-seed input", 2)
+    _fill(alice, "#txt2img-prompt textarea", "alice: an orange star")
+    _fill(alice, "#txt2img-seed input", 1)
+    bob.click("#txt2img-generate")
+    bob.wait_for_function("document.querySelector('#txt2img-progress').innerText.toLowerCase().includes('step ')")
+    alice.click("#txt2img-generate")  # waits in the queue behind Bob's job
+    alice.click("#txt2img-interrupt")  # Alice's button never reaches Bob's job
+    bob_info = _wait_for_info(bob, "txt2img", "Seed: 2")
+    alice_info = _wait_for_info(alice, "txt2img", "Seed: 1")
+    assert "bob: a green triangle" in bob_info and "Interrupted" not in bob_info and "alice" not in bob_info
+    assert "alice: an orange star" in alice_info and "bob" not in alice_info
+    assert len(_gallery_images(bob, "txt2img")) == 1 and len(_gallery_images(alice, "txt2img")) == 1
+
+
+def test_every_tab_renders(page_at):
+    page = page_at()
+    for name, shot in (("img2img", "img2img"), ("Settings", "settings"), ("txt2img", "txt2img-empty")):
+        _tab(page, name)
+        page.wait_for_timeout(300)
+        _screenshot(page, shot)
+    assert page.locator("#settings-apply").count() == 1
+
+
+def test_auth_refuses_unauthenticated_page_and_api(browser, tmp_path):
+    import httpx
+
+    from webui.auth import Credentials
+
+    ctx, demo = _start(tmp_path, credentials=Credentials((("friend", "s3cret-pass"),)))
+    try:
+        url = demo.local_url
+        assert httpx.get(url + "config", timeout=30).status_code in (401, 403)
+        run = httpx.post(url + "gradio_api/run/txt2img", json={"data": [None, "x"]}, timeout=30)
+        assert run.status_code in (401, 403)
+        assert httpx.get(url + "gradio_api/info", timeout=30).status_code in (401, 403)
+        context = browser.new_context()
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url)
+        page.wait_for_selector("input[type=password]")
+        assert page.locator("#txt2img-generate").count() == 0
+        page.fill("input[type=password]", "wrong")
+        page.fill("input[type=text]", "friend")
+        page.get_by_role("button", name="Login").click()
+        page.wait_for_timeout(1000)
+        assert page.locator("#txt2img-generate").count() == 0
+        page.fill("input[type=text]", "friend")
+        page.fill("input[type=password]", "s3cret-pass")
+        page.get_by_role("button", name="Login").click()
+        page.wait_for_selector("#txt2img-generate")
+        context.close()
+    finally:
+        demo.close()
+        ctx.close()

@@ -1,0 +1,150 @@
+"""From form values to a GenerationRequest, and from infotext back to form values.
+
+No gradio here: the tabs collect their values into a dict keyed by the names below, so this
+translation is tested without a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..infotext import request_fields_from_infotext
+from ..pipelines.request import GenerationRequest, InpaintArea, MaskedContent, RequestError, ResizeMode
+
+# Fields every mode has, in the order the txt2img API takes them after the checkpoint.
+COMMON_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule_type", "steps", "width", "height", "batch_count",
+                 "batch_size", "cfg_scale", "seed", "clip_skip", "styles")
+IMG2IMG_FIELDS = ("init_image", "denoising_strength", "resize_mode")
+INPAINT_FIELDS = ("mask_editor", "mask_upload", "mask_blur", "masked_content", "inpaint_area", "inpaint_padding",
+                  "mask_invert")
+MODE_FIELDS = {
+    "txt2img": COMMON_FIELDS,
+    "img2img": COMMON_FIELDS + IMG2IMG_FIELDS,
+    "inpaint": COMMON_FIELDS + ("denoising_strength", "resize_mode") + INPAINT_FIELDS,
+}
+
+
+def _int(values: Mapping[str, Any], name: str, default: int) -> int:
+    value = values.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise RequestError(name, "must be a number") from exc
+    if number != number or number in (float("inf"), float("-inf")) or number != int(number):
+        raise RequestError(name, "must be a whole number")
+    return int(number)
+
+
+def _float(values: Mapping[str, Any], name: str, default: float) -> float:
+    value = values.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        raise RequestError(name, "must be a number") from exc
+
+
+def editor_parts(value: Any) -> tuple[Image.Image | None, Image.Image | None]:
+    """(picture, painted mask) from an image editor's value {background, layers, composite}.
+
+    The mask is white wherever any layer has paint (alpha > 0), black elsewhere; None if nothing is painted.
+    """
+    if not isinstance(value, Mapping):
+        return (value if isinstance(value, Image.Image) else None), None
+    background = value.get("background")
+    if not isinstance(background, Image.Image):
+        return None, None
+    painted = np.zeros((background.height, background.width), dtype=bool)
+    for layer in value.get("layers") or []:
+        if isinstance(layer, Image.Image):
+            alpha = np.asarray(layer.convert("RGBA").resize(background.size, Image.Resampling.NEAREST))[..., 3]
+            painted |= alpha > 0
+    picture = background.convert("RGB")
+    if not painted.any():
+        return picture, None
+    return picture, Image.fromarray((painted * 255).astype(np.uint8), "L")
+
+
+def _uploaded_mask(image: Any, size: tuple[int, int]) -> Image.Image | None:
+    """An uploaded mask (white = repaint): alpha counts where it has transparency, else brightness."""
+    if not isinstance(image, Image.Image):
+        return None
+    if image.mode in ("RGBA", "LA") and np.asarray(image.getchannel("A")).min() < 255:
+        mask = image.getchannel("A")
+    else:
+        mask = image.convert("L")
+    return mask.resize(size, Image.Resampling.NEAREST).point(lambda v: 255 if v >= 128 else 0)
+
+
+def request_from_values(mode: str, checkpoint: str | None, values: Mapping[str, Any],
+                        prompt: str | None = None, negative_prompt: str | None = None) -> GenerationRequest:
+    """The request a tab's Generate button makes. ``prompt``/``negative_prompt`` override the typed text
+    (styles already merged in). Raises RequestError naming the field a user has to fix."""
+    fields: dict[str, Any] = {
+        "prompt": prompt if prompt is not None else str(values.get("prompt") or ""),
+        "negative_prompt": negative_prompt if negative_prompt is not None else str(values.get("negative_prompt") or ""),
+        "checkpoint": checkpoint or None,
+        "sampler": str(values.get("sampler") or "Euler a"),
+        "schedule_type": str(values.get("schedule_type") or "Automatic"),
+        "steps": _int(values, "steps", 20),
+        "cfg_scale": _float(values, "cfg_scale", 7.0),
+        "width": _int(values, "width", 512),
+        "height": _int(values, "height", 512),
+        "seed": _int(values, "seed", -1),
+        "batch_count": _int(values, "batch_count", 1),
+        "batch_size": _int(values, "batch_size", 1),
+        "clip_skip": _int(values, "clip_skip", 1),
+    }
+    if mode in ("img2img", "inpaint"):
+        fields["denoising_strength"] = _float(values, "denoising_strength", 0.75)
+        fields["resize_mode"] = ResizeMode(values.get("resize_mode") or ResizeMode.JUST_RESIZE.value)
+    if mode == "img2img":
+        image = values.get("init_image")
+        if not isinstance(image, Image.Image):
+            raise RequestError("init_image", "drop or paste a picture to start from")
+        fields["init_image"] = image.convert("RGB")
+    elif mode == "inpaint":
+        picture, painted = editor_parts(values.get("mask_editor"))
+        if picture is None:
+            raise RequestError("init_image", "drop or paste a picture to inpaint, then paint over what should change")
+        mask = _uploaded_mask(values.get("mask_upload"), picture.size) or painted
+        if mask is None:
+            raise RequestError("mask", "paint over the part to change, or upload a mask")
+        fields.update(
+            init_image=picture,
+            mask=mask,
+            mask_blur=_int(values, "mask_blur", 4),
+            masked_content=MaskedContent(values.get("masked_content") or MaskedContent.ORIGINAL.value),
+            inpaint_area=InpaintArea(values.get("inpaint_area") or InpaintArea.WHOLE_PICTURE.value),
+            inpaint_padding=_int(values, "inpaint_padding", 32),
+            mask_invert=bool(values.get("mask_invert")),
+        )
+    elif mode != "txt2img":
+        raise ValueError(f"unknown mode {mode!r}")
+    return GenerationRequest(**fields)
+
+
+# Infotext request fields -> the form field that shows them ("checkpoint" lives in the top bar).
+_FORM_NAMES = {"prompt": "prompt", "negative_prompt": "negative_prompt", "steps": "steps", "cfg_scale": "cfg_scale",
+               "seed": "seed", "width": "width", "height": "height", "sampler": "sampler",
+               "schedule_type": "schedule_type", "denoising_strength": "denoising_strength",
+               "clip_skip": "clip_skip", "checkpoint": "checkpoint"}
+
+
+def values_from_infotext(text: str) -> dict[str, Any]:
+    """Form values read from a pasted or embedded infotext; what does not parse is left out."""
+    fields = request_fields_from_infotext(text)
+    return {_FORM_NAMES[k]: v for k, v in fields.items() if k in _FORM_NAMES}
+
+
+def token_count_label(token_count: int) -> str:
+    """"12/75", "80/150": tokens used and the size of the 75-token chunks they take, as A1111 shows it."""
+    chunks = max(1, -(-token_count // 75))
+    return f"{token_count}/{chunks * 75}"

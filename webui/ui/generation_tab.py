@@ -1,0 +1,306 @@
+"""The three generation tabs (txt2img, img2img, inpaint): one builder, the mode decides the extra controls.
+
+No generation logic here: values go through ``forms.request_from_values`` and ``runner.run_job``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from ..context import EXAMPLE_PROMPT
+from ..jobs import Progress
+from ..models.loader import CheckpointLoadError
+from ..pipelines.manager import NoCheckpointError
+from ..pipelines.request import InpaintArea, MaskedContent, RequestError, ResizeMode
+from ..samplers import SAMPLERS, SCHEDULE_TYPES, UnknownSamplerError
+from . import forms
+from .runner import info_html, owner_of, progress_text, run_job
+
+log = logging.getLogger(__name__)
+
+USER_ERRORS = (RequestError, UnknownSamplerError, CheckpointLoadError, NoCheckpointError)
+GENERATION_QUEUE = "generation"  # every job and model switch waits in this one FIFO queue
+
+TITLES = {"txt2img": "txt2img", "img2img": "img2img", "inpaint": "Inpaint"}
+
+
+def schedule_types(sampler: str) -> list[str]:
+    """Only the schedule types this sampler accepts (DDIM has no Karras sigmas, for instance)."""
+    spec = SAMPLERS.get(sampler)
+    return list(spec.schedule_types) if spec else list(SCHEDULE_TYPES)
+
+
+@dataclass
+class TopBar:
+    checkpoint: gr.Dropdown
+    refresh: gr.Button
+    clip_skip: gr.Slider
+    status: gr.Markdown
+
+
+@dataclass
+class ModeTab:
+    mode: str
+    fields: dict[str, Any]  # forms field name -> component (clip_skip is the top bar's)
+    generate: gr.Button
+    interrupt: gr.Button
+    skip: gr.Button
+    gallery: gr.Gallery
+    info: gr.HTML
+    preview: gr.Image
+    progress: gr.HTML
+    results: gr.State  # {"paths": [...], "infotexts": [...], "selected": int}
+    read_params: gr.Button
+    send: dict[str, gr.Button] = field(default_factory=dict)
+
+    def inputs(self, top: TopBar) -> list[Any]:
+        """[checkpoint, *fields in forms.MODE_FIELDS order]: the event's inputs and the API's parameters."""
+        return [top.checkpoint] + [self.fields[name] for name in forms.MODE_FIELDS[self.mode]]
+
+
+def _progress_bar(progress: Progress | None, text: str = "") -> str:
+    if progress is None:
+        return ""
+    percent = round(progress.fraction * 100)
+    return (f"<div class='atelier-progress' data-percent='{percent}'><div class='atelier-progress-fill' "
+            f"style='width:{percent}%'></div><span>{text}</span></div>")
+
+
+def build_mode_tab(ctx: Any, mode: str, top: TopBar, size: int, styles: Any, tokenizer: Any) -> ModeTab:
+    settings = ctx.settings
+    prefix = mode
+    fields: dict[str, Any] = {"clip_skip": top.clip_skip}
+    with gr.Row():
+        with gr.Column(scale=3):
+            with gr.Row():
+                fields["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}-prompt", scale=8,
+                                              placeholder=EXAMPLE_PROMPT)
+                with gr.Column(scale=1, min_width=90):
+                    token_count = gr.HTML("0/75", elem_id=f"{prefix}-token-count")
+                    read_params = gr.Button("↙️ Read", elem_id=f"{prefix}-read-params", size="sm")
+            fields["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}-negative")
+            with gr.Row():
+                fields["styles"] = gr.Dropdown(label="Styles", choices=styles.names(), multiselect=True,
+                                               elem_id=f"{prefix}-styles", scale=4)
+                apply_styles = gr.Button("📋 Apply", elem_id=f"{prefix}-apply-styles", size="sm", scale=1)
+                style_name = gr.Textbox(label="New style name", elem_id=f"{prefix}-style-name", scale=2)
+                save_style = gr.Button("💾 Save style", elem_id=f"{prefix}-save-style", size="sm", scale=1)
+            if mode == "img2img":
+                fields["init_image"] = gr.Image(label="Image for img2img", type="pil", sources=["upload", "clipboard"],
+                                                image_mode="RGB", elem_id="img2img-init-image", height=320)
+            if mode == "inpaint":
+                fields["mask_editor"] = gr.ImageMask(
+                    label="Paint over what should change", type="pil", sources=["upload", "clipboard"],
+                    brush=gr.Brush(default_size=20, colors=[("#ffffff", 0.75)], color_mode="fixed"),
+                    eraser=gr.Eraser(default_size=20), layers=False, transforms=(), elem_id="inpaint-editor",
+                    height=400)
+                with gr.Accordion("Upload a mask instead (white = repaint)", open=False):
+                    fields["mask_upload"] = gr.Image(label="Mask", type="pil", sources=["upload", "clipboard"],
+                                                     elem_id="inpaint-mask-upload", height=200)
+                with gr.Row():
+                    fields["mask_blur"] = gr.Slider(0, 64, value=4, step=1, label="Mask blur")
+                    fields["masked_content"] = gr.Radio([m.value for m in MaskedContent],
+                                                        value=MaskedContent.ORIGINAL.value, label="Masked content")
+                with gr.Row():
+                    fields["inpaint_area"] = gr.Radio([a.value for a in InpaintArea],
+                                                      value=InpaintArea.WHOLE_PICTURE.value, label="Inpaint area")
+                    fields["inpaint_padding"] = gr.Slider(0, 256, value=32, step=4,
+                                                          label="Only masked padding, pixels")
+                    fields["mask_invert"] = gr.Checkbox(label="Invert mask (repaint what is not painted)")
+            with gr.Row():
+                fields["sampler"] = gr.Dropdown(label="Sampling method", choices=list(SAMPLERS),
+                                                value=settings.default_sampler, elem_id=f"{prefix}-sampler")
+                fields["schedule_type"] = gr.Dropdown(label="Schedule type",
+                                                      choices=schedule_types(settings.default_sampler),
+                                                      value="Automatic", elem_id=f"{prefix}-schedule")
+                fields["steps"] = gr.Slider(1, 150, value=settings.default_steps, step=1, label="Sampling steps",
+                                            elem_id=f"{prefix}-steps")
+            if mode != "txt2img":
+                with gr.Row():
+                    fields["resize_mode"] = gr.Radio([m.value for m in ResizeMode], value=ResizeMode.JUST_RESIZE.value,
+                                                     label="Resize mode", elem_id=f"{prefix}-resize-mode")
+                    fields["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.75, step=0.01,
+                                                             label="Denoising strength", elem_id=f"{prefix}-strength")
+            with gr.Row():
+                fields["width"] = gr.Slider(64, 2048, value=size, step=8, label="Width", elem_id=f"{prefix}-width")
+                swap = gr.Button("⇅", elem_id=f"{prefix}-swap-size", size="sm", scale=0, min_width=40)
+                fields["height"] = gr.Slider(64, 2048, value=size, step=8, label="Height", elem_id=f"{prefix}-height")
+            with gr.Row():
+                fields["batch_count"] = gr.Slider(1, 100, value=1, step=1, label="Batch count",
+                                                  elem_id=f"{prefix}-batch-count")
+                fields["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size",
+                                                 elem_id=f"{prefix}-batch-size")
+            with gr.Row():
+                fields["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale",
+                                                elem_id=f"{prefix}-cfg")
+                fields["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", elem_id=f"{prefix}-seed")
+                random_seed = gr.Button("🎲", elem_id=f"{prefix}-random-seed", size="sm", scale=0, min_width=40)
+                reuse_seed = gr.Button("♻️", elem_id=f"{prefix}-reuse-seed", size="sm", scale=0, min_width=40)
+        with gr.Column(scale=2):
+            with gr.Row():
+                generate = gr.Button("Generate", variant="primary", elem_id=f"{prefix}-generate", scale=3)
+                interrupt = gr.Button("Interrupt", elem_id=f"{prefix}-interrupt", scale=1)
+                skip = gr.Button("Skip", elem_id=f"{prefix}-skip", scale=1)
+            progress = gr.HTML("", elem_id=f"{prefix}-progress")
+            preview = gr.Image(label="Preview", visible=False, interactive=False, elem_id=f"{prefix}-preview",
+                               height=256)
+            gallery = gr.Gallery(label="Output", columns=2, format="png", elem_id=f"{prefix}-gallery",
+                                 interactive=False, height=420)
+            with gr.Row():
+                send = {
+                    "img2img": gr.Button("📐 Send to img2img", elem_id=f"{prefix}-send-img2img", size="sm"),
+                    "inpaint": gr.Button("🎨 Send to inpaint", elem_id=f"{prefix}-send-inpaint", size="sm"),
+                }
+                if mode != "txt2img":
+                    send["txt2img"] = gr.Button("✨ Send parameters to txt2img", elem_id=f"{prefix}-send-txt2img",
+                                                size="sm")
+            info = gr.HTML(elem_id=f"{prefix}-info")
+    results = gr.State({"paths": [], "infotexts": [], "selected": 0})
+
+    tab = ModeTab(mode, fields, generate, interrupt, skip, gallery, info, preview, progress, results, read_params,
+                  send)
+    _wire_generation(ctx, tab, top, styles)
+    _wire_helpers(ctx, tab, styles, tokenizer, token_count, apply_styles, style_name, save_style, swap, random_seed,
+                  reuse_seed)
+    return tab
+
+
+def _wire_generation(ctx: Any, tab: ModeTab, top: TopBar, styles: Any) -> None:
+    names = forms.MODE_FIELDS[tab.mode]
+
+    def on_generate(request: gr.Request, checkpoint: str | None, *values: Any):
+        form = dict(zip(names, values, strict=True))
+        owner = owner_of(request)
+        try:
+            prompt, negative = styles.apply(list(form.get("styles") or []), str(form.get("prompt") or ""),
+                                            str(form.get("negative_prompt") or ""))
+            req = forms.request_from_values(tab.mode, checkpoint, form, prompt=prompt, negative_prompt=negative)
+        except (RequestError, ValueError) as exc:
+            raise gr.Error(str(exc)) from exc
+        last = None
+        for update in run_job(ctx, owner, req):
+            last = update
+            if update.result is None and update.error is None:
+                preview = gr.update(value=update.preview, visible=True) if update.preview is not None else gr.skip()
+                yield gr.skip(), gr.skip(), preview, _progress_bar(update.progress, progress_text(update.progress)), \
+                    gr.skip()
+        assert last is not None
+        if last.error is not None:
+            if isinstance(last.error, USER_ERRORS):
+                raise gr.Error(str(last.error))
+            log.error("Generation failed", exc_info=last.error)
+            raise gr.Error(f"Generation failed: {last.error}")
+        result = last.result
+        shown = [str(p) for p in result.paths] if result.paths else list(result.images)
+        first = result.infotexts[0] if result.infotexts else ""
+        state = {"paths": [str(p) for p in result.paths], "infotexts": list(result.infotexts), "selected": 0}
+        yield shown, info_html(first, result.warnings, result.interrupted), gr.update(visible=False, value=None), "", \
+            state
+
+    tab.generate.click(
+        on_generate,
+        tab.inputs(top),
+        [tab.gallery, tab.info, tab.preview, tab.progress, tab.results],
+        api_name=tab.mode,
+        concurrency_id=GENERATION_QUEUE,
+        concurrency_limit=1,
+        show_progress="minimal",
+    )
+
+    def on_interrupt(request: gr.Request) -> None:
+        ctx.jobs.interrupt(owner_of(request))
+
+    def on_skip(request: gr.Request) -> None:
+        ctx.jobs.skip(owner_of(request))
+
+    first_tab = tab.mode == "txt2img"
+    tab.interrupt.click(on_interrupt, None, None, queue=False, api_name="interrupt" if first_tab else False)
+    tab.skip.click(on_skip, None, None, queue=False, api_name="skip" if first_tab else False)
+
+    def on_select(results: dict, event: gr.SelectData):
+        index = int(event.index) if isinstance(event.index, int) else 0
+        texts = results.get("infotexts") or []
+        results = {**results, "selected": index}
+        text = texts[index] if 0 <= index < len(texts) else ""
+        return results, info_html(text, [], False)
+
+    tab.gallery.select(on_select, [tab.results], [tab.results, tab.info], api_name=False, queue=False)
+
+
+def _wire_helpers(ctx: Any, tab: ModeTab, styles: Any, tokenizer: Any, token_count: gr.HTML, apply_styles: gr.Button,
+                  style_name: gr.Textbox, save_style: gr.Button, swap: gr.Button, random_seed: gr.Button,
+                  reuse_seed: gr.Button) -> None:
+    f = tab.fields
+
+    def count_tokens(text: str) -> str:
+        ids = tokenizer.get()(text or "", truncation=False, add_special_tokens=False).input_ids
+        return forms.token_count_label(len(ids))
+
+    f["prompt"].change(count_tokens, [f["prompt"]], [token_count], queue=False, api_name=False,
+                       show_progress="hidden")
+
+    def on_apply(selected: list[str], prompt: str, negative: str):
+        prompt, negative = styles.apply(list(selected or []), prompt or "", negative or "")
+        return prompt, negative, gr.update(value=[])
+
+    apply_styles.click(on_apply, [f["styles"], f["prompt"], f["negative_prompt"]],
+                       [f["prompt"], f["negative_prompt"], f["styles"]], queue=False, api_name=False)
+
+    def on_save_style(name: str, prompt: str, negative: str):
+        from ..styles import Style
+
+        if not (name or "").strip():
+            raise gr.Error("Type a name for the style first.")
+        styles.save(Style(name.strip(), prompt or "", negative or ""))
+        gr.Info(f"Saved style {name.strip()!r}")
+        return gr.update(choices=styles.names()), ""
+
+    save_style.click(on_save_style, [style_name, f["prompt"], f["negative_prompt"]], [f["styles"], style_name],
+                     queue=False, api_name=False)
+    swap.click(lambda w, h: (h, w), [f["width"], f["height"]], [f["width"], f["height"]], queue=False, api_name=False)
+    random_seed.click(lambda: -1, None, [f["seed"]], queue=False, api_name=False)
+
+    def on_reuse(results: dict, current: Any):
+        texts = results.get("infotexts") or []
+        index = results.get("selected", 0)
+        if not texts:
+            return current
+        seed = forms.values_from_infotext(texts[min(index, len(texts) - 1)]).get("seed")
+        return current if seed is None else seed
+
+    reuse_seed.click(on_reuse, [tab.results, f["seed"]], [f["seed"]], queue=False, api_name=False)
+    f["sampler"].change(
+        lambda name, current: gr.update(choices=schedule_types(name),
+                                        value=current if current in schedule_types(name) else "Automatic"),
+        [f["sampler"], f["schedule_type"]], [f["schedule_type"]], queue=False, api_name=False)
+
+
+def fill_targets(tab: ModeTab, top: TopBar) -> list[Any]:
+    """The components that infotext values land in, in ``FILL_ORDER``."""
+    targets = {**tab.fields, "checkpoint": top.checkpoint}
+    return [targets.get(name) for name in FILL_ORDER if name in targets]
+
+
+FILL_ORDER = ("prompt", "negative_prompt", "sampler", "schedule_type", "steps", "cfg_scale", "seed", "width", "height",
+              "denoising_strength", "clip_skip", "checkpoint")
+
+
+def fill_updates(tab: ModeTab, top: TopBar, values: dict[str, Any], find_checkpoint: Any) -> list[Any]:
+    """gr.update per ``fill_targets`` entry: the infotext's value, or no change where it has none."""
+    targets = {**tab.fields, "checkpoint": top.checkpoint}
+    updates = []
+    for name in FILL_ORDER:
+        if name not in targets:
+            continue
+        value = values.get(name)
+        if name == "checkpoint":
+            value = find_checkpoint(value) if value else None
+        if name == "schedule_type" and value is not None:
+            updates.append(gr.update(choices=schedule_types(str(values.get("sampler", ""))), value=value))
+            continue
+        updates.append(gr.skip() if value is None else gr.update(value=value))
+    return updates

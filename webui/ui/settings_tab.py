@@ -1,0 +1,76 @@
+"""Settings: what a user may change from the browser, saved atomically and applied without a restart."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import gradio as gr
+
+from ..config import OFFLOAD_MODES, save_settings
+from ..samplers import SAMPLERS
+
+GIB = 2**30
+
+
+def corrupt_notice(settings: Any) -> str:
+    """A warning when the settings file was unreadable at start-up and was moved aside."""
+    aside = settings.settings_file.with_name(settings.settings_file.name + ".corrupt")
+    if not aside.exists():
+        return ""
+    return (f"<p class='atelier-warning'>The settings file was unreadable, so defaults are in use. "
+            f"The old file was kept as {html.escape(str(aside))}.</p>")
+
+
+def build(ctx: Any, allow_folder_changes: bool = True) -> None:
+    s = ctx.settings
+    notice = gr.HTML(corrupt_notice(s), elem_id="settings-notice")
+    with gr.Group():
+        outputs_dir = gr.Textbox(str(s.outputs_dir), label="Output folder", elem_id="settings-outputs-dir",
+                                 interactive=allow_folder_changes)
+        pattern = gr.Textbox(s.filename_pattern, label="File name pattern ([number] [seed] [prompt_words] "
+                             "[model_name] [date])", elem_id="settings-filename-pattern")
+        save_format = gr.Dropdown(["png", "jpg", "webp"], value=s.save_format, label="Image format",
+                                  elem_id="settings-save-format")
+    with gr.Group():
+        ram_cache = gr.Number(round(s.ram_cache_bytes / GIB, 2), label="RAM for cached checkpoints, GiB",
+                              elem_id="settings-ram-cache")
+        offload = gr.Dropdown(list(OFFLOAD_MODES), value=s.offload, label="Offload to CPU (to fit in VRAM)",
+                              elem_id="settings-offload")
+        preview_every = gr.Slider(0, 50, value=s.preview_every_n_steps, step=1,
+                                  label="Live preview every N steps (0 = off)", elem_id="settings-preview-every")
+    with gr.Group():
+        sampler = gr.Dropdown(list(SAMPLERS), value=s.default_sampler, label="Default sampler",
+                              elem_id="settings-default-sampler")
+        steps = gr.Slider(1, 150, value=s.default_steps, step=1, label="Default steps",
+                          elem_id="settings-default-steps")
+        size = gr.Number(s.default_size or 0, precision=0, label="Default width and height (0 = the model's own)",
+                         elem_id="settings-default-size")
+    save = gr.Button("Apply settings", variant="primary", elem_id="settings-apply")
+    status = gr.HTML(elem_id="settings-status")
+
+    def on_save(out_dir, name_pattern, fmt, ram_gib, offload_mode, every, default_sampler, default_steps, side):
+        changes = {
+            "filename_pattern": name_pattern,
+            "save_format": fmt,
+            "offload": offload_mode,
+            "preview_every_n_steps": every,
+            "default_sampler": default_sampler,
+            "default_steps": default_steps,
+            "default_size": side,
+        }
+        if allow_folder_changes:
+            changes["outputs_dir"] = out_dir
+        try:
+            changes["ram_cache_bytes"] = int(float(ram_gib) * GIB)
+            updated = save_settings(ctx.settings, changes)
+        except (TypeError, ValueError) as exc:
+            return f"<p class='atelier-error'>Not saved: {html.escape(str(exc))}</p>", gr.skip()
+        restart = updated.outputs_dir != ctx.settings.outputs_dir
+        ctx.apply_settings(updated)
+        note = " The new output folder is used from the next start." if restart else ""
+        return (f"<p class='atelier-ok'>Saved to {html.escape(str(updated.settings_file))} and applied. "
+                f"New defaults show in the tabs after a page reload.{html.escape(note)}</p>", "")
+
+    save.click(on_save, [outputs_dir, pattern, save_format, ram_cache, offload, preview_every, sampler, steps, size],
+               [status, notice], api_name=False, queue=False)
