@@ -208,7 +208,10 @@ def _wire_generation(ctx: Any, tab: ModeTab, top: TopBar, styles: Any) -> None:
         api_name=tab.mode,
         concurrency_id=GENERATION_QUEUE,
         concurrency_limit=1,
-        show_progress="minimal",
+        # Gradio's tracker (queue position while waiting, then elapsed time) sits on the progress line only,
+        # so the gallery and preview stay visible while the job streams.
+        show_progress="full",
+        show_progress_on=[tab.progress],
     )
 
     def on_interrupt(request: gr.Request) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,4 +104,3 @@ def owner_of(request: Any) -> str:
     return getattr(request, "session_hash", None) or "anonymous"
 
 
-ProgressReporter = Callable[[float, str], None]
