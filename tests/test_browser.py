@@ -227,13 +227,34 @@ def test_two_users_get_their_own_images_and_interrupt_only_their_own_job(page_at
     assert len(_gallery_images(bob, "txt2img")) == 1 and len(_gallery_images(alice, "txt2img")) == 1
 
 
-def test_every_tab_renders(page_at):
+def test_pasted_parameters_fill_the_form(page_at):
+    page = page_at()
+    _fill(page, "#txt2img-prompt textarea", "a red star\nNegative prompt: dull\nSteps: 33, Sampler: DPM++ 2M, "
+          "Schedule type: Karras, CFG scale: 4.5, Seed: 99, Size: 128x192")
+    page.click("#txt2img-read-params")
+    page.wait_for_function("document.querySelector('#txt2img-prompt textarea').value === 'a red star'")
+    assert page.input_value("#txt2img-negative textarea") == "dull"
+    assert page.input_value("#txt2img-seed input") == "99"
+    assert page.input_value("#txt2img-steps input[type=number]") == "33"
+    assert page.input_value("#txt2img-width input[type=number]") == "128"
+    assert page.input_value("#txt2img-height input[type=number]") == "192"
+
+
+def test_every_tab_renders_and_settings_are_saved(page_at, server):
+    import json
+
+    ctx, _ = server
     page = page_at()
     for name, shot in (("img2img", "img2img"), ("Settings", "settings"), ("txt2img", "txt2img-empty")):
         _tab(page, name)
         page.wait_for_timeout(300)
         _screenshot(page, shot)
-    assert page.locator("#settings-apply").count() == 1
+    _tab(page, "Settings")
+    _fill(page, "#settings-default-steps input[type=number]", 31)
+    page.click("#settings-apply")
+    page.wait_for_function("document.querySelector('#settings-status').innerText.includes('Saved')")
+    assert json.loads(ctx.settings.settings_file.read_text())["default_steps"] == 31
+    assert ctx.settings.default_steps == 31
 
 
 def test_auth_refuses_unauthenticated_page_and_api(browser, tmp_path):

@@ -94,3 +94,47 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, tiny_files):
     out = _cli("generate", "--prompt", "x", "--models-dir", str(models), "--settings-file", str(tmp_path / "s.json"),
                "--steps", "0", cwd=tmp_path)
     assert out.returncode == 2 and "steps" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_listen_without_auth_prints_the_address_and_a_generated_password(tmp_path):
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "HF_HOME": str(tmp_path / "hf")}
+    (tmp_path / "models" / "Stable-diffusion").mkdir(parents=True)
+    log = tmp_path / "server.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "webui", "--listen", "--port", str(port), "--no-autolaunch", "--models-dir",
+             str(tmp_path / "models"), "--outputs-dir", str(tmp_path / "outputs"), "--settings-file",
+             str(tmp_path / "settings.json")], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 180
+            while "Sign in as user" not in log.read_text() and time.monotonic() < deadline:
+                assert proc.poll() is None, log.read_text()
+                time.sleep(0.5)
+            text = log.read_text()
+            assert f":{port}/" in text and "Sign in as user 'atelier' with password '" in text
+            password = text.split("with password '")[1].split("'")[0]
+            stored = (tmp_path / "lan-password.json").read_text()
+            assert password in stored
+            url = f"http://127.0.0.1:{port}/"
+            while time.monotonic() < deadline:
+                try:
+                    status = httpx.get(url + "config", timeout=5).status_code
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.5)
+            assert status in (401, 403), "the studio is not open to the network without the password"
+            with httpx.Client() as client:
+                login = client.post(url + "login", data={"username": "atelier", "password": password}, timeout=30)
+                assert login.status_code == 200
+                assert client.get(url + "config", timeout=30).status_code == 200
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
