@@ -175,20 +175,21 @@ def test_png_info_reads_a_generated_png_and_sends_it_to_txt2img(page_at, server,
 
     ctx, url = server
     client = Client(url, download_files=str(tmp_path / "dl"), verbose=False)
-    client.predict(None, "a pink square on a cyan background", "blurry", "Euler a", "Automatic", 12, 64, 64, 1, 1,
-                   6.5, 4242, 1, [], api_name="/txt2img")
+    client.predict(None, "a pink square on a cyan background", "<b>blurry</b>", "Euler a", "Automatic", 12, 64, 64,
+                   1, 1, 6.5, 4242, 1, [], api_name="/txt2img")
     saved = next((ctx.settings.outputs_dir / "txt2img-images").rglob("*-4242.png"))
     page = page_at()
     _tab(page, "PNG Info")
     page.set_input_files("#pnginfo-image input[type=file]", str(saved))
     page.wait_for_function("document.querySelector('#pnginfo-info').innerText.includes('4242')")
     text = page.inner_text("#pnginfo-info")
-    assert "a pink square on a cyan background" in text and "blurry" in text and "Euler a" in text
+    assert "a pink square on a cyan background" in text and "Euler a" in text
+    assert "<b>blurry</b>" in text and page.locator("#pnginfo-info b").count() == 0, "prompt text is escaped"
     _screenshot(page, "png-info")
     page.click("#pnginfo-send-txt2img")
     page.wait_for_function(
         "document.querySelector('#txt2img-prompt textarea').value === 'a pink square on a cyan background'")
-    assert page.input_value("#txt2img-negative textarea") == "blurry"
+    assert page.input_value("#txt2img-negative textarea") == "<b>blurry</b>"
     assert page.input_value("#txt2img-seed input") == "4242"
     assert page.input_value("#txt2img-steps input[type=number]") == "12"
     assert page.input_value("#txt2img-cfg input[type=number]") == "6.5"
@@ -202,6 +203,10 @@ def test_interrupt_stops_a_long_job(page_at):
     page.click("#txt2img-generate")
     page.wait_for_function("document.querySelector('#txt2img-progress').innerText.toLowerCase().includes('step ')")
     _screenshot(page, "txt2img-progress")
+    # The page answers while the job runs: the token counter follows a new prompt long before the job ends.
+    _fill(page, "#txt2img-prompt textarea", "one two three four five")
+    page.wait_for_function("document.querySelector('#txt2img-token-count').innerText.startsWith('5/75')")
+    assert "Interrupted" not in page.inner_text("#txt2img-info")
     started = time.monotonic()
     page.click("#txt2img-interrupt")
     _wait_for_info(page, "txt2img", "Interrupted.")
