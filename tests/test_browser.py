@@ -176,7 +176,7 @@ def test_png_info_reads_a_generated_png_and_sends_it_to_txt2img(page_at, server,
     ctx, url = server
     client = Client(url, download_files=str(tmp_path / "dl"), verbose=False)
     client.predict(None, "a pink square on a cyan background", "<b>blurry</b>", "Euler a", "Automatic", 12, 64, 64,
-                   1, 1, 6.5, 4242, 1, [], api_name="/txt2img")
+                   1, 1, 6.5, 4242, 1, [], "Automatic", api_name="/txt2img")
     saved = next((ctx.settings.outputs_dir / "txt2img-images").rglob("*-4242.png"))
     page = page_at()
     _tab(page, "PNG Info")
@@ -254,6 +254,7 @@ def test_every_tab_renders_and_settings_are_saved(page_at, server):
         _tab(page, name)
         page.wait_for_timeout(300)
         _screenshot(page, shot)
+    assert page.locator("#sd-vae").count() == 1 and page.locator("#clip-skip").count() == 1
     _tab(page, "Settings")
     _fill(page, "#settings-default-steps input[type=number]", 31)
     page.click("#settings-apply")

@@ -39,7 +39,7 @@ def test_txt2img_through_the_running_server(served, tmp_path):
     ctx, url = served(["sd1"])
     client = Client(url, download_files=str(tmp_path / "dl"), verbose=False)
     gallery, info, *_ = client.predict(
-        "sd1.safetensors", "a red circle", "", "Euler a", "Automatic", 3, 64, 64, 1, 2, 7.0, 77, 1, [],
+        "sd1.safetensors", "a red circle", "", "Euler a", "Automatic", 3, 64, 64, 1, 2, 7.0, 77, 1, [], "Automatic",
         api_name="/txt2img",
     )
     assert len(gallery) == 2
@@ -63,7 +63,8 @@ def test_empty_models_folder_shows_where_to_put_checkpoints(served, tmp_path):
 
     client = Client(url, download_files=str(tmp_path / "dl"), verbose=False)
     with pytest.raises(Exception, match="No checkpoint found"):
-        client.predict(None, "x", "", "Euler a", "Automatic", 3, 64, 64, 1, 1, 7.0, 1, 1, [], api_name="/txt2img")
+        client.predict(None, "x", "", "Euler a", "Automatic", 3, 64, 64, 1, 1, 7.0, 1, 1, [], "Automatic",
+                       api_name="/txt2img")
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -75,13 +75,15 @@ def test_uploaded_mask_wins_over_paint_and_is_resized():
 
 def test_infotext_fills_the_form():
     text = ("a cat, (masterpiece:1.2)\nNegative prompt: blurry\nSteps: 30, Sampler: DPM++ 2M Karras, CFG scale: 5.5, "
-            "Seed: 77, Size: 512x768, Model hash: abcdef1234, Model: dreamy, Denoising strength: 0.4, Clip skip: 2")
+            "Seed: 77, Size: 512x768, Model hash: abcdef1234, Model: dreamy, VAE hash: 0123456789, "
+            "VAE: kl-f8.safetensors, Denoising strength: 0.4, Clip skip: 2")
     values = forms.values_from_infotext(text)
     assert values["prompt"] == "a cat, (masterpiece:1.2)" and values["negative_prompt"] == "blurry"
     assert (values["steps"], values["cfg_scale"], values["seed"]) == (30, 5.5, 77)
     assert (values["width"], values["height"]) == (512, 768)
     assert values["sampler"] == "DPM++ 2M" and values["schedule_type"] == "Karras"
     assert values["denoising_strength"] == 0.4 and values["clip_skip"] == 2 and values["checkpoint"] == "dreamy"
+    assert values["vae"] == "kl-f8.safetensors"
 
 
 @pytest.mark.parametrize(("count", "label"), [(0, "0/75"), (75, "75/75"), (76, "76/150"), (151, "151/225")])

@@ -68,6 +68,7 @@ def _generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-count", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--clip-skip", type=int, default=1)
+    p.add_argument("--vae", default="Automatic", help='"Automatic", "None" or a file in MODELS_DIR/VAE/')
     p.add_argument("--init-image", type=Path, help="img2img / inpainting source image")
     p.add_argument("--mask", type=Path, help="inpainting mask (white = repaint)")
     p.add_argument("--denoising-strength", type=float, default=0.75)
@@ -162,6 +163,7 @@ def _request_from_args(args: argparse.Namespace, ctx: Any):
         batch_count=args.batch_count,
         batch_size=args.batch_size,
         clip_skip=args.clip_skip,
+        vae=args.vae,
         init_image=init,
         mask=open_image(args.mask),
         denoising_strength=args.denoising_strength,
@@ -177,6 +179,7 @@ def _request_from_args(args: argparse.Namespace, ctx: Any):
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .models.loader import CheckpointLoadError
+    from .models.vae import VaeNotFoundError
     from .pipelines.generate import generate
     from .pipelines.manager import NoCheckpointError
     from .pipelines.request import RequestError
@@ -186,7 +189,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         request = _request_from_args(args, ctx)
         result = generate(ctx.manager, request, ctx.outputs, save_format=ctx.settings.save_format)
-    except (RequestError, UnknownSamplerError, CheckpointLoadError, NoCheckpointError, OSError) as exc:
+    except (RequestError, UnknownSamplerError, CheckpointLoadError, NoCheckpointError, VaeNotFoundError,
+            OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:

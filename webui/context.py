@@ -62,6 +62,7 @@ class AppContext:
             offload=settings.offload,
             default_checkpoint=settings.default_checkpoint,
             batch_mode=settings.batch_mode,
+            vae_dir=settings.models_dir / "VAE",
         )
         outputs = OutputLayout(settings.outputs_dir, settings.filename_pattern)
         return cls(settings, registry, manager, outputs, JobRegistry())

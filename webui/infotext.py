@@ -175,6 +175,9 @@ def request_fields_from_infotext(text: str) -> dict[str, object]:
     if _is_int(clip_skip) and 1 <= clip_skip <= 12:  # type: ignore[operator]
         fields["clip_skip"] = clip_skip
     fields.update(_sampler_fields(parsed.get("Sampler"), parsed.get("Schedule type")))
+    vae = parsed.get("VAE")
+    if isinstance(vae, str) and vae.strip():
+        fields["vae"] = vae.strip()
     checkpoint = _checkpoint(parsed.get("Model"), parsed.get("Model hash"))
     if checkpoint:
         fields["checkpoint"] = checkpoint

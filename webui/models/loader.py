@@ -175,7 +175,7 @@ def _cast(state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, 
     return {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state_dict.items()}
 
 
-def _instantiate(build: Any, state_dict: dict[str, torch.Tensor], dtype: torch.dtype, what: str, name: str):
+def instantiate_module(build: Any, state_dict: dict[str, torch.Tensor], dtype: torch.dtype, what: str, name: str):
     """Build a module with no weights allocated, then adopt the checkpoint's tensors."""
     from accelerate import init_empty_weights
 
@@ -227,7 +227,7 @@ def _text_encoder_from_ldm(
     def build():
         return cls(text_config)
 
-    return _instantiate(build, converted, dtype, "text encoder", name)
+    return instantiate_module(build, converted, dtype, "text encoder", name)
 
 
 def build_components(
@@ -246,11 +246,11 @@ def build_components(
         raise CheckpointLoadError(f"{name}: tensors do not match the {detection.arch} layout ({exc})") from exc
     if not vae_sd:
         raise CheckpointLoadError(f"{name}: the file has no VAE (first_stage_model.*) tensors")
-    components["unet"] = _instantiate(
+    components["unet"] = instantiate_module(
         lambda: UNet2DConditionModel.from_config(unet_config), unet_sd, dtype, "UNet", name
     )
     del unet_sd
-    components["vae"] = _instantiate(lambda: AutoencoderKL.from_config(vae_config), vae_sd, dtype, "VAE", name)
+    components["vae"] = instantiate_module(lambda: AutoencoderKL.from_config(vae_config), vae_sd, dtype, "VAE", name)
     del vae_sd
 
     family = "sdxl" if detection.is_sdxl else ("sd2" if detection.arch.startswith("sd2") else "sd1")

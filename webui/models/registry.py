@@ -77,6 +77,10 @@ class CheckpointRegistry:
         self._entries: list[CheckpointEntry] = []
         self.refresh()
 
+    @property
+    def hash_cache(self) -> HashCache:
+        return self._hashes
+
     def refresh(self) -> list[CheckpointEntry]:
         found: list[CheckpointEntry] = []
         root = self.checkpoints_dir

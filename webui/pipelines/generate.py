@@ -135,7 +135,8 @@ def _pipeline_task(req: GenerationRequest, model: LoadedModel) -> Task:
     return Task.INPAINT if model.detection.is_inpaint else req.task
 
 
-def _infotext(req: GenerationRequest, choice: SamplerChoice, seed: int, model_name: str, model_hash: str | None) -> str:
+def _infotext(req: GenerationRequest, choice: SamplerChoice, seed: int, model_name: str, model_hash: str | None,
+              vae_name: str | None = None, vae_hash: str | None = None) -> str:
     params: dict[str, Any] = {
         "Steps": req.steps,
         "Sampler": choice.name,
@@ -145,6 +146,8 @@ def _infotext(req: GenerationRequest, choice: SamplerChoice, seed: int, model_na
         "Size": f"{req.width}x{req.height}",
         "Model hash": model_hash,
         "Model": model_name,
+        "VAE hash": vae_hash,
+        "VAE": vae_name,
         "Denoising strength": req.denoising_strength if req.task is not Task.TXT2IMG else None,
         "Clip skip": req.clip_skip if req.clip_skip > 1 else None,
     }
@@ -207,6 +210,7 @@ def generate(
         result.model_name = model.display_name
         control.update(state="running", started=time.monotonic())
         # 3. prepare the init image and mask (once; "latent noise" fill is redone per seed below)
+        vae, vae_file = manager.vae_for(model, req.vae)
         prepared = _prepare_inputs(req, model, first_seed)
         task = _pipeline_task(req, model)
         plan = manager.plan_offload(model, req.width, req.height, req.batch_size)
@@ -228,7 +232,8 @@ def generate(
                     break
                 if req.masked_content is MaskedContent.LATENT_NOISE and req.task is Task.INPAINT:
                     prepared = _prepare_inputs(req, model, group[0])  # noise drawn from this image's seed
-                images, plan = _run_batch(manager, model, task, req, choice, prepared, group, callback, plan, result)
+                images, plan = _run_batch(manager, model, task, req, choice, prepared, group, callback, plan, result,
+                                          vae)
                 # 5. inpainting: paste into the original through the blurred mask
                 if req.task is Task.INPAINT and prepared.original is not None:
                     images = [imgs.paste_back(prepared.original, im, prepared.paste_mask, prepared.crop)
@@ -240,8 +245,10 @@ def generate(
 
         # 6. infotext and files
         result.model_hash = manager.short_hash(model)
+        vae_name = vae_file.name if vae_file is not None else None
+        vae_hash = manager.vae_hash(vae_file) if vae_file is not None else None
         for image, seed in zip(result.images, result.seeds, strict=True):
-            text = _infotext(req, choice, seed, result.model_name, result.model_hash)
+            text = _infotext(req, choice, seed, result.model_name, result.model_hash, vae_name, vae_hash)
             result.infotexts.append(text)
             if req.save_images and outputs is not None:
                 folder = outputs.folder_for(req.task.value)
@@ -264,11 +271,12 @@ def _run_batch(
     callback: _StepCallback,
     plan: Any,
     result: GenerationResult,
+    vae: Any = None,
 ) -> tuple[list[Image.Image], Any]:
     """One batch; on out-of-memory, free memory, step the offload plan up once and retry."""
     for attempt in range(2):
         scheduler = make_scheduler(choice, model.components["scheduler"].config, noise_seeds=seeds)
-        pipe = manager.pipeline(model, task, scheduler)
+        pipe = manager.pipeline(model, task, scheduler, vae)
         out_of_memory = False
         try:
             manager.place(model, pipe, plan)

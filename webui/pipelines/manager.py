@@ -9,11 +9,14 @@ out pipelines for txt2img / img2img / inpainting built over one shared set of we
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +32,7 @@ from ..models.loader import (
 )
 from ..models.offload import MemoryNeeds, OffloadMode, OffloadPlan, choose_offload
 from ..models.registry import CheckpointEntry, CheckpointRegistry
+from ..models.vae import VaeFile, load_vae, resolve_vae
 from .request import Task
 
 log = logging.getLogger(__name__)
@@ -83,8 +87,10 @@ class PipelineManager:
         offload: str = "auto",
         default_checkpoint: str | None = None,
         batch_mode: str = "auto",
+        vae_dir: Path | None = None,
     ) -> None:
         self.registry = registry
+        self.vae_dir = vae_dir or registry.checkpoints_dir.parent / "VAE"
         self.device = device
         self.dtype = dtype
         self.offload_setting = offload
@@ -101,6 +107,8 @@ class PipelineManager:
         self._current: str | None = None
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash")
         self._hash_jobs: dict[str, Future] = {}
+        # Separate VAEs are small (about 160 MB in fp16); the last two used stay loaded.
+        self._vaes: OrderedDict[tuple[str, int, str, str], Any] = OrderedDict()
 
     # ------------------------------------------------------------------ model selection
     @property
@@ -191,8 +199,32 @@ class PipelineManager:
             with self.cache.use(model.name) as pinned:
                 yield pinned
 
-    def pipeline(self, model: LoadedModel, task: Task, scheduler: Any) -> Any:
-        """A pipeline for `task` over the model's shared weights, with this job's own scheduler.
+    def vae_for(self, model: LoadedModel, choice: str | None) -> tuple[Any, VaeFile | None]:
+        """The VAE module a job with this choice uses, and its file (None: the checkpoint's own VAE).
+
+        Call it while holding `use()`. Switching VAE never reloads the checkpoint.
+        """
+        vae_file = resolve_vae(choice, self.vae_dir, model.source)
+        if vae_file is None:
+            return model.components["vae"], None
+        stat = vae_file.path.stat()
+        config = dict(model.components["vae"].config)
+        key = (str(vae_file.path), stat.st_mtime_ns, str(model.dtype), json.dumps(config, sort_keys=True, default=str))
+        module = self._vaes.get(key)
+        if module is None:
+            module = load_vae(vae_file, config, model.dtype)
+            self._vaes[key] = module
+            while len(self._vaes) > 2:
+                self._vaes.popitem(last=False)
+        self._vaes.move_to_end(key)
+        return module, vae_file
+
+    def vae_hash(self, vae_file: VaeFile) -> str:
+        """A1111's "VAE hash": the first 10 hex digits of the file's SHA-256 (cached by size and mtime)."""
+        return self.registry.hash_cache.sha256(f"VAE/{vae_file.name}", vae_file.path)[:10]
+
+    def pipeline(self, model: LoadedModel, task: Task, scheduler: Any, vae: Any = None) -> Any:
+        """A pipeline for `task` over the model's shared weights, with this job's own scheduler (and VAE).
 
         Call it while holding `use()`: the pipeline object is reused by the next job of the same task.
         """
@@ -213,8 +245,8 @@ class PipelineManager:
             pipe = base if task is Task.TXT2IMG else classes[task].from_pipe(base, torch_dtype=model.dtype)
             pipe.set_progress_bar_config(disable=True)
             model.pipelines[task.value] = pipe
-        # Jobs hold the run lock, so swapping in this job's own scheduler cannot race another job.
-        pipe.register_modules(scheduler=scheduler)
+        # Jobs hold the run lock, so swapping in this job's own scheduler and VAE cannot race another job.
+        pipe.register_modules(scheduler=scheduler, vae=vae if vae is not None else model.components["vae"])
         return pipe
 
     def plan_offload(self, model: LoadedModel, width: int, height: int, batch_size: int) -> OffloadPlan:
@@ -232,7 +264,7 @@ class PipelineManager:
 
     def place(self, model: LoadedModel, pipe: Any, plan: OffloadPlan) -> None:
         """Put the job's pipeline on the device according to the plan (CPU: nothing to do)."""
-        vae = model.components["vae"]
+        vae = pipe.vae
         if vae.dtype != model.dtype:
             # SDXL pipelines upcast the VAE for decoding and only cast it back on success.
             vae.to(model.dtype)
@@ -249,6 +281,9 @@ class PipelineManager:
                 previous.pipelines["base"].to("cpu")
             devices.release_memory(self.device)
         pipe.remove_all_hooks()
+        for other in [model.components["vae"], *self._vaes.values()]:
+            if other is not vae and next(other.parameters()).device.type != "cpu":
+                other.to("cpu")  # the VAE this job does not use leaves the device
         if plan.mode is OffloadMode.NONE:
             pipe.to(self.device)
         elif plan.mode is OffloadMode.MODEL:

@@ -74,6 +74,7 @@ class GenerationRequest:
     batch_count: int = 1
     batch_size: int = 1
     clip_skip: int = 1
+    vae: str = "Automatic"  # "Automatic", "None" or a file in models/VAE/
     # img2img / inpaint
     init_image: Image.Image | None = None
     denoising_strength: float = 0.75

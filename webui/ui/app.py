@@ -11,6 +11,7 @@ from typing import Any
 
 import gradio as gr
 
+from ..models.vae import AUTOMATIC, NONE, list_vaes
 from ..styles import StyleStore
 from . import forms, generation_tab, png_info, settings_tab
 from .common import checkpoint_choices, default_checkpoint_title, native_size_of, no_checkpoint_message
@@ -45,6 +46,10 @@ class LazyTokenizer:
             return self._tokenizer
 
 
+def vae_choices(ctx: Any) -> list[str]:
+    return [AUTOMATIC, NONE] + [f.name for f in list_vaes(ctx.settings.models_dir / "VAE")]
+
+
 def _image_value(mode: str, path_or_image: Any) -> Any:
     if mode == "inpaint":
         return {"background": path_or_image, "layers": [], "composite": path_or_image}
@@ -63,9 +68,10 @@ def build(ctx: Any) -> gr.Blocks:
             checkpoint = gr.Dropdown(label="Stable Diffusion checkpoint", choices=checkpoint_choices(ctx),
                                      value=current, elem_id="checkpoint", scale=4)
             refresh = gr.Button("🔄", elem_id="refresh-checkpoints", scale=0, min_width=48)
+            vae = gr.Dropdown(label="SD VAE", choices=vae_choices(ctx), value=AUTOMATIC, elem_id="sd-vae", scale=2)
             clip_skip = gr.Slider(1, 12, value=1, step=1, label="Clip skip", elem_id="clip-skip", scale=2)
             status = gr.Markdown("", elem_id="checkpoint-status")
-        top = TopBar(checkpoint, refresh, clip_skip, status)
+        top = TopBar(checkpoint, refresh, clip_skip, vae, status)
         tabs_by_mode: dict[str, ModeTab] = {}
         with gr.Tabs(elem_id="tabs") as tabs:
             for mode in ("txt2img", "img2img", "inpaint"):
@@ -83,14 +89,16 @@ def build(ctx: Any) -> gr.Blocks:
 def _wire_top_bar(ctx: Any, top: TopBar, empty_notice: gr.Markdown, tabs: dict[str, ModeTab]) -> None:
     sizes = [c for tab in tabs.values() for c in (tab.fields["width"], tab.fields["height"])]
 
-    def on_refresh(current: str | None):
+    def on_refresh(current: str | None, current_vae: str | None):
         ctx.registry.refresh()
         choices = checkpoint_choices(ctx)
         value = current if current in choices else default_checkpoint_title(ctx)
-        return gr.update(choices=choices, value=value), gr.update(visible=not choices)
+        vaes = vae_choices(ctx)
+        return (gr.update(choices=choices, value=value), gr.update(visible=not choices),
+                gr.update(choices=vaes, value=current_vae if current_vae in vaes else AUTOMATIC))
 
-    top.refresh.click(on_refresh, [top.checkpoint], [top.checkpoint, empty_notice], api_name="refresh_checkpoints",
-                      queue=False)
+    top.refresh.click(on_refresh, [top.checkpoint, top.vae], [top.checkpoint, empty_notice, top.vae],
+                      api_name="refresh_checkpoints", queue=False)
 
     def on_switch(title: str | None):
         # Loads in the generation queue's turn, so a job that is running keeps its model. Every job
@@ -120,6 +128,11 @@ def _wire_transfers(ctx: Any, top: TopBar, tabs: gr.Tabs, by_mode: dict[str, Mod
         entry = ctx.registry.find(name)
         return entry.title if entry is not None else None
 
+    def find_vae(name: str) -> Any:
+        return name if name in vae_choices(ctx) else None
+
+    resolvers = {"checkpoint": find_checkpoint, "vae": find_vae}
+
     def transfer(target_mode: str, with_image: bool):
         target = by_mode[target_mode]
         image_component = target.fields["init_image" if target_mode == "img2img" else "mask_editor"] \
@@ -135,7 +148,7 @@ def _wire_transfers(ctx: Any, top: TopBar, tabs: gr.Tabs, by_mode: dict[str, Mod
             head = [gr.Tabs(selected=target_mode)]
             if image_component is not None:
                 head.append(_image_value(target_mode, image))
-            return head + fill_updates(target, top, values, find_checkpoint)
+            return head + fill_updates(target, top, values, resolvers)
 
         return outputs, from_values
 
@@ -167,7 +180,7 @@ def _wire_transfers(ctx: Any, top: TopBar, tabs: gr.Tabs, by_mode: dict[str, Mod
                 text = texts[min(int(results.get("selected", 0)), len(texts) - 1)] if texts else ""
             if not text.strip():
                 raise gr.Error("Paste generation parameters into the prompt box first.")
-            return fill_updates(_tab, top, forms.values_from_infotext(text), find_checkpoint)
+            return fill_updates(_tab, top, forms.values_from_infotext(text), resolvers)
 
         tab.read_params.click(read_params, [tab.fields["prompt"], tab.results], outputs()[1:], queue=False,
                               api_name=False)

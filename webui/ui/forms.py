@@ -17,7 +17,7 @@ from ..pipelines.request import GenerationRequest, InpaintArea, MaskedContent, R
 
 # Fields every mode has, in the order the txt2img API takes them after the checkpoint.
 COMMON_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule_type", "steps", "width", "height", "batch_count",
-                 "batch_size", "cfg_scale", "seed", "clip_skip", "styles")
+                 "batch_size", "cfg_scale", "seed", "clip_skip", "styles", "vae")
 IMG2IMG_FIELDS = ("init_image", "denoising_strength", "resize_mode")
 INPAINT_FIELDS = ("mask_editor", "mask_upload", "mask_blur", "masked_content", "inpaint_area", "inpaint_padding",
                   "mask_invert")
@@ -101,6 +101,7 @@ def request_from_values(mode: str, checkpoint: str | None, values: Mapping[str, 
         "batch_count": _int(values, "batch_count", 1),
         "batch_size": _int(values, "batch_size", 1),
         "clip_skip": _int(values, "clip_skip", 1),
+        "vae": str(values.get("vae") or "Automatic"),
     }
     if mode in ("img2img", "inpaint"):
         fields["denoising_strength"] = _float(values, "denoising_strength", 0.75)
@@ -135,7 +136,7 @@ def request_from_values(mode: str, checkpoint: str | None, values: Mapping[str, 
 _FORM_NAMES = {"prompt": "prompt", "negative_prompt": "negative_prompt", "steps": "steps", "cfg_scale": "cfg_scale",
                "seed": "seed", "width": "width", "height": "height", "sampler": "sampler",
                "schedule_type": "schedule_type", "denoising_strength": "denoising_strength",
-               "clip_skip": "clip_skip", "checkpoint": "checkpoint"}
+               "clip_skip": "clip_skip", "checkpoint": "checkpoint", "vae": "vae"}
 
 
 def values_from_infotext(text: str) -> dict[str, Any]:

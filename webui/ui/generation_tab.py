@@ -14,6 +14,7 @@ import gradio as gr
 from ..context import EXAMPLE_PROMPT
 from ..jobs import Progress
 from ..models.loader import CheckpointLoadError
+from ..models.vae import VaeNotFoundError
 from ..pipelines.manager import NoCheckpointError
 from ..pipelines.request import InpaintArea, MaskedContent, RequestError, ResizeMode
 from ..samplers import SAMPLERS, SCHEDULE_TYPES, UnknownSamplerError
@@ -22,7 +23,7 @@ from .runner import info_html, owner_of, progress_text, run_job
 
 log = logging.getLogger(__name__)
 
-USER_ERRORS = (RequestError, UnknownSamplerError, CheckpointLoadError, NoCheckpointError)
+USER_ERRORS = (RequestError, UnknownSamplerError, CheckpointLoadError, NoCheckpointError, VaeNotFoundError)
 GENERATION_QUEUE = "generation"  # every job and model switch waits in this one FIFO queue
 
 TITLES = {"txt2img": "txt2img", "img2img": "img2img", "inpaint": "Inpaint"}
@@ -39,6 +40,7 @@ class TopBar:
     checkpoint: gr.Dropdown
     refresh: gr.Button
     clip_skip: gr.Slider
+    vae: gr.Dropdown
     status: gr.Markdown
 
 
@@ -73,7 +75,7 @@ def _progress_bar(progress: Progress | None, text: str = "") -> str:
 def build_mode_tab(ctx: Any, mode: str, top: TopBar, size: int, styles: Any, tokenizer: Any) -> ModeTab:
     settings = ctx.settings
     prefix = mode
-    fields: dict[str, Any] = {"clip_skip": top.clip_skip}
+    fields: dict[str, Any] = {"clip_skip": top.clip_skip, "vae": top.vae}
     with gr.Row():
         with gr.Column(scale=3):
             with gr.Row():
@@ -289,19 +291,21 @@ def fill_targets(tab: ModeTab, top: TopBar) -> list[Any]:
 
 
 FILL_ORDER = ("prompt", "negative_prompt", "sampler", "schedule_type", "steps", "cfg_scale", "seed", "width", "height",
-              "denoising_strength", "clip_skip", "checkpoint")
+              "denoising_strength", "clip_skip", "vae", "checkpoint")
 
 
-def fill_updates(tab: ModeTab, top: TopBar, values: dict[str, Any], find_checkpoint: Any) -> list[Any]:
-    """gr.update per ``fill_targets`` entry: the infotext's value, or no change where it has none."""
+def fill_updates(tab: ModeTab, top: TopBar, values: dict[str, Any], resolvers: dict[str, Any]) -> list[Any]:
+    """gr.update per ``fill_targets`` entry: the infotext's value, or no change where it has none.
+
+    ``resolvers`` turn names from the infotext (checkpoint, VAE) into the dropdowns' choices, or None."""
     targets = {**tab.fields, "checkpoint": top.checkpoint}
     updates = []
     for name in FILL_ORDER:
         if name not in targets:
             continue
         value = values.get(name)
-        if name == "checkpoint":
-            value = find_checkpoint(value) if value else None
+        if name in resolvers and value is not None:
+            value = resolvers[name](value)
         if name == "schedule_type" and value is not None:
             updates.append(gr.update(choices=schedule_types(str(values.get("sampler", ""))), value=value))
             continue
