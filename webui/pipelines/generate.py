@@ -30,6 +30,7 @@ from ..models.offload import step_up
 from ..outputs import OutputLayout, prompt_words, save_image
 from ..samplers import SamplerChoice, resolve_sampler
 from . import images as imgs
+from .conditioning import PromptEncoder, ScheduledConditioning, build_conditioning
 from .manager import PipelineManager
 from .previews import latents_to_preview
 from .request import GenerationRequest, InpaintArea, MaskedContent, RequestError, Task
@@ -168,6 +169,34 @@ class _StepCallback:
     def __init__(self, control: JobControl, is_sdxl: bool) -> None:
         self.control = control
         self.is_sdxl = is_sdxl
+        # Set per pipeline call: the prompt schedule and how many images the call makes.
+        self.conditioning: ScheduledConditioning | None = None
+        self.count = 1
+
+    def tensor_inputs(self, pipe: Any) -> list[str]:
+        wanted = ["latents", "prompt_embeds"] + (["add_text_embeds"] if self.is_sdxl else [])
+        return [name for name in wanted if name in getattr(pipe, "_callback_tensor_inputs", wanted)]
+
+    def _switch_prompts(self, pipe: Any, step: int) -> dict[str, Any]:
+        """Prompt editing: the embeddings for the next step, when they differ from this step's."""
+        schedule = self.conditioning
+        if schedule is None or not schedule.changes:
+            return {}
+        upcoming, current = schedule.at(step + 2), schedule.at(step + 1)
+        if upcoming[0] is current[0] and upcoming[1] is current[1]:
+            return {}
+        positive, negative = upcoming
+        guided = bool(getattr(pipe, "do_classifier_free_guidance", True))
+        embeds = [positive.embeds] * self.count
+        if guided:
+            embeds = [negative.embeds] * self.count + embeds
+        out = {"prompt_embeds": torch.cat(embeds)}
+        if self.is_sdxl and positive.pooled is not None:
+            pooled = [positive.pooled] * self.count
+            if guided:
+                pooled = [negative.pooled] * self.count + pooled
+            out["add_text_embeds"] = torch.cat(pooled)
+        return out
 
     def __call__(self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         control = self.control
@@ -179,7 +208,7 @@ class _StepCallback:
         control.update(**changes)
         if control.interrupted or control.skipped:
             pipe._interrupt = True  # diffusers stops after this step and still decodes what it has
-        return {}
+        return self._switch_prompts(pipe, step)
 
 
 def generate(
@@ -211,6 +240,8 @@ def generate(
         control.update(state="running", started=time.monotonic())
         # 3. prepare the init image and mask (once; "latent noise" fill is redone per seed below)
         vae, vae_file = manager.vae_for(model, req.vae)
+        # Prompts are encoded once per job (each distinct prompt of an editing schedule once) and reused by every batch.
+        encoder = PromptEncoder(model.components, model.is_sdxl, req.clip_skip, manager.execution_device)
         prepared = _prepare_inputs(req, model, first_seed)
         task = _pipeline_task(req, model)
         plan = manager.plan_offload(model, req.width, req.height, req.batch_size)
@@ -233,7 +264,7 @@ def generate(
                 if req.masked_content is MaskedContent.LATENT_NOISE and req.task is Task.INPAINT:
                     prepared = _prepare_inputs(req, model, group[0])  # noise drawn from this image's seed
                 images, plan = _run_batch(manager, model, task, req, choice, prepared, group, callback, plan, result,
-                                          vae)
+                                          vae, encoder)
                 # 5. inpainting: paste into the original through the blurred mask
                 if req.task is Task.INPAINT and prepared.original is not None:
                     images = [imgs.paste_back(prepared.original, im, prepared.paste_mask, prepared.crop)
@@ -271,7 +302,8 @@ def _run_batch(
     callback: _StepCallback,
     plan: Any,
     result: GenerationResult,
-    vae: Any = None,
+    vae: Any,
+    encoder: PromptEncoder,
 ) -> tuple[list[Image.Image], Any]:
     """One batch; on out-of-memory, free memory, step the offload plan up once and retry."""
     for attempt in range(2):
@@ -280,7 +312,7 @@ def _run_batch(
         out_of_memory = False
         try:
             manager.place(model, pipe, plan)
-            return _call_pipeline(pipe, task, req, prepared, seeds, callback), plan
+            return _call_pipeline(pipe, task, req, prepared, seeds, callback, encoder), plan
         except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
             if attempt == 1 or not devices.is_out_of_memory(exc):
                 raise
@@ -298,29 +330,40 @@ def _run_batch(
     raise AssertionError("unreachable")
 
 
+def _strength(req: GenerationRequest) -> float:
+    return req.denoising_strength if req.task is not Task.TXT2IMG else 1.0
+
+
 def _call_pipeline(
-    pipe: Any, task: Task, req: GenerationRequest, prepared: _Prepared, seeds: list[int], callback: _StepCallback
+    pipe: Any, task: Task, req: GenerationRequest, prepared: _Prepared, seeds: list[int], callback: _StepCallback,
+    encoder: PromptEncoder,
 ) -> list[Image.Image]:
     count = len(seeds)
     # One generator per image on the CPU: image i of a batch equals a single run with seed + i, on any device.
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    steps_run = req.steps if task is Task.TXT2IMG else min(req.steps, int(req.steps * _strength(req)))
+    schedule = build_conditioning(encoder, req.prompt, req.negative_prompt, steps_run,
+                                  zero_empty_negative=bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False)))
+    positive, negative = schedule.at(1)
+    callback.conditioning, callback.count = schedule, count
     kwargs: dict[str, Any] = {
-        "prompt": [req.prompt] * count,
-        "negative_prompt": [req.negative_prompt] * count,
+        "prompt_embeds": positive.embeds.repeat(count, 1, 1),
+        "negative_prompt_embeds": negative.embeds.repeat(count, 1, 1),
         "num_inference_steps": req.steps,
         "guidance_scale": req.cfg_scale,
         "generator": generators,
         "callback_on_step_end": callback,
-        "callback_on_step_end_tensor_inputs": ["latents"],
+        "callback_on_step_end_tensor_inputs": callback.tensor_inputs(pipe),
         "output_type": "pil",
     }
-    if req.clip_skip > 1:
-        kwargs["clip_skip"] = req.clip_skip - 1  # A1111 counts the last layer as 1; diffusers counts skipped layers
+    if positive.pooled is not None:
+        kwargs["pooled_prompt_embeds"] = positive.pooled.repeat(count, 1)
+        kwargs["negative_pooled_prompt_embeds"] = negative.pooled.repeat(count, 1)
     if task is not Task.IMG2IMG:  # img2img takes its size from the (already fitted) init image
         kwargs.update(width=req.width, height=req.height)
     if task is not Task.TXT2IMG:
         kwargs["image"] = [prepared.source] * count
-        kwargs["strength"] = req.denoising_strength if req.task is not Task.TXT2IMG else 1.0
+        kwargs["strength"] = _strength(req)
     if task is Task.INPAINT:
         kwargs["mask_image"] = [prepared.mask] * count
     with torch.inference_mode():

@@ -15,6 +15,7 @@ from ..context import EXAMPLE_PROMPT
 from ..jobs import Progress
 from ..models.loader import CheckpointLoadError
 from ..models.vae import VaeNotFoundError
+from ..pipelines.conditioning import count_tokens
 from ..pipelines.manager import NoCheckpointError
 from ..pipelines.request import InpaintArea, MaskedContent, RequestError, ResizeMode
 from ..samplers import SAMPLERS, SCHEDULE_TYPES, UnknownSamplerError
@@ -241,11 +242,11 @@ def _wire_helpers(ctx: Any, tab: ModeTab, styles: Any, tokenizer: Any, token_cou
                   reuse_seed: gr.Button) -> None:
     f = tab.fields
 
-    def count_tokens(text: str) -> str:
-        ids = tokenizer.get()(text or "", truncation=False, add_special_tokens=False).input_ids
-        return forms.token_count_label(len(ids))
+    def on_prompt(text: str) -> str:
+        # Emphasis and editing syntax cost no tokens; BREAK and the chunking follow the encoder's rules.
+        return forms.token_count_label(count_tokens(tokenizer.get(), text or ""))
 
-    f["prompt"].change(count_tokens, [f["prompt"]], [token_count], queue=False, api_name=False,
+    f["prompt"].change(on_prompt, [f["prompt"]], [token_count], queue=False, api_name=False,
                        show_progress="hidden")
 
     def on_apply(selected: list[str], prompt: str, negative: str):

@@ -1,0 +1,202 @@
+"""Prompt text -> text-encoder embeddings the way A1111 builds them.
+
+- Emphasis weights (``webui.prompts.parse_attention``) multiply the token embeddings, after which the
+  mean of the whole embedding is restored to its unweighted value.
+- Prompts are cut into 75-token chunks (at the last comma when it is near, or at ``BREAK``), each
+  encoded as 77 tokens with start and end tokens, and concatenated: nothing is truncated. The
+  negative prompt is padded with empty chunks to the same length.
+- Prompt editing and alternation (``webui.prompts.prompt_schedule``): every distinct prompt of the
+  schedule is encoded once, and the step callback swaps the embeddings in at the right steps.
+- SD 1.x / 2.x: one encoder; clip skip counts layers from the end (1 = last). SDXL: both encoders'
+  penultimate layers side by side (clip skip moves further back), the pooled embedding from the
+  second encoder's first chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..prompts import BREAK, parse_attention, prompt_schedule
+
+CHUNK_TOKENS = 75
+COMMA_BACKTRACK = 20  # a chunk that would split a phrase breaks after its last comma if within 20 tokens
+
+
+@dataclass
+class Chunk:
+    tokens: list[int] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+
+
+def tokenize_chunks(tokenizer: Any, text: str) -> list[Chunk]:
+    """``text`` as chunks of at most 75 (token, weight) pairs, without start/end tokens."""
+    fragments = parse_attention(text)
+    comma = tokenizer.convert_tokens_to_ids(",</w>")
+    chunks: list[Chunk] = []
+    chunk = Chunk()
+    last_comma = -1
+
+    def close() -> None:
+        nonlocal chunk, last_comma
+        chunks.append(chunk)
+        chunk = Chunk()
+        last_comma = -1
+
+    texts = [fragment for fragment, weight in fragments if (fragment, weight) != BREAK]
+    encoded = iter(tokenizer(texts, add_special_tokens=False, truncation=False).input_ids if texts else [])
+    for fragment, weight in fragments:
+        if (fragment, weight) == BREAK:
+            close()
+            continue
+        for token in next(encoded):
+            if token == comma:
+                last_comma = len(chunk.tokens)
+            elif (len(chunk.tokens) == CHUNK_TOKENS and last_comma != -1
+                  and len(chunk.tokens) - last_comma <= COMMA_BACKTRACK):
+                moved = Chunk(chunk.tokens[last_comma + 1:], chunk.weights[last_comma + 1:])
+                del chunk.tokens[last_comma + 1:], chunk.weights[last_comma + 1:]
+                close()
+                chunk = moved
+            if len(chunk.tokens) == CHUNK_TOKENS:
+                close()
+            chunk.tokens.append(token)
+            chunk.weights.append(weight)
+    if chunk.tokens or not chunks:
+        close()
+    return chunks
+
+
+def chunk_ids(tokenizer: Any, chunk: Chunk) -> tuple[list[int], list[float]]:
+    """77 ids: start, the chunk, end, then padding (as the tokenizer itself pads); weights 1 outside the chunk."""
+    ids = [tokenizer.bos_token_id, *chunk.tokens, tokenizer.eos_token_id]
+    weights = [1.0, *chunk.weights, 1.0]
+    pad = CHUNK_TOKENS + 2 - len(ids)
+    return ids + [tokenizer.pad_token_id] * pad, weights + [1.0] * pad
+
+
+def count_tokens(tokenizer: Any, text: str) -> int:
+    """Tokens a prompt uses (the first prompt of its schedule, without emphasis syntax), as the UI counts them."""
+    first = prompt_schedule(text, 1)[0][1]
+    return sum(len(chunk.tokens) for chunk in tokenize_chunks(tokenizer, first))
+
+
+def _final_norm(encoder: Any) -> Any:
+    inner = getattr(encoder, "text_model", encoder)
+    return inner.final_layer_norm
+
+
+@dataclass
+class Conditioning:
+    embeds: torch.Tensor  # (1, 77 * chunks, dim)
+    pooled: torch.Tensor | None = None  # SDXL: (1, dim2)
+
+
+class PromptEncoder:
+    """Encodes prompts for one model and one job; caches by text so each distinct prompt is encoded once."""
+
+    def __init__(self, components: dict[str, Any], is_sdxl: bool, clip_skip: int, device: torch.device) -> None:
+        self.components = components
+        self.is_sdxl = is_sdxl
+        self.clip_skip = max(1, int(clip_skip))
+        self.device = device
+        self._cache: dict[tuple[str, int], Conditioning] = {}
+
+    def encoders(self) -> list[tuple[Any, Any]]:
+        pairs = [(self.components["tokenizer"], self.components["text_encoder"])]
+        if self.is_sdxl:
+            pairs.append((self.components["tokenizer_2"], self.components["text_encoder_2"]))
+        return pairs
+
+    def chunk_count(self, text: str) -> int:
+        return len(tokenize_chunks(self.components["tokenizer"], text))
+
+    @torch.no_grad()
+    def encode(self, text: str, min_chunks: int = 1) -> Conditioning:
+        key = (text, min_chunks)
+        if key not in self._cache:
+            self._cache[key] = self._encode(text, min_chunks)
+        return self._cache[key]
+
+    def _encode(self, text: str, min_chunks: int) -> Conditioning:
+        per_encoder: list[torch.Tensor] = []
+        pooled = None
+        for index, (tokenizer, encoder) in enumerate(self.encoders()):
+            chunks = tokenize_chunks(tokenizer, text)
+            chunks += [Chunk() for _ in range(min_chunks - len(chunks))]
+            parts = []
+            for number, chunk in enumerate(chunks):
+                ids, weights = chunk_ids(tokenizer, chunk)
+                hidden, chunk_pooled = self._run(encoder, ids)
+                parts.append((hidden, torch.tensor(weights, dtype=hidden.dtype, device=hidden.device)))
+                if index == 1 and number == 0:
+                    pooled = chunk_pooled
+            per_encoder.append(parts)
+        # Weights and mean restoration per chunk over all encoders' features together (as A1111 does).
+        chunks_out = []
+        for number in range(len(per_encoder[0])):
+            z = torch.cat([parts[number][0] for parts in per_encoder], dim=-1)
+            weights = per_encoder[0][number][1]
+            before = z.float().mean()
+            z = z * weights.reshape(1, -1, 1)
+            after = z.float().mean()
+            if after.abs() > 0:
+                z = z * (before / after).to(z.dtype)
+            chunks_out.append(z)
+        return Conditioning(torch.cat(chunks_out, dim=1), pooled)
+
+    def _run(self, encoder: Any, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        device = next(encoder.parameters()).device
+        out = encoder(torch.tensor([ids], device=device), output_hidden_states=True)
+        if self.is_sdxl:
+            # SDXL conditions on the penultimate layer, without the final norm; clip skip steps further back.
+            hidden = out.hidden_states[-(self.clip_skip + 1)]
+            pooled = out[0] if getattr(out, "text_embeds", None) is not None else None
+            return hidden.to(self.device), None if pooled is None else pooled.to(self.device)
+        if self.clip_skip == 1:
+            return out.last_hidden_state.to(self.device), None
+        hidden = _final_norm(encoder)(out.hidden_states[-self.clip_skip])
+        return hidden.to(self.device), None
+
+
+@dataclass
+class ScheduledConditioning:
+    """Positive and negative embeddings per step range, for one job."""
+
+    positive: list[tuple[int, Conditioning]]
+    negative: list[tuple[int, Conditioning]]
+
+    def at(self, step: int) -> tuple[Conditioning, Conditioning]:
+        """The (positive, negative) conditioning in force at 1-based ``step``."""
+        return _pick(self.positive, step), _pick(self.negative, step)
+
+    @property
+    def changes(self) -> bool:
+        return len(self.positive) > 1 or len(self.negative) > 1
+
+
+def _pick(schedule: list[tuple[int, Conditioning]], step: int) -> Conditioning:
+    for until, conditioning in schedule:
+        if step <= until:
+            return conditioning
+    return schedule[-1][1]
+
+
+def build_conditioning(encoder: PromptEncoder, prompt: str, negative: str, steps: int,
+                       zero_empty_negative: bool = False) -> ScheduledConditioning:
+    """Encode the schedules of both prompts; the negative side gets as many chunks as the positive."""
+    positive_schedule = prompt_schedule(prompt, steps)
+    negative_schedule = prompt_schedule(negative, steps)
+    chunks = max(encoder.chunk_count(text) for _, text in positive_schedule + negative_schedule)
+    positive = [(until, encoder.encode(text, chunks)) for until, text in positive_schedule]
+    negative = []
+    for until, text in negative_schedule:
+        conditioning = encoder.encode(text, chunks)
+        if zero_empty_negative and not text.strip():
+            # SDXL base models are trained to see zeros, not an encoded empty string, for "no negative prompt".
+            pooled = None if conditioning.pooled is None else torch.zeros_like(conditioning.pooled)
+            conditioning = Conditioning(torch.zeros_like(conditioning.embeds), pooled)
+        negative.append((until, conditioning))
+    return ScheduledConditioning(positive, negative)
