@@ -1,0 +1,139 @@
+"""The built-in demo model: the shipped file, and pictures that follow their prompts.
+
+Pictures are judged by ``webui.shapes`` (border colour = background, what differs from it =
+foreground, colour by hue, shape by fill of the bounding box), which knows nothing of the model.
+Each test would fail with broken text conditioning: the prompt alone decides the colours.
+The full evaluation is ``benchmarks/demo_quality.py``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from webui import shapes
+from webui.context import BUILTIN_DIR
+
+DEMO = BUILTIN_DIR / "atelier-demo.safetensors"
+SIZE = 64
+
+pytestmark = pytest.mark.skipif(not DEMO.exists(), reason="built-in demo model not built")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """An engine on the CPU in fp32 whose only checkpoint is the built-in demo model; yields (ctx, name)."""
+    import torch
+
+    from webui.config import load_settings
+    from webui.context import AppContext, builtin_checkpoints
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("demo")
+    (root / "models" / "Stable-diffusion").mkdir(parents=True)
+    settings = load_settings(
+        {"settings_file": root / "settings.json", "models_dir": root / "models", "outputs_dir": root / "outputs",
+         "device": "cpu", "precision": "fp32"},
+        env={},
+    )
+    ctx = AppContext.create(settings)
+    name = next(e.name for e in builtin_checkpoints() if e.path == DEMO)
+    yield ctx, name
+    ctx.close()
+
+
+def run(demo, prompt: str, seed: int = 1, steps: int = 20, **kw) -> Image.Image:
+    from webui.pipelines.generate import generate
+    from webui.pipelines.request import GenerationRequest
+
+    ctx, name = demo
+    request = GenerationRequest(prompt=prompt, checkpoint=name, steps=steps, width=SIZE, height=SIZE, seed=seed,
+                                sampler="Euler a", save_images=False, **kw)
+    return generate(ctx.manager, request).images[0]
+
+
+def scene_prompt(fg: str, shape: str, bg: str) -> str:
+    return f"{shapes.with_article(fg + ' ' + shape)} on {shapes.with_article(bg)} background"
+
+
+def test_shipped_file_is_small_in_original_layout_and_loads():
+    import torch
+    from safetensors import safe_open
+
+    from webui.models.detect import CONFIG_METADATA_KEY
+    from webui.models.loader import load_checkpoint
+    from webui.models.registry import CheckpointEntry
+
+    assert DEMO.stat().st_size <= 40 * 10**6
+    with safe_open(str(DEMO), "pt") as fh:
+        keys = set(fh.keys())
+        config = json.loads(fh.metadata()[CONFIG_METADATA_KEY])
+    prefixes = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer.")
+    assert all(k.startswith(prefixes) for k in keys)
+    assert all(any(k.startswith(p) for k in keys) for p in prefixes)
+    assert "model.diffusion_model.input_blocks.0.0.weight" in keys  # conv_in, under its original name
+    assert config["arch"] == "sd1" and config["text_encoder"]["vocab_size"] == 49408
+    assert config["scheduler"]["beta_schedule"] == "scaled_linear"
+
+    model = load_checkpoint(CheckpointEntry(DEMO.name, DEMO, "safetensors"), torch.float32)
+    assert model.arch == "sd1" and model.native_size == SIZE
+    assert type(model.components["unet"]).__name__ == "UNet2DConditionModel"
+    assert type(model.components["vae"]).__name__ == "AutoencoderKL"
+    assert type(model.components["text_encoder"]).__name__ == "CLIPTextModel"
+
+
+def test_foreground_colour_follows_the_prompt(demo):
+    red = run(demo, "a red square", seed=3)
+    blue = run(demo, "a blue square", seed=3)
+    assert shapes.classify(red)[1] == "red"
+    assert shapes.classify(blue)[1] == "blue"
+
+
+def test_a_few_prompts_mostly_classify_right(demo):
+    colours = list(shapes.COLOURS)
+    right = {"fg": 0, "shape": 0, "bg": 0}
+    for i, fg in enumerate(colours):
+        shape = shapes.SHAPES[i % len(shapes.SHAPES)]
+        bg = shapes.eval_background(fg, i)
+        got_bg, got_fg, got_shape = shapes.classify(run(demo, scene_prompt(fg, shape, bg), seed=100 + i))
+        right["fg"] += got_fg == fg
+        right["shape"] += got_shape == shape
+        right["bg"] += got_bg == bg
+    assert right["fg"] >= 7 and right["bg"] >= 6 and right["shape"] >= 5, right
+
+
+def _green_circle_top_left() -> Image.Image:
+    scene = shapes.Scene("green", "circle", "blue", position="in the top left")
+    return shapes.draw(scene, SIZE)
+
+
+def test_img2img_keeps_the_circle_at_low_strength(demo):
+    init = _green_circle_top_left()
+    x0, y0 = shapes.centre_of(init)
+    low = run(demo, "a green circle", seed=5, init_image=init, denoising_strength=0.3)
+    assert shapes.classify(low)[1:] == ("green", "circle")
+    x, y = shapes.centre_of(low)
+    assert abs(x - x0) <= 3 and abs(y - y0) <= 3
+    # At full strength the init image is gone: the model draws its circle where it likes (the centre).
+    full = run(demo, "a green circle", seed=5, init_image=init, denoising_strength=1.0)
+    diff_low = np.abs(np.asarray(low, dtype=np.int16) - np.asarray(init, dtype=np.int16)).mean()
+    diff_full = np.abs(np.asarray(full, dtype=np.int16) - np.asarray(init, dtype=np.int16)).mean()
+    assert diff_full > diff_low
+
+
+def test_inpainting_recolours_the_shape_and_nothing_else(demo):
+    init = shapes.draw(shapes.Scene("green", "circle", "blue"), SIZE)
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    ImageDraw.Draw(mask).rectangle((14, 14, 49, 49), fill=255)  # the circle (about 17..47) and a margin
+    out = run(demo, scene_prompt("red", "circle", "blue"), seed=7, init_image=init, mask=mask, mask_blur=2,
+              denoising_strength=1.0)
+    assert shapes.classify(out)[:2] == ("blue", "red")
+    before, after = np.asarray(init, dtype=np.int16), np.asarray(out, dtype=np.int16)
+    outside = np.ones((SIZE, SIZE), dtype=bool)
+    outside[8:56, 8:56] = False  # the mask plus a margin wider than its blur
+    assert np.array_equal(before[outside], after[outside])
+    centre = after[26:38, 26:38].reshape(-1, 3) / 255.0
+    assert shapes.nearest_colour(shapes.mean_hue(centre)) == "red"
