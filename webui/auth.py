@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
 import secrets
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from .fileio import write_text_atomic
 
 GENERATED_USER = "atelier"
 
@@ -69,15 +69,7 @@ def generated_password(path: Path) -> str:
     except (OSError, ValueError):
         pass
     password = secrets.token_urlsafe(12)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"user": GENERATED_USER, "password": password}, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps({"user": GENERATED_USER, "password": password}), mode=0o600)
     return password
 
 

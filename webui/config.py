@@ -9,11 +9,12 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .fileio import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -181,18 +182,7 @@ def save_settings(settings: Settings, changes: Mapping[str, Any]) -> Settings:
     path = settings.settings_file
     stored = read_settings_file(path)
     stored.update({k: str(v) if isinstance(v, Path) else v for k, v in coerced.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(stored, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(stored, indent=2, sort_keys=True))
     return updated
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from .fileio import write_text_atomic
 
 FIELDS = ("name", "prompt", "negative_prompt")
 
@@ -72,15 +72,4 @@ class StyleStore:
         writer.writerow(FIELDS)
         for item in styles.values():
             writer.writerow((item.name, item.prompt, item.negative_prompt))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-                fh.write(buffer.getvalue())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(self.path, buffer.getvalue())
