@@ -22,6 +22,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("folders and engine")
     g.add_argument("--models-dir", type=Path, help="folder holding Stable-diffusion/, VAE/, Lora/, embeddings/")
     g.add_argument("--ckpt-dir", type=Path, help="checkpoint folder (default: MODELS_DIR/Stable-diffusion)")
+    g.add_argument("--lora-dir", type=Path, help="LoRA folder (default: MODELS_DIR/Lora)")
+    g.add_argument("--embeddings-dir", type=Path,
+                   help="textual-inversion embeddings folder (default: MODELS_DIR/embeddings and embeddings/)")
     g.add_argument("--outputs-dir", type=Path, help="where generated images are saved")
     g.add_argument("--settings-file", type=Path, help="JSON settings file")
     g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="compute device")
@@ -109,8 +112,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["host"] = args.host
     if getattr(args, "no_autolaunch", False):
         overrides["autolaunch"] = False
-    if args.ckpt_dir is not None:
-        overrides["ckpt_dir"] = args.ckpt_dir
+    for name in ("ckpt_dir", "lora_dir", "embeddings_dir"):
+        if getattr(args, name, None) is not None:
+            overrides[name] = getattr(args, name)
     return load_settings(overrides)
 
 

@@ -46,6 +46,8 @@ class Settings:
     outputs_dir: Path = PROJECT_ROOT / "outputs"
     extensions_dir: Path = PROJECT_ROOT / "extensions"
     ckpt_dir: Path | None = None  # checkpoints elsewhere than models/Stable-diffusion (A1111's --ckpt-dir)
+    lora_dir: Path | None = None  # default models/Lora (A1111's --lora-dir)
+    embeddings_dir: Path | None = None  # default models/embeddings and embeddings/ (A1111's --embeddings-dir)
     settings_file: Path = PROJECT_ROOT / "settings.json"
     # Server
     host: str = "127.0.0.1"
@@ -70,6 +72,17 @@ class Settings:
     @property
     def checkpoints_dir(self) -> Path:
         return self.ckpt_dir or self.models_dir / "Stable-diffusion"
+
+    @property
+    def loras_dir(self) -> Path:
+        return self.lora_dir or self.models_dir / "Lora"
+
+    @property
+    def embedding_dirs(self) -> list[Path]:
+        """models/embeddings, and embeddings/ beside models/ where A1111 keeps them."""
+        if self.embeddings_dir is not None:
+            return [self.embeddings_dir]
+        return [self.models_dir / "embeddings", self.models_dir.parent / "embeddings"]
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -63,6 +63,8 @@ class AppContext:
             default_checkpoint=settings.default_checkpoint,
             batch_mode=settings.batch_mode,
             vae_dir=settings.models_dir / "VAE",
+            lora_dir=settings.loras_dir,
+            embedding_dirs=settings.embedding_dirs,
         )
         outputs = OutputLayout(settings.outputs_dir, settings.filename_pattern)
         return cls(settings, registry, manager, outputs, JobRegistry())

@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,14 @@ class HashCache:
             return str(entry["sha256"])
         return None
 
-    def sha256(self, key: str, path: Path) -> str:
+    def sha256(self, key: str, path: Path, compute: Callable[[Path], str] = sha256_file) -> str:
+        """The file's hash, from the cache when the file is unchanged; `compute` hashes it otherwise
+        (LoRA hashes cover the tensors only, so they use their own)."""
         known = self.cached(key, path)
         if known:
             return known
         size, mtime = self._stamp(path)
-        digest = sha256_file(path)
+        digest = compute(path)
         with self._lock:
             self._entries[key] = {"size": size, "mtime": mtime, "sha256": digest}
             self._write_locked()

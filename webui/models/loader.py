@@ -92,7 +92,7 @@ _SKIPPED_PREFIXES = ("model_ema.", "optimizer.", "loss.", "lora_")
 
 
 def read_checkpoint_file(
-    path: Path, dtype: torch.dtype | None = None
+    path: Path, dtype: torch.dtype | None = None, skip: tuple[str, ...] = _SKIPPED_PREFIXES
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a .safetensors / .ckpt / .pt file, with clear errors.
 
@@ -110,7 +110,7 @@ def read_checkpoint_file(
         try:
             with safe_open(str(path), framework="pt", device="cpu") as fh:
                 for key in fh.keys():
-                    if key.startswith(_SKIPPED_PREFIXES):
+                    if key.startswith(skip):
                         continue
                     tensors[key] = _to_dtype(fh.get_tensor(key), dtype)
         except Exception as exc:  # safetensors raises its own error types
@@ -120,7 +120,7 @@ def read_checkpoint_file(
     tensors = {}
     for key in list(raw):
         value = raw.pop(key)
-        if not key.startswith(_SKIPPED_PREFIXES):
+        if not key.startswith(skip):
             # Copy so the cache holds process memory, not pages of a file that may change on disk.
             tensors[key] = _to_dtype(value, dtype, copy=True)
     return tensors, metadata

@@ -10,10 +10,13 @@
 - SD 1.x / 2.x: one encoder; clip skip counts layers from the end (1 = last). SDXL: both encoders'
   penultimate layers side by side (clip skip moves further back), the pooled embedding from the
   second encoder's first chunk.
+- Textual-inversion embeddings named in the prompt take as many token positions as they have vectors
+  (never split across chunks); their vectors replace the token embeddings there.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,11 +32,44 @@ COMMA_BACKTRACK = 20  # a chunk that would split a phrase breaks after its last 
 class Chunk:
     tokens: list[int] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
+    # (position in the chunk, embedding name): the positions an embedding's vectors fill
+    embeddings: list[tuple[int, str]] = field(default_factory=list)
 
 
-def tokenize_chunks(tokenizer: Any, text: str) -> list[Chunk]:
+@dataclass(frozen=True)
+class EmbeddingWords:
+    """The embeddings a job's prompts use: lower-case name -> number of token positions it fills."""
+
+    sizes: dict[str, int]
+
+    @property
+    def pattern(self) -> re.Pattern[str] | None:
+        if not self.sizes:
+            return None
+        names = sorted(self.sizes, key=len, reverse=True)  # longest first: "style-2" before "style"
+        return re.compile(r"(?<![\w\-])(" + "|".join(map(re.escape, names)) + r")(?![\w\-])", re.IGNORECASE)
+
+
+def _split_embeddings(fragments: list[tuple[str, float]], words: EmbeddingWords | None) -> list[tuple[str, float, str]]:
+    """Fragments cut around embedding names: (text, weight, "") or ("", weight, name) or BREAK."""
+    pattern = words.pattern if words else None
+    out: list[tuple[str, float, str]] = []
+    for fragment, weight in fragments:
+        if pattern is None or (fragment, weight) == BREAK:
+            out.append((fragment, weight, ""))
+            continue
+        start = 0
+        for match in pattern.finditer(fragment):
+            out.append((fragment[start:match.start()], weight, ""))
+            out.append(("", weight, match.group(1).lower()))
+            start = match.end()
+        out.append((fragment[start:], weight, ""))
+    return out
+
+
+def tokenize_chunks(tokenizer: Any, text: str, words: EmbeddingWords | None = None) -> list[Chunk]:
     """``text`` as chunks of at most 75 (token, weight) pairs, without start/end tokens."""
-    fragments = parse_attention(text)
+    pieces = _split_embeddings(parse_attention(text), words)
     comma = tokenizer.convert_tokens_to_ids(",</w>")
     chunks: list[Chunk] = []
     chunk = Chunk()
@@ -45,19 +81,31 @@ def tokenize_chunks(tokenizer: Any, text: str) -> list[Chunk]:
         chunk = Chunk()
         last_comma = -1
 
-    texts = [fragment for fragment, weight in fragments if (fragment, weight) != BREAK]
+    texts = [piece for piece, weight, name in pieces if not name and (piece, weight) != BREAK]
     encoded = iter(tokenizer(texts, add_special_tokens=False, truncation=False).input_ids if texts else [])
-    for fragment, weight in fragments:
+    for fragment, weight, name in pieces:
         if (fragment, weight) == BREAK:
             close()
+            continue
+        if name:
+            size = min(words.sizes[name], CHUNK_TOKENS) if words else 0
+            if len(chunk.tokens) + size > CHUNK_TOKENS:
+                close()  # an embedding is never split across chunks
+            chunk.embeddings.append((len(chunk.tokens), name))
+            # Placeholders (start tokens: never mistaken for the end token that pools) whose embeddings are replaced.
+            chunk.tokens.extend([tokenizer.bos_token_id] * size)
+            chunk.weights.extend([weight] * size)
             continue
         for token in next(encoded):
             if token == comma:
                 last_comma = len(chunk.tokens)
             elif (len(chunk.tokens) == CHUNK_TOKENS and last_comma != -1
                   and len(chunk.tokens) - last_comma <= COMMA_BACKTRACK):
-                moved = Chunk(chunk.tokens[last_comma + 1:], chunk.weights[last_comma + 1:])
-                del chunk.tokens[last_comma + 1:], chunk.weights[last_comma + 1:]
+                cut = last_comma + 1
+                moved = Chunk(chunk.tokens[cut:], chunk.weights[cut:],
+                              [(at - cut, name) for at, name in chunk.embeddings if at >= cut])
+                chunk.embeddings = [(at, name) for at, name in chunk.embeddings if at < cut]
+                del chunk.tokens[cut:], chunk.weights[cut:]
                 close()
                 chunk = moved
             if len(chunk.tokens) == CHUNK_TOKENS:
@@ -97,11 +145,15 @@ class Conditioning:
 class PromptEncoder:
     """Encodes prompts for one model and one job; caches by text so each distinct prompt is encoded once."""
 
-    def __init__(self, components: dict[str, Any], is_sdxl: bool, clip_skip: int, device: torch.device) -> None:
+    def __init__(self, components: dict[str, Any], is_sdxl: bool, clip_skip: int, device: torch.device,
+                 embeddings: dict[str, list[torch.Tensor]] | None = None) -> None:
+        """`embeddings`: lower-case name -> its vectors for each text encoder, in encoder order."""
         self.components = components
         self.is_sdxl = is_sdxl
         self.clip_skip = max(1, int(clip_skip))
         self.device = device
+        self.embeddings = embeddings or {}
+        self.words = EmbeddingWords({name: v[0].shape[0] for name, v in self.embeddings.items()})
         self._cache: dict[tuple[str, int], Conditioning] = {}
 
     def encoders(self) -> list[tuple[Any, Any]]:
@@ -111,7 +163,7 @@ class PromptEncoder:
         return pairs
 
     def chunk_count(self, text: str) -> int:
-        return len(tokenize_chunks(self.components["tokenizer"], text))
+        return len(tokenize_chunks(self.components["tokenizer"], text, self.words))
 
     @torch.no_grad()
     def encode(self, text: str, min_chunks: int = 1) -> Conditioning:
@@ -124,12 +176,13 @@ class PromptEncoder:
         per_encoder: list[torch.Tensor] = []
         pooled = None
         for index, (tokenizer, encoder) in enumerate(self.encoders()):
-            chunks = tokenize_chunks(tokenizer, text)
+            chunks = tokenize_chunks(tokenizer, text, self.words)
             chunks += [Chunk() for _ in range(min_chunks - len(chunks))]
             parts = []
             for number, chunk in enumerate(chunks):
                 ids, weights = chunk_ids(tokenizer, chunk)
-                hidden, chunk_pooled = self._run(encoder, ids)
+                vectors = [(1 + at, self.embeddings[name][index]) for at, name in chunk.embeddings]  # 1: after BOS
+                hidden, chunk_pooled = self._run(encoder, ids, vectors)
                 parts.append((hidden, torch.tensor(weights, dtype=hidden.dtype, device=hidden.device)))
                 if index == 1 and number == 0:
                     pooled = chunk_pooled
@@ -147,9 +200,24 @@ class PromptEncoder:
             chunks_out.append(z)
         return Conditioning(torch.cat(chunks_out, dim=1), pooled)
 
-    def _run(self, encoder: Any, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _run(self, encoder: Any, ids: list[int], vectors: list[tuple[int, torch.Tensor]] | None = None,
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
         device = next(encoder.parameters()).device
-        out = encoder(torch.tensor([ids], device=device), output_hidden_states=True)
+        hook = None
+        if vectors:
+            def replace(module: Any, args: Any, output: torch.Tensor) -> torch.Tensor:
+                output = output.clone()
+                for at, rows in vectors:
+                    rows = rows[: output.shape[1] - at]
+                    output[0, at:at + rows.shape[0]] = rows.to(output.device, output.dtype)
+                return output
+
+            hook = encoder.get_input_embeddings().register_forward_hook(replace)
+        try:
+            out = encoder(torch.tensor([ids], device=device), output_hidden_states=True)
+        finally:
+            if hook is not None:
+                hook.remove()
         if self.is_sdxl:
             # SDXL conditions on the penultimate layer, without the final norm; clip skip steps further back.
             hidden = out.hidden_states[-(self.clip_skip + 1)]

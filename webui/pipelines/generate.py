@@ -32,6 +32,7 @@ from ..samplers import SamplerChoice, resolve_sampler
 from . import images as imgs
 from .conditioning import PromptEncoder, ScheduledConditioning, build_conditioning
 from .manager import PipelineManager
+from .networks import JobNetworks, resolve_networks
 from .previews import latents_to_preview
 from .request import GenerationRequest, InpaintArea, MaskedContent, RequestError, Task
 from .schedulers import make_scheduler
@@ -137,7 +138,8 @@ def _pipeline_task(req: GenerationRequest, model: LoadedModel) -> Task:
 
 
 def _infotext(req: GenerationRequest, choice: SamplerChoice, seed: int, model_name: str, model_hash: str | None,
-              vae_name: str | None = None, vae_hash: str | None = None) -> str:
+              vae_name: str | None = None, vae_hash: str | None = None,
+              extra: dict[str, Any] | None = None) -> str:
     params: dict[str, Any] = {
         "Steps": req.steps,
         "Sampler": choice.name,
@@ -159,6 +161,7 @@ def _infotext(req: GenerationRequest, choice: SamplerChoice, seed: int, model_na
             params["Masked area padding"] = req.inpaint_padding
     if req.task is not Task.TXT2IMG and req.resize_mode.value != "Just resize":
         params["Resize mode"] = req.resize_mode.value
+    params.update(extra or {})
     params["Version"] = VERSION
     return format_infotext(req.prompt, req.negative_prompt, params)
 
@@ -240,8 +243,12 @@ def generate(
         control.update(state="running", started=time.monotonic())
         # 3. prepare the init image and mask (once; "latent noise" fill is redone per seed below)
         vae, vae_file = manager.vae_for(model, req.vae)
+        networks = resolve_networks(req.prompt, req.negative_prompt, model.components, manager.loras,
+                                    manager.embeddings)
+        result.warnings.extend(networks.warnings)
         # Prompts are encoded once per job (each distinct prompt of an editing schedule once) and reused by every batch.
-        encoder = PromptEncoder(model.components, model.is_sdxl, req.clip_skip, manager.execution_device)
+        encoder = PromptEncoder(model.components, model.is_sdxl, req.clip_skip, manager.execution_device,
+                                networks.embeddings)
         prepared = _prepare_inputs(req, model, first_seed)
         task = _pipeline_task(req, model)
         plan = manager.plan_offload(model, req.width, req.height, req.batch_size)
@@ -264,7 +271,7 @@ def generate(
                 if req.masked_content is MaskedContent.LATENT_NOISE and req.task is Task.INPAINT:
                     prepared = _prepare_inputs(req, model, group[0])  # noise drawn from this image's seed
                 images, plan = _run_batch(manager, model, task, req, choice, prepared, group, callback, plan, result,
-                                          vae, encoder)
+                                          vae, encoder, networks)
                 # 5. inpainting: paste into the original through the blurred mask
                 if req.task is Task.INPAINT and prepared.original is not None:
                     images = [imgs.paste_back(prepared.original, im, prepared.paste_mask, prepared.crop)
@@ -279,7 +286,8 @@ def generate(
         vae_name = vae_file.name if vae_file is not None else None
         vae_hash = manager.vae_hash(vae_file) if vae_file is not None else None
         for image, seed in zip(result.images, result.seeds, strict=True):
-            text = _infotext(req, choice, seed, result.model_name, result.model_hash, vae_name, vae_hash)
+            text = _infotext(req, choice, seed, result.model_name, result.model_hash, vae_name, vae_hash,
+                             networks.infotext_params())
             result.infotexts.append(text)
             if req.save_images and outputs is not None:
                 folder = outputs.folder_for(req.task.value)
@@ -304,6 +312,7 @@ def _run_batch(
     result: GenerationResult,
     vae: Any,
     encoder: PromptEncoder,
+    networks: JobNetworks,
 ) -> tuple[list[Image.Image], Any]:
     """One batch; on out-of-memory, free memory, step the offload plan up once and retry."""
     for attempt in range(2):
@@ -311,8 +320,10 @@ def _run_batch(
         pipe = manager.pipeline(model, task, scheduler, vae)
         out_of_memory = False
         try:
-            manager.place(model, pipe, plan)
-            return _call_pipeline(pipe, task, req, prepared, seeds, callback, encoder), plan
+            for warning in manager.place(model, pipe, plan, networks.loras):
+                if warning not in result.warnings:
+                    result.warnings.append(warning)
+            return _call_pipeline(pipe, task, req, prepared, seeds, callback, encoder, networks), plan
         except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
             if attempt == 1 or not devices.is_out_of_memory(exc):
                 raise
@@ -337,12 +348,13 @@ def _strength(req: GenerationRequest) -> float:
 def _call_pipeline(
     pipe: Any, task: Task, req: GenerationRequest, prepared: _Prepared, seeds: list[int], callback: _StepCallback,
     encoder: PromptEncoder,
+    networks: JobNetworks,
 ) -> list[Image.Image]:
     count = len(seeds)
     # One generator per image on the CPU: image i of a batch equals a single run with seed + i, on any device.
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     steps_run = req.steps if task is Task.TXT2IMG else min(req.steps, int(req.steps * _strength(req)))
-    schedule = build_conditioning(encoder, req.prompt, req.negative_prompt, steps_run,
+    schedule = build_conditioning(encoder, networks.prompt, networks.negative_prompt, steps_run,
                                   zero_empty_negative=bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False)))
     positive, negative = schedule.at(1)
     callback.conditioning, callback.count = schedule, count

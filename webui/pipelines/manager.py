@@ -23,6 +23,7 @@ import torch
 
 from .. import devices
 from ..models.cache import ModelCache
+from ..models.embeddings import EmbeddingLibrary
 from ..models.loader import (
     CheckpointLoadError,
     LoadedModel,
@@ -30,6 +31,7 @@ from ..models.loader import (
     estimate_nbytes,
     load_checkpoint,
 )
+from ..models.lora import LoraLibrary, LoraPatcher, LoraUse, target_layers
 from ..models.offload import MemoryNeeds, OffloadMode, OffloadPlan, choose_offload
 from ..models.registry import CheckpointEntry, CheckpointRegistry
 from ..models.vae import VaeFile, load_vae, resolve_vae
@@ -88,9 +90,16 @@ class PipelineManager:
         default_checkpoint: str | None = None,
         batch_mode: str = "auto",
         vae_dir: Path | None = None,
+        lora_dir: Path | None = None,
+        embedding_dirs: list[Path] | None = None,
     ) -> None:
         self.registry = registry
-        self.vae_dir = vae_dir or registry.checkpoints_dir.parent / "VAE"
+        models_dir = registry.checkpoints_dir.parent
+        self.vae_dir = vae_dir or models_dir / "VAE"
+        self.loras = LoraLibrary(lora_dir or models_dir / "Lora", registry.hash_cache)
+        self.embeddings = EmbeddingLibrary(embedding_dirs or [models_dir / "embeddings"], registry.hash_cache)
+        # Per loaded model: which LoRAs its weights carry, and the originals to restore (dropped on eviction).
+        self._lora_patchers: dict[str, LoraPatcher] = {}
         self.device = device
         self.dtype = dtype
         self.offload_setting = offload
@@ -181,6 +190,7 @@ class PipelineManager:
         return model.sha256[:10] if model.sha256 else None
 
     def _on_evict(self, name: str, model: LoadedModel) -> None:
+        self._lora_patchers.pop(name, None)
         if self._on_device == name:
             self._on_device = None
         for pipe in model.pipelines.values():
@@ -262,8 +272,20 @@ class PipelineManager:
             )
         return choose_offload(needs, free, self.offload_setting)
 
-    def place(self, model: LoadedModel, pipe: Any, plan: OffloadPlan) -> None:
-        """Put the job's pipeline on the device according to the plan (CPU: nothing to do)."""
+    def apply_loras(self, model: LoadedModel, uses: list[LoraUse]) -> list[str]:
+        """Make the model's weights carry exactly these LoRAs (none: the exact base weights). Returns warnings.
+
+        Call it while holding `use()`, with no offload hooks on the model (``place`` does so)."""
+        patcher = self._lora_patchers.get(model.name)
+        if patcher is None:
+            if not uses:
+                return []
+            patcher = self._lora_patchers[model.name] = LoraPatcher(target_layers(model.components))
+        return patcher.apply(uses)
+
+    def place(self, model: LoadedModel, pipe: Any, plan: OffloadPlan, loras: list[LoraUse] | None = None) -> list[str]:
+        """Put the job's pipeline on the device according to the plan (CPU: nothing to move), with the
+        job's LoRAs patched in. Returns warnings about LoRAs."""
         vae = pipe.vae
         if vae.dtype != model.dtype:
             # SDXL pipelines upcast the VAE for decoding and only cast it back on success.
@@ -273,7 +295,7 @@ class PipelineManager:
         else:
             vae.disable_tiling()
         if self.device.type == "cpu":
-            return
+            return self.apply_loras(model, loras or [])
         if self._on_device not in (None, model.name):
             previous = self.cache.peek(self._on_device)
             if previous is not None and "base" in previous.pipelines:
@@ -281,6 +303,9 @@ class PipelineManager:
                 previous.pipelines["base"].to("cpu")
             devices.release_memory(self.device)
         pipe.remove_all_hooks()
+        # Patched between removing the offload hooks and adding them again: sequential offload keeps
+        # weights outside the modules while its hooks are on.
+        warnings = self.apply_loras(model, loras or [])
         for other in [model.components["vae"], *self._vaes.values()]:
             if other is not vae and next(other.parameters()).device.type != "cpu":
                 other.to("cpu")  # the VAE this job does not use leaves the device
@@ -291,6 +316,7 @@ class PipelineManager:
         else:
             pipe.enable_sequential_cpu_offload(device=self.device)
         self._on_device = model.name
+        return warnings
 
     @property
     def execution_device(self) -> torch.device:

@@ -1,0 +1,331 @@
+"""LoRA tags and textual-inversion embeddings, end to end on tiny real models.
+
+LoRA and embedding files are written here the way trainers write them (kohya / A1111 key names,
+diffusers / PEFT names, A1111's .pt with string_to_param), then used through the normal job path.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from webui.extra_networks import NetworkTag, extract_tags, lora_tag
+from webui.infotext import parse_infotext
+from webui.models.ldm_layout import unet_to_ldm
+from webui.pipelines.generate import generate
+from webui.pipelines.request import GenerationRequest
+
+RANK = 4
+
+
+def request(prompt: str = "a red circle", **kw) -> GenerationRequest:
+    base = {"steps": 3, "width": 64, "height": 64, "seed": 7, "save_images": False, "checkpoint": "sd1.safetensors"}
+    return GenerationRequest(prompt=prompt, **{**base, **kw})
+
+
+def pixels(result) -> np.ndarray:
+    return np.asarray(result.images[0], dtype=np.int16)
+
+
+# --------------------------------------------------------------------------- tags (pure)
+
+@pytest.mark.parametrize("prompt, text, tags", [
+    ("a cat <lora:style:0.8>", "a cat ", [("lora", "style", 0.8, 0.8)]),
+    ("<lora:style>x", "x", [("lora", "style", 1.0, 1.0)]),
+    ("<lora:a:0.5:1.5> <LORA:b:2>", " ", [("lora", "a", 0.5, 1.5), ("lora", "b", 2.0, 2.0)]),
+    ("<lora:a:te=0.25:unet=0.75>", "", [("lora", "a", 0.25, 0.75)]),
+    ("<lora:sub/dir name:1>", "", [("lora", "sub/dir name", 1.0, 1.0)]),
+    ("<hypernet:h:1> text", " text", [("hypernet", "h", 1.0, 1.0)]),
+    ("a < b > c, no tag", "a < b > c, no tag", []),
+])
+def test_tags_are_removed_from_the_text_and_parsed(prompt, text, tags):
+    stripped, found, problems = extract_tags(prompt)
+    assert stripped == text and not problems
+    assert [(t.kind, t.name, t.te_weight, t.unet_weight) for t in found] == tags
+
+
+def test_a_malformed_weight_is_reported_not_raised():
+    stripped, found, problems = extract_tags("x <lora:a:lots>")
+    assert stripped == "x " and found == [] and "lots" in problems[0]
+    assert lora_tag("my lora", 0.75) == "<lora:my lora:0.75>"
+    assert isinstance(extract_tags("<lora:a>")[1][0], NetworkTag)
+
+
+# --------------------------------------------------------------------------- LoRA files
+
+def _pairs(module: torch.nn.Module, generator: torch.Generator, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    weight = module.weight
+    if weight.dim() == 4:
+        down = torch.randn(RANK, weight.shape[1], *weight.shape[2:], generator=generator)
+        up = torch.randn(weight.shape[0], RANK, 1, 1, generator=generator)
+    else:
+        down = torch.randn(RANK, weight.shape[1], generator=generator)
+        up = torch.randn(weight.shape[0], RANK, generator=generator)
+    return down * scale, up * scale
+
+
+def _targets(components: dict, component: str, sgm_names: bool = False) -> dict[str, torch.nn.Module]:
+    """Attention and projection layers as kohya's trainer picks them, by the module path it writes."""
+    model = components[component]
+    wanted = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "q_proj", "k_proj", "v_proj", "out_proj",
+              "fc1", "fc2")
+    found = {name: m for name, m in model.named_modules() if name.endswith(wanted)
+             and isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    if sgm_names:
+        renames = {d.rpartition(".")[0]: o.rpartition(".")[0] for o, d in unet_to_ldm({k: k for k in
+                                                                                        model.state_dict()}).items()}
+        found = {renames[name]: m for name, m in found.items()}
+    return found
+
+
+def write_kohya_lora(path: Path, components: dict, seed: int = 0, scale: float = 0.3, sgm_names: bool = False,
+                     text_encoder: bool = True, groups: list[tuple[str, str]] | None = None) -> Path:
+    """A LoRA in kohya's format: lora_unet_* / lora_te_* names with underscores, lora_down/lora_up, alpha."""
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    if groups is None:
+        groups = [("lora_unet_", "unet")] + ([("lora_te_", "text_encoder")] if text_encoder else [])
+    for prefix, component in groups:
+        for name, module in _targets(components, component, sgm_names and component == "unet").items():
+            if component.startswith("text_encoder"):
+                name = "text_model." + name  # kohya writes the transformers path with its text_model wrapper
+            key = prefix + name.replace(".", "_")
+            down, up = _pairs(module, generator, scale)
+            state[f"{key}.lora_down.weight"] = down
+            state[f"{key}.lora_up.weight"] = up
+            state[f"{key}.alpha"] = torch.tensor(float(RANK) / 2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={"ss_network_module": "networks.lora"})
+    return path
+
+
+def kohya_to_peft(source: Path, target: Path) -> Path:
+    """The same LoRA in diffusers / PEFT naming (unet.<dotted path>.lora_A/lora_B), alpha folded in."""
+    from safetensors.torch import load_file
+
+    kohya = load_file(str(source))
+    out: dict[str, torch.Tensor] = {}
+    names = {}
+    for key in kohya:
+        if key.endswith(".lora_down.weight"):
+            stem = key.removesuffix(".lora_down.weight")
+            names[stem] = stem
+    for stem in names:
+        scale = kohya[f"{stem}.alpha"].item() / RANK
+        component = "unet" if stem.startswith("lora_unet_") else "text_encoder"
+        dotted = _dotted(stem.removeprefix("lora_unet_").removeprefix("lora_te_"), component)
+        out[f"{component}.{dotted}.lora_A.weight"] = kohya[f"{stem}.lora_down.weight"] * scale
+        out[f"{component}.{dotted}.lora_B.weight"] = kohya[f"{stem}.lora_up.weight"]
+    save_file(out, str(target))
+    return target
+
+
+def _dotted(underscored: str, component: str) -> str:
+    """Undo kohya's underscores for the names the tiny models use (no digits-only names are ambiguous here)."""
+    words = ["down_blocks", "up_blocks", "mid_block", "transformer_blocks", "attentions", "to_q", "to_k", "to_v",
+             "to_out", "proj_in", "proj_out", "text_model", "encoder", "layers", "self_attn", "q_proj", "k_proj",
+             "v_proj", "out_proj", "mlp", "fc1", "fc2", "attn1", "attn2", "ff", "net"]
+    parts, rest = [], underscored
+    while rest:
+        for word in sorted(words, key=len, reverse=True):
+            if rest.startswith(word):
+                parts.append(word)
+                rest = rest[len(word):].lstrip("_")
+                break
+        else:
+            number = re.match(r"\d+", rest)
+            assert number, rest
+            parts.append(number.group(0))
+            rest = rest[number.end():].lstrip("_")
+    return ".".join(parts)
+
+
+@pytest.fixture
+def sd1(make_context):
+    ctx = make_context(["sd1"])
+    components = ctx.manager.load("sd1").components
+    return ctx, components
+
+
+def test_a_kohya_lora_changes_the_picture_and_removing_it_restores_the_exact_base(sd1):
+    ctx, components = sd1
+    write_kohya_lora(ctx.settings.models_dir / "Lora" / "style.safetensors", components)
+    unet_before = {k: v.clone() for k, v in components["unet"].state_dict().items()}
+    base = generate(ctx.manager, request())
+    with_lora = generate(ctx.manager, request("a red circle <lora:style:1>"))
+    assert np.abs(pixels(with_lora) - pixels(base)).mean() > 2, "the LoRA changes the picture"
+    assert not with_lora.warnings
+    params = parse_infotext(with_lora.infotexts[0])
+    assert params["Prompt"] == "a red circle <lora:style:1>", "infotext keeps the tag so the image can be redone"
+    assert re.fullmatch(r"style: [0-9a-f]{12}", params["Lora hashes"])
+    half = generate(ctx.manager, request("a red circle <lora:style:0.5>"))
+    assert not np.array_equal(pixels(half), pixels(with_lora)), "the weight matters"
+    after = generate(ctx.manager, request())
+    assert np.array_equal(pixels(after), pixels(base)), "the next job without the LoRA equals a never-touched model"
+    for key, value in components["unet"].state_dict().items():
+        assert torch.equal(value, unet_before[key]), key
+    assert ctx.manager.load("sd1").components is components, "no checkpoint reload"
+
+
+def test_text_encoder_and_unet_weights_act_separately(sd1):
+    ctx, components = sd1
+    write_kohya_lora(ctx.settings.models_dir / "Lora" / "style.safetensors", components)
+    base = pixels(generate(ctx.manager, request()))
+    te_only = pixels(generate(ctx.manager, request("a red circle <lora:style:1:0>")))
+    unet_only = pixels(generate(ctx.manager, request("a red circle <lora:style:0:1>")))
+    both = pixels(generate(ctx.manager, request("a red circle <lora:style:1:1>")))
+    for picture in (te_only, unet_only):
+        assert not np.array_equal(picture, base)
+        assert not np.array_equal(picture, both)
+
+
+def test_peft_naming_gives_the_same_picture_as_kohya_naming(sd1):
+    ctx, components = sd1
+    folder = ctx.settings.models_dir / "Lora"
+    kohya = write_kohya_lora(folder / "k.safetensors", components)
+    kohya_to_peft(kohya, folder / "p.safetensors")
+    from_kohya = generate(ctx.manager, request("a red circle <lora:k:0.8>"))
+    from_peft = generate(ctx.manager, request("a red circle <lora:p:0.8>"))
+    assert np.abs(pixels(from_kohya) - pixels(from_peft)).max() <= 1
+
+
+def test_two_loras_at_once_and_a_missing_one_warns(sd1):
+    ctx, components = sd1
+    folder = ctx.settings.models_dir / "Lora"
+    write_kohya_lora(folder / "one.safetensors", components, seed=1)
+    write_kohya_lora(folder / "styles" / "two.safetensors", components, seed=2)
+    one = pixels(generate(ctx.manager, request("x <lora:one:1>")))
+    both = generate(ctx.manager, request("x <lora:one:1> <lora:two:1>"))
+    assert not np.array_equal(pixels(both), one)
+    assert set(parse_infotext(both.infotexts[0])["Lora hashes"].split(", ")) >= {
+        f"one: {ctx.manager.loras.short_hash('one', folder / 'one.safetensors')}"}
+    missing = generate(ctx.manager, request("x <lora:nowhere:1>"))
+    plain = generate(ctx.manager, request("x "))
+    assert any("LoRA not found: nowhere" in w for w in missing.warnings)
+    assert np.array_equal(pixels(missing), pixels(plain)), "the prompt ran without the missing LoRA"
+
+
+def test_a_lora_for_another_architecture_warns_and_changes_nothing(make_context):
+    ctx = make_context(["sd1", "sdxl"])
+    sdxl = ctx.manager.load("sdxl").components
+    # An SDXL LoRA's second-text-encoder layers: SD 1.x has no such encoder.
+    write_kohya_lora(ctx.settings.models_dir / "Lora" / "xl.safetensors", sdxl,
+                     groups=[("lora_te2_", "text_encoder_2")])
+    base = generate(ctx.manager, request())
+    result = generate(ctx.manager, request("a red circle <lora:xl:1>"))
+    assert any("does not fit this model" in w for w in result.warnings)
+    assert np.array_equal(pixels(result), pixels(base))
+
+
+def test_sdxl_kohya_lora_with_original_layout_names(make_context):
+    ctx = make_context(["sdxl"])
+    components = ctx.manager.load("sdxl").components
+    folder = ctx.settings.models_dir / "Lora"
+    write_kohya_lora(folder / "sgm.safetensors", components, sgm_names=True, text_encoder=False)
+    write_kohya_lora(folder / "diffusers.safetensors", components, sgm_names=False, text_encoder=False)
+    req = {"checkpoint": "sdxl.safetensors"}
+    base = pixels(generate(ctx.manager, request(**req)))
+    sgm = generate(ctx.manager, request("a red circle <lora:sgm:1>", **req))
+    plain = generate(ctx.manager, request("a red circle <lora:diffusers:1>", **req))
+    assert not sgm.warnings
+    assert not np.array_equal(pixels(sgm), base)
+    assert np.array_equal(pixels(sgm), pixels(plain)), "both namings reach the same layers"
+
+
+# --------------------------------------------------------------------------- embeddings
+
+def write_a1111_embedding(path: Path, width: int, vectors: int = 2, seed: int = 0) -> Path:
+    """A1111's textual-inversion .pt: {"string_to_param": {"*": (n, width)}, "name", "step", ...}."""
+    generator = torch.Generator().manual_seed(seed)
+    data = {"string_to_token": {"*": 265}, "string_to_param": {"*": torch.randn(vectors, width, generator=generator)},
+            "name": path.stem, "step": 1000, "sd_checkpoint": "abc", "sd_checkpoint_name": "tiny"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(data, path)
+    return path
+
+
+def test_an_a1111_embedding_is_found_by_name_and_changes_the_picture(sd1):
+    ctx, components = sd1
+    width = components["text_encoder"].get_input_embeddings().embedding_dim
+    write_a1111_embedding(ctx.settings.models_dir / "embeddings" / "MyStyle.pt", width)
+    plain = generate(ctx.manager, request("a red circle, mystyle-2"))  # not a whole-word match: plain text
+    used = generate(ctx.manager, request("a red circle, mystyle"))
+    assert not used.warnings
+    params = parse_infotext(used.infotexts[0])
+    assert re.fullmatch(r"MyStyle: [0-9a-f]{12}", params["TI hashes"])
+    assert "TI hashes" not in parse_infotext(plain.infotexts[0])
+    text_only = generate(ctx.manager, request("a red circle, mystyle", checkpoint="sd1.safetensors"))
+    assert np.array_equal(pixels(text_only), pixels(used)), "deterministic"
+    ctx.manager.embeddings.folders = []  # the same prompt with the file gone: the name is plain text again
+    as_text = generate(ctx.manager, request("a red circle, mystyle"))
+    assert np.abs(pixels(used) - pixels(as_text)).mean() > 1, "the embedding's vectors change the picture"
+
+
+def test_embedding_vectors_replace_the_token_embeddings(sd1):
+    from webui.pipelines.conditioning import PromptEncoder
+
+    ctx, components = sd1
+    width = components["text_encoder"].get_input_embeddings().embedding_dim
+    vectors = torch.randn(3, width)
+    encoder = PromptEncoder(components, False, 1, torch.device("cpu"), {"thing": [vectors]})
+    text_encoder = components["text_encoder"]
+    embeddings = getattr(text_encoder, "text_model", text_encoder).embeddings  # token + position embeddings
+    seen: list[torch.Tensor] = []
+    hook = embeddings.register_forward_hook(lambda m, a, out: seen.append(out.detach().clone()))
+    try:
+        encoder.encode("a thing here")
+    finally:
+        hook.remove()
+    # BOS, "a", then the three vectors
+    tokens = seen[-1][0, 2:5] - embeddings.position_embedding.weight[2:5]
+    assert torch.allclose(tokens, vectors, atol=1e-5)
+
+
+def test_an_embedding_for_another_model_is_skipped_with_a_warning(sd1):
+    ctx, components = sd1
+    width = components["text_encoder"].get_input_embeddings().embedding_dim
+    write_a1111_embedding(ctx.settings.models_dir / "embeddings" / "wide.pt", width + 8)
+    result = generate(ctx.manager, request("a red circle, wide"))
+    assert any("wide" in w and "another kind of model" in w for w in result.warnings)
+    assert "TI hashes" not in parse_infotext(result.infotexts[0])
+
+
+def test_safetensors_and_sdxl_embeddings(make_context):
+    ctx = make_context(["sdxl"])
+    components = ctx.manager.load("sdxl").components
+    folder = ctx.settings.models_dir / "embeddings"
+    folder.mkdir(parents=True)
+    l_width = components["text_encoder"].get_input_embeddings().embedding_dim
+    g_width = components["text_encoder_2"].get_input_embeddings().embedding_dim
+    xl_vectors = {"clip_l": torch.randn(2, l_width), "clip_g": torch.randn(2, g_width)}
+    save_file(xl_vectors, str(folder / "xlstyle.safetensors"))
+    save_file({"emb_params": torch.randn(2, l_width)}, str(folder / "sd1only.safetensors"))
+    req = {"checkpoint": "sdxl.safetensors"}
+    plain = generate(ctx.manager, request("a red circle", **req))
+    used = generate(ctx.manager, request("a red circle xlstyle", **req))
+    text = generate(ctx.manager, request("a red circle sd1only", **req))
+    assert not used.warnings and not np.array_equal(pixels(used), pixels(plain))
+    assert any("sd1only" in w for w in text.warnings)
+
+
+def test_a_pickled_embedding_that_runs_code_is_refused(sd1, tmp_path):
+    import pickle
+
+    ctx, _ = sd1
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    folder = ctx.settings.models_dir / "embeddings"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "evil.pt").write_bytes(pickle.dumps({"string_to_param": Evil()}))
+    result = generate(ctx.manager, request("a red circle evil"))
+    assert any("evil" in w and "could not be used" in w for w in result.warnings)
+    assert not marker.exists()

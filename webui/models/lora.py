@@ -1,0 +1,272 @@
+"""LoRA files: find them in models/Lora, read the formats model sites distribute, and patch a loaded
+model's weights in place with an exact way back.
+
+Formats read (all reduce to (down, up, alpha) per target layer):
+- kohya / A1111: ``lora_unet_<module>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``, text encoders
+  as ``lora_te_`` (SD 1.x/2.x) or ``lora_te1_`` / ``lora_te2_`` (SDXL). UNet module names are diffusers'
+  (SD 1.x) or the original layout's (``input_blocks_4_1_...``, SDXL); both are understood.
+- diffusers / PEFT: ``unet.<module>.lora_A.weight`` / ``lora_B.weight`` (or ``.lora.down`` / ``.lora.up``),
+  ``text_encoder.`` / ``text_encoder_2.`` likewise.
+
+Patching: the weight W of each target layer becomes W + m * (alpha / rank) * up @ down. Before a layer is
+first touched its original values are copied aside; removing LoRAs copies them back, so a model that had
+LoRAs is bit-identical to one that never had them. The base checkpoint is never reloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import struct
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .hashing import HashCache
+from .ldm_layout import unet_to_ldm
+from .loader import CheckpointLoadError, read_checkpoint_file
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".safetensors", ".pt", ".ckpt")
+LORA_HASH_LEN = 12
+UNET, TE1, TE2 = "unet", "text_encoder", "text_encoder_2"
+_KOHYA_PREFIXES = (("lora_unet_", UNET), ("lora_te1_", TE1), ("lora_te2_", TE2), ("lora_te_", TE1))
+_PEFT_PREFIXES = (("unet.", UNET), ("text_encoder_2.", TE2), ("text_encoder.", TE1))
+# (down suffix, up suffix) pairs of the diffusers / PEFT spellings
+_PEFT_SUFFIXES = ((".lora_A.weight", ".lora_B.weight"), (".lora.down.weight", ".lora.up.weight"),
+                  (".lora_linear_layer.down.weight", ".lora_linear_layer.up.weight"))
+# diffusers' old attention-processor names for the projections they wrap
+_PROCESSOR_NAMES = {"processor.to_q_lora": "to_q", "processor.to_k_lora": "to_k", "processor.to_v_lora": "to_v",
+                    "processor.to_out_lora": "to_out.0"}
+
+
+def lora_hash(path: Path) -> str:
+    """A1111's LoRA hash: SHA-256 of a safetensors file's bytes after its header (metadata edits do not
+    change it); of the whole file for other formats."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        if path.suffix.lower() == ".safetensors":
+            prefix = fh.read(8)
+            if len(prefix) == 8:
+                fh.seek(8 + struct.unpack("<Q", prefix)[0])
+            else:
+                fh.seek(0)
+        while chunk := fh.read(8 * 2**20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def module_key(name: str) -> str:
+    """Module paths as LoRA files spell them: dots become underscores; a text encoder's ``text_model``
+    wrapper is dropped (transformers versions differ on whether it exists)."""
+    key = name.replace(".", "_")
+    return key.removeprefix("text_model_")
+
+
+@dataclass
+class LoraLayer:
+    component: str  # unet | text_encoder | text_encoder_2
+    key: str  # module_key() of the target layer
+    down: torch.Tensor
+    up: torch.Tensor
+    alpha: float | None = None
+
+    def delta(self, shape: torch.Size, device: torch.device) -> torch.Tensor | None:
+        """up @ down scaled by alpha / rank, shaped like the target weight (None if it cannot be)."""
+        down = self.down.to(device, torch.float32)
+        up = self.up.to(device, torch.float32)
+        rank = down.shape[0]
+        product = up.flatten(1) @ down.flatten(1)
+        if down.dim() == 4 and tuple(down.shape[2:]) != (1, 1):  # a k×k convolution LoRA
+            product = product.reshape(up.shape[0], *down.shape[1:])
+        if product.numel() != shape.numel():
+            return None
+        scale = self.alpha / rank if self.alpha else 1.0
+        return product.reshape(shape) * scale
+
+
+@dataclass
+class LoraNetwork:
+    name: str
+    path: Path
+    layers: list[LoraLayer]
+    ignored_keys: int = 0  # keys of kinds we do not apply (LoHa, LoKr, DoRA scales, ...)
+
+
+def parse_lora(name: str, path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> LoraNetwork:
+    layers: dict[tuple[str, str], LoraLayer] = {}
+    used: set[str] = set()
+    for key, tensor in tensors.items():
+        found = _kohya_layer(key, tensors) or _peft_layer(key, tensors)
+        if found is None:
+            continue
+        component, module, up_key, alpha_key = found
+        alpha = float(tensors[alpha_key].item()) if alpha_key in tensors else None
+        layers[(component, module)] = LoraLayer(component, module, tensor, tensors[up_key], alpha)
+        used.update({key, up_key, alpha_key})
+    if not layers:
+        raise CheckpointLoadError(f"{path.name}: no LoRA layers found (not a LoRA, or a kind we cannot use "
+                                  "such as LoHa / LoKr)")
+    return LoraNetwork(name, path, list(layers.values()), len(set(tensors) - used))
+
+
+def _kohya_layer(key: str, tensors: dict[str, torch.Tensor]) -> tuple[str, str, str, str] | None:
+    if not key.endswith(".lora_down.weight"):
+        return None
+    stem = key.removesuffix(".lora_down.weight")
+    up_key = f"{stem}.lora_up.weight"
+    if up_key not in tensors:
+        return None
+    for prefix, component in _KOHYA_PREFIXES:
+        if stem.startswith(prefix):
+            return component, module_key(stem.removeprefix(prefix)), up_key, f"{stem}.alpha"
+    return None
+
+
+def _peft_layer(key: str, tensors: dict[str, torch.Tensor]) -> tuple[str, str, str, str] | None:
+    for down_suffix, up_suffix in _PEFT_SUFFIXES:
+        if not key.endswith(down_suffix):
+            continue
+        stem = key.removesuffix(down_suffix)
+        up_key = stem + up_suffix
+        if up_key not in tensors:
+            return None
+        component, module = UNET, stem  # files without a prefix hold UNet layers only
+        for prefix, name in _PEFT_PREFIXES:
+            if stem.startswith(prefix):
+                component, module = name, stem.removeprefix(prefix)
+                break
+        for old, new in _PROCESSOR_NAMES.items():
+            module = module.replace(old, new)
+        return component, module_key(module), up_key, f"{stem}.alpha"
+    return None
+
+
+def target_layers(components: dict[str, Any]) -> dict[tuple[str, str], torch.nn.Module]:
+    """Every Linear / Conv2d a LoRA can patch, under each name a LoRA file may use for it."""
+    found: dict[tuple[str, str], torch.nn.Module] = {}
+    for component in (UNET, TE1, TE2):
+        model = components.get(component)
+        if model is None:
+            continue
+        for name, module in model.named_modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                found[(component, module_key(name))] = module
+    unet = components.get(UNET)
+    if unet is not None:
+        # kohya names SDXL's UNet layers after the original layout (input_blocks_4_1_...).
+        keys = {key: key for key in unet.state_dict()}
+        for original, diffusers_key in unet_to_ldm(keys).items():
+            module = found.get((UNET, module_key(diffusers_key.rpartition(".")[0])))
+            if module is not None:
+                found.setdefault((UNET, module_key(original.rpartition(".")[0])), module)
+    return found
+
+
+@dataclass(frozen=True)
+class LoraUse:
+    """One LoRA as a job uses it."""
+
+    network: LoraNetwork
+    te_weight: float
+    unet_weight: float
+
+
+@dataclass
+class LoraPatcher:
+    """The LoRA state of one loaded model: which set is applied and the original values it replaced."""
+
+    targets: dict[tuple[str, str], torch.nn.Module]
+    applied: tuple = ()
+    _originals: dict[int, tuple[torch.nn.Parameter, torch.Tensor]] = field(default_factory=dict)
+
+    def apply(self, uses: list[LoraUse]) -> list[str]:
+        """Make the model carry exactly `uses` (an empty list: the base weights). Returns warnings."""
+        wanted = tuple((id(u.network), u.te_weight, u.unet_weight) for u in uses)
+        if wanted == self.applied:
+            return []
+        self.restore()
+        warnings: list[str] = []
+        with torch.no_grad():
+            for use in uses:
+                matches = [(module, delta, layer) for layer in use.network.layers
+                           if (module := self.targets.get((layer.component, layer.key))) is not None
+                           and (delta := layer.delta(module.weight.shape, module.weight.device)) is not None]
+                # A LoRA for another architecture can share a few layer names and shapes by chance.
+                if len(matches) * 2 < len(use.network.layers):
+                    warnings.append(f"LoRA {use.network.name} does not fit this model (made for another "
+                                    f"architecture?: {len(matches)} of {len(use.network.layers)} layers match); "
+                                    "it was not applied")
+                    continue
+                if len(matches) < len(use.network.layers):
+                    log.info("LoRA %s: %d of %d layers match this model", use.network.name, len(matches),
+                             len(use.network.layers))
+                for module, delta, layer in matches:
+                    multiplier = use.unet_weight if layer.component == UNET else use.te_weight
+                    self._add(module.weight, delta * multiplier)
+        self.applied = wanted
+        return warnings
+
+    def _add(self, weight: torch.nn.Parameter, delta: torch.Tensor) -> None:
+        if id(weight) not in self._originals:
+            self._originals[id(weight)] = (weight, weight.detach().to("cpu", copy=True))
+        weight.add_(delta.to(weight.dtype))
+
+    def restore(self) -> None:
+        """Put back every original value (exact copies)."""
+        with torch.no_grad():
+            for weight, original in self._originals.values():
+                weight.copy_(original.to(weight.device))
+        self._originals.clear()
+        self.applied = ()
+
+
+class LoraLibrary:
+    """The LoRA files in one folder (subfolders too), parsed on first use; the last few stay in memory."""
+
+    def __init__(self, folder: Path, hashes: HashCache, keep: int = 4) -> None:
+        self.folder = folder
+        self.hashes = hashes
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._parsed: OrderedDict[tuple[str, int], LoraNetwork] = OrderedDict()
+
+    def files(self) -> dict[str, Path]:
+        """name -> file; the name is the path inside the folder without extension (A1111's LoRA name)."""
+        found: dict[str, Path] = {}
+        if self.folder.is_dir():
+            for path in sorted(self.folder.rglob("*")):
+                if path.is_file() and path.suffix.lower() in SUFFIXES and not path.name.startswith("."):
+                    found.setdefault(path.relative_to(self.folder).with_suffix("").as_posix(), path)
+        return found
+
+    def find(self, name: str) -> tuple[str, Path] | None:
+        """A file by name, case-insensitively; a bare file name finds a file in a subfolder too."""
+        files = self.files()
+        wanted = name.strip().lower()
+        for candidates in (files.items(), ((n.rsplit("/", 1)[-1], p) for n, p in files.items())):
+            for known, path in candidates:
+                if known.lower() == wanted:
+                    return known, path
+        return None
+
+    def load(self, name: str, path: Path) -> LoraNetwork:
+        key = (str(path), path.stat().st_mtime_ns)
+        with self._lock:
+            network = self._parsed.get(key)
+            if network is None:
+                tensors, metadata = read_checkpoint_file(path, torch.float32, skip=())
+                network = parse_lora(name, path, tensors, metadata)
+                self._parsed[key] = network
+                while len(self._parsed) > self.keep:
+                    self._parsed.popitem(last=False)
+            self._parsed.move_to_end(key)
+            return network
+
+    def short_hash(self, name: str, path: Path) -> str:
+        return self.hashes.sha256(f"Lora/{name}", path, compute=lora_hash)[:LORA_HASH_LEN]
