@@ -50,3 +50,40 @@ def write_random_sd15(path: Path, seed: int = 0, dtype: torch.dtype = torch.floa
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     tmp.replace(path)
     return path
+
+
+_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+                 "q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+
+
+def write_random_lora(path: Path, seed: int = 0, rank: int = 16) -> Path:
+    """A kohya-format LoRA for the SD 1.5 shapes (attention, feed-forward and text-encoder layers, as
+    typical character/style LoRAs train them); ~70 MB in fp16 at rank 16."""
+    if path.exists():
+        return path
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from webui.models import configs
+
+    gen = torch.Generator().manual_seed(seed)
+    with init_empty_weights(include_buffers=False):
+        unet = UNet2DConditionModel.from_config(configs.load_component_config("sd1", "unet"))
+        te_config = configs.load_component_config("sd1", "text_encoder")
+        text = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in te_config.items() if k != "architectures"}))
+    state = {}
+    for prefix, model, extra in (("lora_unet_", unet, ""), ("lora_te_", text, "text_model_")):
+        for name, module in model.named_modules():
+            if not name.endswith(_LORA_TARGETS) or not hasattr(module, "weight"):
+                continue
+            shape = module.weight.shape
+            key = prefix + extra + name.replace(".", "_")
+            state[f"{key}.lora_down.weight"] = (torch.randn(rank, *shape[1:], generator=gen) * 0.01).half()
+            state[f"{key}.lora_up.weight"] = (torch.randn(shape[0], rank, *([1] * (len(shape) - 2)),
+                                                          generator=gen) * 0.01).half()
+            state[f"{key}.alpha"] = torch.tensor(float(rank) / 2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path

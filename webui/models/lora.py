@@ -214,14 +214,19 @@ class LoraPatcher:
 
     def _add(self, weight: torch.nn.Parameter, delta: torch.Tensor) -> None:
         if id(weight) not in self._originals:
-            self._originals[id(weight)] = (weight, weight.detach().to("cpu", copy=True))
+            # Originals wait in RAM, not VRAM; pinned pages let the copies run asynchronously on a GPU
+            # (stream order keeps them ahead of the patch below).
+            pinned = weight.device.type == "cuda"
+            original = torch.empty(weight.shape, dtype=weight.dtype, device="cpu", pin_memory=pinned)
+            original.copy_(weight.detach(), non_blocking=pinned)
+            self._originals[id(weight)] = (weight, original)
         weight.add_(delta.to(weight.dtype))
 
     def restore(self) -> None:
         """Put back every original value (exact copies)."""
         with torch.no_grad():
             for weight, original in self._originals.values():
-                weight.copy_(original.to(weight.device))
+                weight.copy_(original, non_blocking=original.is_pinned())
         self._originals.clear()
         self.applied = ()
 

@@ -93,7 +93,7 @@ def choose_offload(
 def step_up(plan: OffloadPlan) -> OffloadPlan | None:
     """The next more frugal plan after an out-of-memory error, or None if there is none.
 
-    Only one retry follows, so it both tiles the VAE and moves to the next offload mode.
+    Each step both tiles the VAE and moves to the next offload mode (retries are expensive).
     """
     index = _ORDER.index(plan.mode)
     if index + 1 < len(_ORDER):

@@ -173,20 +173,21 @@ class PromptEncoder:
         return self._cache[key]
 
     def _encode(self, text: str, min_chunks: int) -> Conditioning:
-        per_encoder: list[torch.Tensor] = []
+        per_encoder: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
         pooled = None
         for index, (tokenizer, encoder) in enumerate(self.encoders()):
             chunks = tokenize_chunks(tokenizer, text, self.words)
             chunks += [Chunk() for _ in range(min_chunks - len(chunks))]
-            parts = []
-            for number, chunk in enumerate(chunks):
-                ids, weights = chunk_ids(tokenizer, chunk)
-                vectors = [(1 + at, self.embeddings[name][index]) for at, name in chunk.embeddings]  # 1: after BOS
-                hidden, chunk_pooled = self._run(encoder, ids, vectors)
-                parts.append((hidden, torch.tensor(weights, dtype=hidden.dtype, device=hidden.device)))
-                if index == 1 and number == 0:
-                    pooled = chunk_pooled
-            per_encoder.append(parts)
+            rows = [chunk_ids(tokenizer, chunk) for chunk in chunks]
+            # (chunk, position, vectors): 1 + position because the start token comes first
+            vectors = [(number, 1 + at, self.embeddings[name][index])
+                       for number, chunk in enumerate(chunks) for at, name in chunk.embeddings]
+            hidden, chunk_pooled = self._run(encoder, [ids for ids, _ in rows], vectors)  # all chunks in one call
+            per_encoder.append([
+                (hidden[number:number + 1], torch.tensor(weights, dtype=hidden.dtype, device=hidden.device))
+                for number, (_, weights) in enumerate(rows)])
+            if index == 1 and chunk_pooled is not None:
+                pooled = chunk_pooled[:1]  # SDXL's pooled embedding comes from the first chunk
         # Weights and mean restoration per chunk over all encoders' features together (as A1111 does).
         chunks_out = []
         for number in range(len(per_encoder[0])):
@@ -200,21 +201,23 @@ class PromptEncoder:
             chunks_out.append(z)
         return Conditioning(torch.cat(chunks_out, dim=1), pooled)
 
-    def _run(self, encoder: Any, ids: list[int], vectors: list[tuple[int, torch.Tensor]] | None = None,
+    def _run(self, encoder: Any, ids: list[list[int]], vectors: list[tuple[int, int, torch.Tensor]],
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
         device = next(encoder.parameters()).device
+        if device.type == "meta":  # sequential offload: the weights arrive with each layer's call
+            device = self.device
         hook = None
         if vectors:
             def replace(module: Any, args: Any, output: torch.Tensor) -> torch.Tensor:
                 output = output.clone()
-                for at, rows in vectors:
-                    rows = rows[: output.shape[1] - at]
-                    output[0, at:at + rows.shape[0]] = rows.to(output.device, output.dtype)
+                for row, at, values in vectors:
+                    values = values[: output.shape[1] - at]
+                    output[row, at:at + values.shape[0]] = values.to(output.device, output.dtype)
                 return output
 
             hook = encoder.get_input_embeddings().register_forward_hook(replace)
         try:
-            out = encoder(torch.tensor([ids], device=device), output_hidden_states=True)
+            out = encoder(torch.tensor(ids, device=device), output_hidden_states=True)
         finally:
             if hook is not None:
                 hook.remove()

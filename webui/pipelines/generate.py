@@ -314,31 +314,29 @@ def _run_batch(
     encoder: PromptEncoder,
     networks: JobNetworks,
 ) -> tuple[list[Image.Image], Any]:
-    """One batch; on out-of-memory, free memory, step the offload plan up once and retry."""
-    for attempt in range(2):
+    """One batch; on out-of-memory, free memory, step the offload plan up and retry until no more
+    frugal plan is left; then a clear error instead of the allocator's."""
+    while True:
         scheduler = make_scheduler(choice, model.components["scheduler"].config, noise_seeds=seeds)
         pipe = manager.pipeline(model, task, scheduler, vae)
-        out_of_memory = False
         try:
             for warning in manager.place(model, pipe, plan, networks.loras):
                 if warning not in result.warnings:
                     result.warnings.append(warning)
             return _call_pipeline(pipe, task, req, prepared, seeds, callback, encoder, networks), plan
         except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
-            if attempt == 1 or not devices.is_out_of_memory(exc):
+            if not devices.is_out_of_memory(exc):
                 raise
-            out_of_memory = True
         # Freed only here: inside the except block the traceback still holds the failed step's tensors.
-        if out_of_memory:
-            devices.release_memory(manager.device)
-            bigger = step_up(plan)
-            if bigger is None:
-                raise RuntimeError("Out of GPU memory even with sequential offload and VAE tiling")
-            message = f"Out of GPU memory; retried with {bigger.mode.value} offload and VAE tiling"
-            log.warning(message)
-            result.warnings.append(message)
-            plan = bigger
-    raise AssertionError("unreachable")
+        devices.release_memory(manager.device)
+        bigger = step_up(plan)
+        if bigger is None:
+            raise RequestError("width", f"out of GPU memory at {req.width}x{req.height} (batch of {len(seeds)}) even "
+                               "with sequential offload and VAE tiling: choose a smaller size or batch")
+        message = f"Out of GPU memory; retried with {bigger.mode.value} offload and VAE tiling"
+        log.warning(message)
+        result.warnings.append(message)
+        plan = bigger
 
 
 def _strength(req: GenerationRequest) -> float:
