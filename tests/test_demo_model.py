@@ -137,3 +137,23 @@ def test_inpainting_recolours_the_shape_and_nothing_else(demo):
     assert np.array_equal(before[outside], after[outside])
     centre = after[26:38, 26:38].reshape(-1, 3) / 255.0
     assert shapes.nearest_colour(shapes.mean_hue(centre)) == "red"
+
+
+def _redness(image: Image.Image) -> float:
+    pixels = np.asarray(image, dtype=np.float32)
+    return float((pixels[..., 0] - pixels[..., 2]).mean())
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_emphasis_shifts_the_picture_toward_the_emphasised_colour(demo, seed):
+    toward_red = run(demo, "a (red:1.4) and blue circle", seed=seed)
+    toward_blue = run(demo, "a red and (blue:1.4) circle", seed=seed)
+    assert _redness(toward_red) > _redness(toward_blue) + 2
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_prompt_editing_differs_from_both_plain_prompts(demo, seed):
+    edited = np.asarray(run(demo, "a [red:blue:0.5] square on a green background", seed=seed), dtype=np.float32)
+    for colour in ("red", "blue"):
+        plain = np.asarray(run(demo, f"a {colour} square on a green background", seed=seed), dtype=np.float32)
+        assert np.abs(edited - plain).mean() > 1.0, colour
