@@ -129,6 +129,31 @@ def test_txt2img_shows_the_image_and_its_parameters(page_at, server):
     _screenshot(page, "txt2img")
 
 
+def test_lora_and_embedding_cards_insert_into_the_prompt_and_apply(page_at, server):
+    from tests.support.network_files import write_a1111_embedding, write_kohya_lora
+
+    ctx, _ = server
+    manager = ctx.manager
+    components = manager.load(manager.resolve(None).name).components
+    write_kohya_lora(manager.loras.folder / "bold colours.safetensors", components)
+    width = components["text_encoder"].get_input_embeddings().embedding_dim
+    write_a1111_embedding(manager.embeddings.folders[0] / "swirl.pt", width)
+    page = page_at()
+    page.click("#txt2img-networks")  # open the accordion
+    page.click("#txt2img-refresh-networks")  # files added after the page loaded
+    page.get_by_text("bold colours", exact=True).first.click()
+    page.locator("#txt2img-embedding-cards").get_by_text("swirl", exact=True).click()
+    page.wait_for_function("() => document.querySelector('#txt2img-prompt textarea').value.includes('swirl')")
+    prompt = page.input_value("#txt2img-prompt textarea")
+    assert prompt == "<lora:bold colours:1>, swirl"
+    _fill(page, "#txt2img-prompt textarea", "a red circle on a blue background, " + prompt)
+    page.click("#txt2img-generate")
+    info = _wait_for_info(page, "txt2img", "Lora hashes")
+    assert page.inner_text("#txt2img-token-count").startswith("10/75"), "the tag costs no tokens"
+    assert "bold colours: " in info and "TI hashes" in info and "swirl: " in info
+    _screenshot(page, "txt2img-networks")
+
+
 def test_inpaint_changes_only_the_painted_region(page_at, tmp_path):
     picture = shapes.draw(shapes.Scene("green", "circle", "blue"))
     source = tmp_path / "green-circle.png"

@@ -157,3 +157,13 @@ def test_file_name_pattern(tmp_path):
     second = save_image(Image.new("RGB", (8, 8)), tmp_path, 5, "x", pattern="[number]-[seed]-[model_name]",
                         fields={"model_name": "dreamy"})
     assert (first.name, second.name) == ("00000-5-dreamy.png", "00001-5-dreamy.png")
+
+
+@pytest.mark.parametrize("prompt, text, expected", [
+    ("", "<lora:a:1>", "<lora:a:1>"),
+    ("a cat", "<lora:a:1>", "a cat, <lora:a:1>"),
+    ("a cat, ", "mystyle", "a cat, mystyle"),
+    ("a cat <lora:a:1>", "<lora:a:1>", "a cat <lora:a:1>"),
+])
+def test_clicking_a_network_card_adds_it_to_the_prompt_once(prompt, text, expected):
+    assert forms.insert_into_prompt(prompt, text) == expected

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..extra_networks import extract_tags
 from ..prompts import BREAK, parse_attention, prompt_schedule
 
 CHUNK_TOKENS = 75
@@ -126,8 +127,9 @@ def chunk_ids(tokenizer: Any, chunk: Chunk) -> tuple[list[int], list[float]]:
 
 
 def count_tokens(tokenizer: Any, text: str) -> int:
-    """Tokens a prompt uses (the first prompt of its schedule, without emphasis syntax), as the UI counts them."""
-    first = prompt_schedule(text, 1)[0][1]
+    """Tokens a prompt uses (the first prompt of its schedule, without emphasis syntax or LoRA tags), as the UI
+    counts them."""
+    first = prompt_schedule(extract_tags(text)[0], 1)[0][1]  # <lora:...> tags are never encoded
     return sum(len(chunk.tokens) for chunk in tokenize_chunks(tokenizer, first))
 
 

@@ -149,3 +149,15 @@ def token_count_label(token_count: int) -> str:
     """"12/75", "80/150": tokens used and the size of the 75-token chunks they take, as A1111 shows it."""
     chunks = max(1, -(-token_count // 75))
     return f"{token_count}/{chunks * 75}"
+
+
+def insert_into_prompt(prompt: str, text: str) -> str:
+    """The prompt with a LoRA tag or embedding name added at the end (once), comma-separated as artists write."""
+    prompt = prompt or ""
+    if text in prompt:
+        return prompt
+    stripped = prompt.rstrip()
+    if not stripped:
+        return text
+    separator = " " if stripped.endswith(",") else ", "
+    return f"{stripped}{separator}{text}"

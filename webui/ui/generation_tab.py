@@ -20,6 +20,7 @@ from ..pipelines.manager import NoCheckpointError
 from ..pipelines.request import InpaintArea, MaskedContent, RequestError, ResizeMode
 from ..samplers import SAMPLERS, SCHEDULE_TYPES, UnknownSamplerError
 from . import forms
+from .networks_panel import build_networks_panel
 from .runner import info_html, owner_of, progress_text, run_job
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def build_mode_tab(ctx: Any, mode: str, top: TopBar, size: int, styles: Any, tok
                     token_count = gr.HTML("0/75", elem_id=f"{prefix}-token-count")
                     read_params = gr.Button("↙️ Read", elem_id=f"{prefix}-read-params", size="sm")
             fields["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}-negative")
+            build_networks_panel(ctx, mode, fields["prompt"])
             with gr.Row():
                 fields["styles"] = gr.Dropdown(label="Styles", choices=styles.names(), multiselect=True,
                                                elem_id=f"{prefix}-styles", scale=4)
