@@ -56,7 +56,8 @@ def make_context(tmp_path, tiny_files):
         models = make_models_dir(tmp_path, tiny_files, names)
         settings = load_settings(
             {"settings_file": tmp_path / "settings.json", "models_dir": models, "outputs_dir": tmp_path / "outputs",
-             "device": "cpu", "precision": "fp32", "ram_cache_bytes": ram_cache_bytes,
+             "extensions_dir": tmp_path / "extensions", "device": "cpu", "precision": "fp32",
+             "ram_cache_bytes": ram_cache_bytes,
              "include_builtin": False, **overrides},
             env={},
         )

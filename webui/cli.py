@@ -50,6 +50,8 @@ def _serve_parser() -> argparse.ArgumentParser:
     a.add_argument("--auth-file", type=Path, help="file of user:password lines (or comma separated)")
     a.add_argument("--no-auth", action="store_true",
                    help="with --listen: serve without sign-in (by default a password is generated)")
+    a.add_argument("--enable-insecure-extension-access", action="store_true",
+                   help="allow installing/updating extensions from the UI even with --listen or --share")
     a.add_argument("--share", action="store_true",
                    help="also make a public link (needs the internet; sign-in is then always required)")
     return p
@@ -110,6 +112,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["host"] = "0.0.0.0"
     if getattr(args, "host", None):
         overrides["host"] = args.host
+    if getattr(args, "enable_insecure_extension_access", False):
+        overrides["enable_insecure_extension_access"] = True
     if getattr(args, "no_autolaunch", False):
         overrides["autolaunch"] = False
     for name in ("ckpt_dir", "lora_dir", "embeddings_dir"):
@@ -192,7 +196,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     ctx = _context(args)
     try:
         request = _request_from_args(args, ctx)
-        result = generate(ctx.manager, request, ctx.outputs, save_format=ctx.settings.save_format)
+        result = generate(ctx.manager, request, ctx.outputs, save_format=ctx.settings.save_format, hooks=ctx.hooks)
     except (RequestError, UnknownSamplerError, CheckpointLoadError, NoCheckpointError, VaeNotFoundError,
             OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -62,6 +62,8 @@ class Settings:
     preview_every_n_steps: int = 5
     default_checkpoint: str | None = None
     include_builtin: bool = True  # list the built-in demo model after the user's checkpoints
+    # Extension install/update/uninstall from the UI even when other machines can reach the server
+    enable_insecure_extension_access: bool = False
     # Generation defaults
     default_sampler: str = "Euler a"
     default_steps: int = 20

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Settings
+from .extensions.hooks import Registry
+from .extensions.loader import ExtensionManager
+from .extensions.store import ExtensionStore
 from .jobs import JobRegistry
 from .models.hashing import HashCache
 from .models.registry import CheckpointEntry, CheckpointRegistry
@@ -40,6 +43,8 @@ class AppContext:
     manager: object  # PipelineManager; typed loosely so importing the context never imports torch
     outputs: OutputLayout
     jobs: JobRegistry
+    extensions: ExtensionManager
+    shared: bool = False  # served through a public --share link (set by the server at launch)
 
     @classmethod
     def create(cls, settings: Settings) -> AppContext:
@@ -67,7 +72,15 @@ class AppContext:
             embedding_dirs=settings.embedding_dirs,
         )
         outputs = OutputLayout(settings.outputs_dir, settings.filename_pattern)
-        return cls(settings, registry, manager, outputs, JobRegistry())
+        extensions = ExtensionManager(settings.extensions_dir,
+                                      ExtensionStore(settings.settings_file.parent / "extension-settings.json"))
+        extensions.load_all()
+        return cls(settings, registry, manager, outputs, JobRegistry(), extensions)
+
+    @property
+    def hooks(self) -> Registry:
+        """What extensions registered; handed to every generation."""
+        return self.extensions.registry
 
     def apply_settings(self, settings: Settings) -> None:
         """Switch to settings saved in the Settings tab: what can change without a restart changes now.
@@ -81,6 +94,7 @@ class AppContext:
         manager.offload_setting = settings.offload  # type: ignore[attr-defined]
 
     def close(self) -> None:
+        self.extensions.close()
         shutdown = getattr(self.manager, "shutdown", None)
         if shutdown is not None:
             shutdown()

@@ -23,15 +23,17 @@ import torch
 from PIL import Image
 
 from .. import devices
+from ..extensions.api import ImageInfo, StepState
 from ..infotext import format_infotext
 from ..jobs import JobControl
-from ..models.loader import LoadedModel
+from ..models.loader import CheckpointLoadError, LoadedModel
 from ..models.offload import step_up
+from ..models.vae import VaeNotFoundError
 from ..outputs import OutputLayout, prompt_words, save_image
-from ..samplers import SamplerChoice, resolve_sampler
+from ..samplers import SamplerChoice, UnknownSamplerError, resolve_sampler
 from . import images as imgs
 from .conditioning import PromptEncoder, ScheduledConditioning, build_conditioning
-from .manager import PipelineManager
+from .manager import NoCheckpointError, PipelineManager
 from .networks import JobNetworks, resolve_networks
 from .previews import latents_to_preview
 from .request import GenerationRequest, InpaintArea, MaskedContent, RequestError, Task
@@ -40,6 +42,8 @@ from .schedulers import make_scheduler
 log = logging.getLogger(__name__)
 
 VERSION = "atelier-0.1.0"
+# Errors caused by what the user asked for: shown as they are, never as a crash.
+USER_ERRORS = (RequestError, UnknownSamplerError, CheckpointLoadError, NoCheckpointError, VaeNotFoundError)
 
 
 @dataclass
@@ -167,11 +171,13 @@ def _infotext(req: GenerationRequest, choice: SamplerChoice, seed: int, model_na
 
 
 class _StepCallback:
-    """Progress, previews, interrupt and skip, called by diffusers after every denoising step."""
+    """Progress, previews, interrupt, skip and extensions' on_step hooks, called by diffusers after every
+    denoising step."""
 
-    def __init__(self, control: JobControl, is_sdxl: bool) -> None:
+    def __init__(self, control: JobControl, is_sdxl: bool, hooks: Any = None) -> None:
         self.control = control
         self.is_sdxl = is_sdxl
+        self.hooks = hooks
         # Set per pipeline call: the prompt schedule and how many images the call makes.
         self.conditioning: ScheduledConditioning | None = None
         self.count = 1
@@ -209,6 +215,10 @@ class _StepCallback:
         if every > 0 and (step + 1) % every == 0 and "latents" in kwargs and step + 1 < total:
             changes["preview"] = latents_to_preview(kwargs["latents"], self.is_sdxl)
         control.update(**changes)
+        if self.hooks is not None and self.hooks.has("on_step"):
+            latents = kwargs.get("latents")
+            self.hooks.on_step(StepState(control.job_id, step + 1, total, control.progress.batch,
+                                         None if latents is None else latents.detach().clone()))
         if control.interrupted or control.skipped:
             pipe._interrupt = True  # diffusers stops after this step and still decodes what it has
         return self._switch_prompts(pipe, step)
@@ -220,10 +230,14 @@ def generate(
     outputs: OutputLayout | None = None,
     control: JobControl | None = None,
     save_format: str = "png",
+    hooks: Any = None,
 ) -> GenerationResult:
+    """``hooks``: the extensions' registry (webui.extensions.hooks.Registry), or None."""
     control = control or JobControl()
     start = time.perf_counter()
-    # 1. check the request and resolve sampler and seeds
+    # 1. extensions may change the request; check it and resolve sampler and seeds
+    if hooks is not None:
+        request = hooks.before_generate(request)
     request.validate()
     if request.task is not Task.TXT2IMG and int(request.steps * request.denoising_strength) < 1:
         raise RequestError("denoising_strength", f"too low for {request.steps} steps: no denoising step would run")
@@ -254,7 +268,7 @@ def generate(
         plan = manager.plan_offload(model, req.width, req.height, req.batch_size)
 
         # 4. per batch: fresh scheduler, one generator per image, denoise
-        callback = _StepCallback(control, model.is_sdxl)
+        callback = _StepCallback(control, model.is_sdxl, hooks)
         for batch in range(req.batch_count):
             if control.interrupted:
                 result.interrupted = True
@@ -285,9 +299,14 @@ def generate(
         result.model_hash = manager.short_hash(model)
         vae_name = vae_file.name if vae_file is not None else None
         vae_hash = manager.vae_hash(vae_file) if vae_file is not None else None
-        for image, seed in zip(result.images, result.seeds, strict=True):
+        for index, (image, seed) in enumerate(zip(result.images, result.seeds, strict=True)):
             text = _infotext(req, choice, seed, result.model_name, result.model_hash, vae_name, vae_hash,
                              networks.infotext_params())
+            if hooks is not None:
+                info = ImageInfo(text, seed, index, req)
+                hooks.after_image(image, info)
+                if req.save_images and outputs is not None:
+                    text = hooks.before_save(image, info).infotext
             result.infotexts.append(text)
             if req.save_images and outputs is not None:
                 folder = outputs.folder_for(req.task.value)

@@ -13,7 +13,7 @@ import gradio as gr
 
 from ..models.vae import AUTOMATIC, NONE, list_vaes
 from ..styles import StyleStore
-from . import forms, generation_tab, png_info, settings_tab
+from . import extensions_tab, forms, generation_tab, png_info, settings_tab
 from .common import checkpoint_choices, default_checkpoint_title, native_size_of, no_checkpoint_message
 from .generation_tab import GENERATION_QUEUE, USER_ERRORS, ModeTab, TopBar, fill_targets, fill_updates
 
@@ -81,6 +81,10 @@ def build(ctx: Any) -> gr.Blocks:
                 info_tab = png_info.build()
             with gr.Tab("Settings", id="settings", elem_id="tab-settings"):
                 settings_tab.build(ctx, allow_folder_changes=_is_loopback(ctx.settings.host))
+                extensions_tab.build_extension_settings(ctx)
+            with gr.Tab("Extensions", id="extensions", elem_id="tab-extensions"):
+                extensions_tab.build(ctx)
+            extensions_tab.build_extension_tabs(ctx)
         _wire_top_bar(ctx, top, empty_notice, tabs_by_mode)
         _wire_transfers(ctx, top, tabs, tabs_by_mode, info_tab)
     return demo
@@ -203,6 +207,7 @@ def lan_address() -> str:
 def launch(ctx: Any, demo: gr.Blocks | None = None, credentials: Any = None, share: bool = False,
            **overrides: Any) -> gr.Blocks:
     """Start serving; returns the running Blocks (tests pass prevent_thread_lock=True)."""
+    ctx.shared = share  # before the page is built: extension admin actions depend on it
     demo = demo or build(ctx)
     settings = ctx.settings
     options: dict[str, Any] = {

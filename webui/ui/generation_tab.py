@@ -12,20 +12,21 @@ from typing import Any
 import gradio as gr
 
 from ..context import EXAMPLE_PROMPT
+from ..extensions.hooks import ExtensionFailure
+from ..extensions.scripts import run_script
 from ..jobs import Progress
-from ..models.loader import CheckpointLoadError
-from ..models.vae import VaeNotFoundError
 from ..pipelines.conditioning import count_tokens
-from ..pipelines.manager import NoCheckpointError
+from ..pipelines.generate import USER_ERRORS as ENGINE_USER_ERRORS
 from ..pipelines.request import InpaintArea, MaskedContent, RequestError, ResizeMode
-from ..samplers import SAMPLERS, SCHEDULE_TYPES, UnknownSamplerError
+from ..samplers import SAMPLERS, SCHEDULE_TYPES
 from . import forms
+from .extension_controls import ExtensionControls, build_extension_controls
 from .networks_panel import build_networks_panel
 from .runner import info_html, owner_of, progress_text, run_job
 
 log = logging.getLogger(__name__)
 
-USER_ERRORS = (RequestError, UnknownSamplerError, CheckpointLoadError, NoCheckpointError, VaeNotFoundError)
+USER_ERRORS = (*ENGINE_USER_ERRORS, ExtensionFailure)
 GENERATION_QUEUE = "generation"  # every job and model switch waits in this one FIFO queue
 
 TITLES = {"txt2img": "txt2img", "img2img": "img2img", "inpaint": "Inpaint"}
@@ -60,10 +61,12 @@ class ModeTab:
     results: gr.State  # {"paths": [...], "infotexts": [...], "selected": int}
     read_params: gr.Button
     send: dict[str, gr.Button] = field(default_factory=dict)
+    extensions: ExtensionControls = field(default_factory=ExtensionControls)
 
     def inputs(self, top: TopBar) -> list[Any]:
-        """[checkpoint, *fields in forms.MODE_FIELDS order]: the event's inputs and the API's parameters."""
-        return [top.checkpoint] + [self.fields[name] for name in forms.MODE_FIELDS[self.mode]]
+        """[checkpoint, *fields in forms.MODE_FIELDS order, *extensions' controls]: the event's inputs."""
+        return [top.checkpoint] + [self.fields[name] for name in forms.MODE_FIELDS[self.mode]] + \
+            self.extensions.inputs()
 
 
 def _progress_bar(progress: Progress | None, text: str = "") -> str:
@@ -145,6 +148,7 @@ def build_mode_tab(ctx: Any, mode: str, top: TopBar, size: int, styles: Any, tok
                 fields["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", elem_id=f"{prefix}-seed")
                 random_seed = gr.Button("🎲", elem_id=f"{prefix}-random-seed", size="sm", scale=0, min_width=40)
                 reuse_seed = gr.Button("♻️", elem_id=f"{prefix}-reuse-seed", size="sm", scale=0, min_width=40)
+            extension_controls = build_extension_controls(ctx, mode)
         with gr.Column(scale=2):
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{prefix}-generate", scale=3)
@@ -167,7 +171,7 @@ def build_mode_tab(ctx: Any, mode: str, top: TopBar, size: int, styles: Any, tok
     results = gr.State({"paths": [], "infotexts": [], "selected": 0})
 
     tab = ModeTab(mode, fields, generate, interrupt, skip, gallery, info, preview, progress, results, read_params,
-                  send)
+                  send, extension_controls)
     _wire_generation(ctx, tab, top, styles)
     _wire_helpers(ctx, tab, styles, tokenizer, token_count, apply_styles, style_name, save_style, swap, random_seed,
                   reuse_seed)
@@ -178,7 +182,8 @@ def _wire_generation(ctx: Any, tab: ModeTab, top: TopBar, styles: Any) -> None:
     names = forms.MODE_FIELDS[tab.mode]
 
     def on_generate(request: gr.Request, checkpoint: str | None, *values: Any):
-        form = dict(zip(names, values, strict=True))
+        form = dict(zip(names, values[:len(names)], strict=True))
+        script, extra = tab.extensions.split(list(values[len(names):]))
         owner = owner_of(request)
         try:
             prompt, negative = styles.apply(list(form.get("styles") or []), str(form.get("prompt") or ""),
@@ -186,8 +191,16 @@ def _wire_generation(ctx: Any, tab: ModeTab, top: TopBar, styles: Any) -> None:
             req = forms.request_from_values(tab.mode, checkpoint, form, prompt=prompt, negative_prompt=negative)
         except (RequestError, ValueError) as exc:
             raise gr.Error(str(exc)) from exc
+        req.extra.update(extra)
+        work = None
+        if script is not None:
+            script_owner, chosen, script_values = script
+
+            def work(control: Any) -> Any:
+                return run_script(ctx, script_owner, chosen, control, req, script_values)
+
         last = None
-        for update in run_job(ctx, owner, req):
+        for update in run_job(ctx, owner, req, work):
             last = update
             if update.result is None and update.error is None:
                 preview = gr.update(value=update.preview, visible=True) if update.preview is not None else gr.skip()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,9 +37,10 @@ class _Outcome:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-def run_job(ctx: Any, owner: str, request: GenerationRequest) -> Iterator[JobUpdate]:
-    """Start ``request`` for ``owner`` and yield updates until it ends; the last update carries the
-    result or the error. Interrupt/Skip reach the job through ``ctx.jobs`` by owner."""
+def run_job(ctx: Any, owner: str, request: GenerationRequest,
+            work: Callable[[JobControl], GenerationResult] | None = None) -> Iterator[JobUpdate]:
+    """Start ``request`` (or ``work``, a script's job) for ``owner`` and yield updates until it ends; the last
+    update carries the result or the error. Interrupt/Skip reach the job through ``ctx.jobs`` by owner."""
     control = ctx.jobs.start(owner, JobControl(preview_every=ctx.settings.preview_every_n_steps))
     outcome = _Outcome()
     changed = threading.Event()
@@ -49,16 +50,20 @@ def run_job(ctx: Any, owner: str, request: GenerationRequest) -> Iterator[JobUpd
 
     control.listener = on_progress
 
-    def work() -> None:
+    def run() -> None:
         try:
-            outcome.result = generate(ctx.manager, request, ctx.outputs, control, save_format=ctx.settings.save_format)
+            if work is not None:
+                outcome.result = work(control)
+            else:
+                outcome.result = generate(ctx.manager, request, ctx.outputs, control,
+                                          save_format=ctx.settings.save_format, hooks=ctx.hooks)
         except BaseException as exc:  # handed to the page; the server goes on
             outcome.error = exc
         finally:
             outcome.done.set()
             changed.set()
 
-    thread = threading.Thread(target=work, name=f"job-{control.job_id[:8]}", daemon=True)
+    thread = threading.Thread(target=run, name=f"job-{control.job_id[:8]}", daemon=True)
     thread.start()
     shown_preview = None
     try:
