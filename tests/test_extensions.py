@@ -298,3 +298,25 @@ def test_dynamic_prompts_pick_from_the_seed(demo):
     assert "{" not in prompt and prompt == parse_infotext(again.infotexts[0])["Prompt"]
     off = req.replace(extra={})
     assert parse_infotext(generate(demo.manager, off, hooks=demo.hooks).infotexts[0])["Prompt"] == req.prompt
+
+
+def test_extension_routes_are_served_behind_the_sign_in(make_context, tmp_path):
+    import httpx
+
+    from webui.auth import Credentials
+    from webui.ui.app import launch
+
+    write_extension(tmp_path / "extensions" / "probe")
+    ctx = make_context(["sd1"], port=0, autolaunch=False)
+    demo = launch(ctx, credentials=Credentials((("ann", "s3cret"),)), server_port=None, prevent_thread_lock=True,
+                  quiet=True)
+    try:
+        url = demo.local_url.rstrip("/") + "/extensions/probe/ping"
+        assert httpx.get(url).status_code == 401
+        assert httpx.get(url, auth=("ann", "wrong")).status_code == 401
+        answer = httpx.get(url, auth=("ann", "s3cret"))
+        assert answer.status_code == 200 and answer.json() == {"pong": "hello"}
+        ctx.hooks.switch_off("probe", "test")
+        assert httpx.get(url, auth=("ann", "s3cret")).status_code == 503
+    finally:
+        demo.close()

@@ -29,7 +29,8 @@ class XYZPlot:
             with gr.Row():
                 controls.append(gr.Dropdown(AXIS_NAMES, value=default, label=f"{axis} type",
                                             elem_id=f"{mode}-xyz-{axis.lower()}-type", scale=1))
-                controls.append(gr.Textbox(label=f"{axis} values", placeholder="1, 2, 3  or  1-5  or  0-20 (+5)",
+                controls.append(gr.Textbox(value="", label=f"{axis} values",
+                                           placeholder="1, 2, 3  or  1-5  or  0-20 (+5)",
                                            elem_id=f"{mode}-xyz-{axis.lower()}-values", scale=3))
         controls.append(gr.Checkbox(value=True, label="Draw legend", elem_id=f"{mode}-xyz-legend"))
         return controls

@@ -15,6 +15,7 @@ from ..models.vae import AUTOMATIC, NONE, list_vaes
 from ..styles import StyleStore
 from . import extensions_tab, forms, generation_tab, png_info, settings_tab
 from .common import checkpoint_choices, default_checkpoint_title, native_size_of, no_checkpoint_message
+from .extension_routes import mount_extension_routes
 from .generation_tab import GENERATION_QUEUE, USER_ERRORS, ModeTab, TopBar, fill_targets, fill_updates
 
 log = logging.getLogger(__name__)
@@ -227,6 +228,7 @@ def launch(ctx: Any, demo: gr.Blocks | None = None, credentials: Any = None, sha
     options.update(overrides)
     demo.queue(default_concurrency_limit=4)
     demo.launch(**options)
+    mount_extension_routes(demo.app, ctx, credentials)
     return demo
 
 
