@@ -134,6 +134,20 @@ def test_a_hook_that_hangs_times_out(with_probe):
     assert generate(ctx.manager, request(), hooks=ctx.hooks).images
 
 
+def test_a_step_hook_stuck_in_a_loop_is_stopped_at_its_deadline(with_probe):
+    import time
+
+    ctx = with_probe
+    ctx.hooks.step_hook_seconds = 0.3
+    probe(ctx).MODE["spin"] = "on_step"
+    start = time.monotonic()
+    with pytest.raises(ExtensionFailure, match="on_step hook did not return within 0.3 s"):
+        generate(ctx.manager, request(), hooks=ctx.hooks)
+    assert time.monotonic() - start < 5
+    assert ctx.extensions.records["probe"].status == SWITCHED_OFF
+    assert generate(ctx.manager, request(), hooks=ctx.hooks).images
+
+
 def test_import_and_setup_failures_are_reported_and_others_load(make_context, tmp_path):
     folder = tmp_path / "extensions"
     write_extension(folder / "good", "good")

@@ -6,7 +6,7 @@ import time
 
 CALLS = {"before_generate": [], "on_step": [], "after_image": [], "before_save": [], "tab": 0, "section": [],
          "script": []}
-MODE = {"fail": None, "hang": None}
+MODE = {"fail": None, "hang": None, "spin": None}
 
 
 class Probe:
@@ -29,6 +29,8 @@ def _maybe_fail(hook):
         raise RuntimeError(f"probe broke in {hook}")
     if MODE["hang"] == hook:
         time.sleep(5)
+    while MODE["spin"] == hook:  # a busy loop that never ends on its own
+        pass
 
 
 def setup(api):
