@@ -257,6 +257,31 @@ def test_two_users_get_their_own_images_and_interrupt_only_their_own_job(page_at
     assert len(_gallery_images(bob, "txt2img")) == 1 and len(_gallery_images(alice, "txt2img")) == 1
 
 
+def test_bundled_extensions_work_in_the_page(page_at):
+    page = page_at()
+    page.click("#txt2img-ext-dynamic-prompts")  # the extension's section
+    page.check("#txt2img-dynamic-prompts-enabled input")
+    _fill(page, "#txt2img-prompt textarea", "a {red|yellow} circle on a {green|blue} background")
+    _fill(page, "#txt2img-seed input", 77)
+    page.click("#txt2img-generate")
+    info = _wait_for_info(page, "txt2img", "Seed: 77")
+    assert "{" not in info.splitlines()[0] and " circle on a " in info.splitlines()[0]
+    page.uncheck("#txt2img-dynamic-prompts-enabled input")
+
+    page.click("#txt2img-script input")
+    page.get_by_role("option", name="X/Y/Z plot").click()
+    page.wait_for_selector("#txt2img-xyz-x-values", state="visible")
+    _fill(page, "#txt2img-xyz-x-values textarea", "1, 2")
+    _fill(page, "#txt2img-prompt textarea", "a red circle on a blue background")
+    page.click("#txt2img-generate")
+    _wait_for_info(page, "txt2img", "Seed: 1")
+    page.wait_for_function("document.querySelectorAll('#txt2img-gallery img').length >= 3")
+    images = _gallery_images(page, "txt2img")
+    grid = max(images, key=lambda im: im.width)
+    assert grid.width >= 2 * 64 and grid.height > 64, "a labelled grid of two cells"
+    _screenshot(page, "txt2img-xyz")
+
+
 def test_pasted_parameters_fill_the_form(page_at):
     page = page_at()
     _fill(page, "#txt2img-prompt textarea", "a red star\nNegative prompt: dull\nSteps: 33, Sampler: DPM++ 2M, "

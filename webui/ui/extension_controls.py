@@ -68,7 +68,7 @@ def build_extension_controls(ctx: Any, mode: str) -> ExtensionControls:
     groups = []
     for owner, script in scripts:
         try:
-            with gr.Group(visible=False, elem_id=f"{mode}-script-{owner}") as group:
+            with gr.Column(visible=False, elem_id=f"{mode}-script-{owner}") as group:
                 built = list(script.ui(mode) or [])
         except Exception as exc:
             registry.switch_off(owner, f"its script {script.title!r} failed to build its controls: {exc}")
@@ -78,8 +78,9 @@ def build_extension_controls(ctx: Any, mode: str) -> ExtensionControls:
 
     controls.script.choices = [(title, title) for title in [NO_SCRIPT] + [name for name, _ in groups]]
 
-    def show(title: str) -> list[Any]:
-        return [gr.update(visible=name == title) for name, _ in groups]
+    def show(title: str) -> Any:
+        updates = [gr.update(visible=name == title) for name, _ in groups]
+        return updates[0] if len(updates) == 1 else updates  # one output takes a bare update, not a list
 
     controls.script.change(show, [controls.script], [group for _, group in groups], queue=False, api_name=False)
     return controls
