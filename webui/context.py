@@ -13,6 +13,7 @@ from .config import Settings
 from .extensions.hooks import Registry
 from .extensions.loader import ExtensionManager
 from .extensions.store import ExtensionStore
+from .fileio import remove_stale_temp_files
 from .jobs import JobRegistry
 from .models.hashing import HashCache
 from .models.registry import CheckpointEntry, CheckpointRegistry
@@ -72,6 +73,7 @@ class AppContext:
             embedding_dirs=settings.embedding_dirs,
         )
         outputs = OutputLayout(settings.outputs_dir, settings.filename_pattern)
+        remove_stale_temp_files(settings.outputs_dir, settings.settings_file.parent)
         extensions = ExtensionManager(settings.extensions_dir,
                                       ExtensionStore(settings.settings_file.parent / "extension-settings.json"))
         extensions.load_all()

@@ -22,12 +22,14 @@ from pathlib import Path
 
 from PIL import ExifTags, Image, PngImagePlugin
 
+from .fileio import TEMP_PREFIX, temp_name
+
 PNG_KEY = "parameters"  # the tEXt/iTXt keyword A1111 and every reader of its files use
 USER_COMMENT = ExifTags.Base.UserComment  # 0x9286, in the Exif IFD
 UNICODE_PREFIX = b"UNICODE\0"  # EXIF character-code header A1111 writes, then UTF-16
 JPEG_QUALITY = 80  # A1111's default for JPEG and lossy WebP
 COUNTER_DIGITS = 5
-_TEMP_PREFIX = ".atelier-"  # leading dot: hidden, and no leading digit, so never counted
+_TEMP_PREFIX = TEMP_PREFIX  # leading dot: hidden, and no leading digit, so never counted
 _FORMATS = {"png": ("PNG", "png"), "jpg": ("JPEG", "jpg"), "jpeg": ("JPEG", "jpg"), "webp": ("WEBP", "webp")}
 _LEADING_DIGITS = re.compile(r"^(\d+)")
 
@@ -117,7 +119,7 @@ def _create_temp(folder: Path) -> tuple[int, Path]:
     """A new hidden file in `folder`, created with the umask's permissions (mkstemp's are 0600)."""
     flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0)
     while True:
-        temp = folder / f"{_TEMP_PREFIX}{secrets.token_hex(8)}.tmp"
+        temp = folder / temp_name(secrets.token_hex(8))
         try:
             return os.open(temp, flags, 0o666), temp
         except FileExistsError:

@@ -42,8 +42,14 @@ from .schedulers import make_scheduler
 log = logging.getLogger(__name__)
 
 VERSION = "atelier-0.1.0"
-# Errors caused by what the user asked for: shown as they are, never as a crash.
-USER_ERRORS = (RequestError, UnknownSamplerError, CheckpointLoadError, NoCheckpointError, VaeNotFoundError)
+
+
+class SaveError(OSError):
+    """A finished picture could not be written (disk full, no permission); the message says where and why."""
+
+
+# Errors caused by what the user asked for or by the machine's state: shown as they are, never as a crash.
+USER_ERRORS = (RequestError, UnknownSamplerError, CheckpointLoadError, NoCheckpointError, VaeNotFoundError, SaveError)
 
 
 @dataclass
@@ -312,7 +318,11 @@ def generate(
                 folder = outputs.folder_for(req.task.value)
                 fields = {"prompt_words": prompt_words(req.prompt), "model_name": result.model_name,
                           "date": datetime.date.today().isoformat()}
-                result.paths.append(save_image(image, folder, seed, text, save_format, outputs.pattern, fields))
+                try:
+                    result.paths.append(save_image(image, folder, seed, text, save_format, outputs.pattern, fields))
+                except OSError as exc:
+                    raise SaveError(f"Could not save the picture in {folder}: {exc.strerror or exc}. Nothing was "
+                                    "written there; free some space or choose another output folder.") from exc
     result.seconds = time.perf_counter() - start
     control.update(state="interrupted" if result.interrupted else "done")
     return result
