@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from ..models.vae import AUTOMATIC, NONE, list_vaes
 from ..styles import StyleStore
 from . import extensions_tab, forms, generation_tab, png_info, settings_tab
 from .common import checkpoint_choices, default_checkpoint_title, native_size_of, no_checkpoint_message
-from .extension_routes import mount_extension_routes
+from .extension_routes import mount_extension_routes, request_user
 from .generation_tab import GENERATION_QUEUE, USER_ERRORS, ModeTab, TopBar, fill_targets, fill_updates
+from .security import GuardMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +207,15 @@ def lan_address() -> str:
             return socket.gethostbyname(socket.gethostname())
 
 
+def _sign_in_check(demo: gr.Blocks, credentials: Any) -> Any:
+    """For the guard middleware: whether a raw request is signed in (None when the studio has no sign-in)."""
+    if credentials is None:
+        return None
+    from starlette.requests import HTTPConnection
+
+    return lambda scope: request_user(demo.app, credentials, HTTPConnection(scope)) is not None
+
+
 def launch(ctx: Any, demo: gr.Blocks | None = None, credentials: Any = None, share: bool = False,
            **overrides: Any) -> gr.Blocks:
     """Start serving; returns the running Blocks (tests pass prevent_thread_lock=True)."""
@@ -221,6 +232,8 @@ def launch(ctx: Any, demo: gr.Blocks | None = None, credentials: Any = None, sha
         "max_file_size": MAX_UPLOAD,
         "css": CSS,
         "share": share,
+        # Every route, Gradio's included, sits behind the cross-site and sign-in-throttling guard.
+        "app_kwargs": {"middleware": [Middleware(GuardMiddleware, is_signed_in=_sign_in_check(demo, credentials))]},
     }
     if credentials is not None:
         options["auth"] = credentials.check

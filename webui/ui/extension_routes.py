@@ -23,21 +23,29 @@ def basic_credentials(request: Request) -> tuple[str, str] | None:
     return (user, password) if sep else None
 
 
+def request_user(app: Any, credentials: Any, request: Request) -> str | None:
+    """Who signed in: a Gradio session cookie of ``app``, or valid HTTP Basic credentials; None if neither."""
+    token = request.cookies.get(f"access-token-{app.cookie_id}") or \
+        request.cookies.get(f"access-token-unsecure-{app.cookie_id}")
+    user = app.tokens.get(token) if token else None
+    if user is not None:
+        return user
+    basic = basic_credentials(request)
+    if basic is not None and credentials.check(*basic):
+        return basic[0]
+    return None
+
+
 def signed_in(app: Any, credentials: Any):
     """A FastAPI dependency that refuses (401) requests without a session or valid Basic credentials."""
 
     def check(request: Request) -> str | None:
         if credentials is None:
             return None
-        token = request.cookies.get(f"access-token-{app.cookie_id}") or \
-            request.cookies.get(f"access-token-unsecure-{app.cookie_id}")
-        user = app.tokens.get(token) if token else None
-        if user is not None:
-            return user
-        basic = basic_credentials(request)
-        if basic is not None and credentials.check(*basic):
-            return basic[0]
-        raise HTTPException(status_code=401, detail="Sign in first", headers={"WWW-Authenticate": "Basic"})
+        user = request_user(app, credentials, request)
+        if user is None:
+            raise HTTPException(status_code=401, detail="Sign in first", headers={"WWW-Authenticate": "Basic"})
+        return user
 
     return check
 
