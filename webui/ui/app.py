@@ -68,8 +68,11 @@ def build(ctx: Any) -> gr.Blocks:
             checkpoint = gr.Dropdown(label="Stable Diffusion checkpoint", choices=checkpoint_choices(ctx),
                                      value=current, elem_id="checkpoint", scale=4)
             refresh = gr.Button("🔄", elem_id="refresh-checkpoints", scale=0, min_width=48)
-            vae = gr.Dropdown(label="SD VAE", choices=vae_choices(ctx), value=AUTOMATIC, elem_id="sd-vae", scale=2)
-            clip_skip = gr.Slider(1, 12, value=1, step=1, label="Clip skip", elem_id="clip-skip", scale=2)
+            vaes = vae_choices(ctx)
+            vae = gr.Dropdown(label="SD VAE", choices=vaes, elem_id="sd-vae", scale=2,
+                              value=ctx.settings.default_vae if ctx.settings.default_vae in vaes else AUTOMATIC)
+            clip_skip = gr.Slider(1, 12, value=ctx.settings.default_clip_skip, step=1, label="Clip skip",
+                                  elem_id="clip-skip", scale=2)
             status = gr.Markdown("", elem_id="checkpoint-status")
         top = TopBar(checkpoint, refresh, clip_skip, vae, status)
         tabs_by_mode: dict[str, ModeTab] = {}
