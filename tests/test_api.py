@@ -317,8 +317,13 @@ def test_progress_reports_a_rising_fraction_and_previews(server):
 
 def test_interrupt_ends_the_callers_job_and_not_another_callers(auth_server):
     with auth_server.client(ALICE) as alice, auth_server.client(BOB) as bob:
-        long_job, a = _post_in_thread(alice, "/txt2img", on_demo(alice, steps=150, n_iter=3, seed=1))
+        long_job, a = _post_in_thread(alice, "/txt2img", on_demo(alice, steps=150, n_iter=3, seed=1,
+                                                                 force_task_id="long-one"))
         step = _wait_for(lambda: alice.get("/progress").json()["state"]["sampling_step"])
+        # A1111 clients may name their job (force_task_id) and ask about / stop only that one.
+        assert alice.get("/progress", params={"id_task": "long-one"}).json()["state"]["job_count"] == 3
+        assert alice.get("/progress", params={"id_task": "another"}).json()["state"]["job_count"] == 0
+        assert alice.post("/interrupt", json={"id_task": "another"}).status_code == 200
         assert bob.post("/interrupt").status_code == 200  # bob has no job: nothing of alice's stops
         assert bob.get("/progress").json()["state"]["job_count"] == 0  # nor does he see hers
         _wait_for(lambda: alice.get("/progress").json()["state"]["sampling_step"] >= step + 2)

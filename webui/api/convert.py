@@ -131,8 +131,9 @@ def _common(body: Txt2ImgRequest, ctx: Any, styles: Any) -> ApiJob:
         warnings.append(f"override_settings ignored (not per-request options here): {', '.join(unknown)}")
     checkpoint = find_checkpoint(ctx, overrides.get("sd_model_checkpoint"))
     clip_skip = overrides.get("CLIP_stop_at_last_layers", settings.default_clip_skip)
-    if isinstance(clip_skip, float) and clip_skip.is_integer():
-        clip_skip = int(clip_skip)
+    whole = isinstance(clip_skip, float) and clip_skip.is_integer()
+    if whole or (isinstance(clip_skip, str) and clip_skip.isdigit()):
+        clip_skip = int(clip_skip)  # options arrive as JSON numbers or, from some clients, strings
     vae = overrides.get("sd_vae", settings.default_vae)
     check_vae(ctx, vae)
     prompt, negative = styles.apply(list(body.styles or []), body.prompt, body.negative_prompt)
