@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from webui.config import load_settings
+import pytest
+
+from webui.config import check_changes, load_settings, save_settings
 
 
 def test_layers_file_then_env_then_overrides(tmp_path):
@@ -50,3 +52,17 @@ def test_settings_outside_their_choices_are_refused(tmp_path, caplog):
     s = load_settings({"settings_file": f}, env={})
     assert (s.offload, s.batch_mode, s.precision) == ("auto", "exact", "auto")
     assert "offload" in caplog.text and "precision" in caplog.text
+
+
+def test_checking_changes_writes_nothing_and_new_settings_are_validated(tmp_path):
+
+    s = load_settings({"settings_file": tmp_path / "settings.json"}, env={})
+    assert (s.save_images, s.default_clip_skip, s.default_vae) == (True, 1, "Automatic")
+    updated, stored = check_changes(s, {"default_clip_skip": "2", "save_images": "false"})
+    assert (updated.default_clip_skip, updated.save_images) == (2, False) and stored["default_clip_skip"] == 2
+    assert not (tmp_path / "settings.json").exists()
+    with pytest.raises(ValueError, match="default_clip_skip"):
+        check_changes(s, {"default_clip_skip": 13})
+    saved = save_settings(s, {"default_vae": "None"})
+    reloaded = load_settings({"settings_file": tmp_path / "settings.json"}, env={})
+    assert reloaded.default_vae == saved.default_vae == "None"

@@ -387,6 +387,17 @@ def test_latent_noise_fill_follows_each_images_seed(make_context):
     assert np.array_equal(pixels(batch.images[1]), pixels(single))
 
 
+def test_latent_nothing_starts_the_masked_area_from_flat_grey():
+    from webui.pipelines.images import fill_masked
+    from webui.pipelines.request import MaskedContent
+
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    ImageDraw.Draw(mask).rectangle((16, 16, 47, 47), fill=255)
+    filled = pixels(fill_masked(_init_image(), mask, MaskedContent.LATENT_NOTHING, 0))
+    assert (filled[16:48, 16:48] == 127).all()
+    assert np.array_equal(filled[:16], pixels(_init_image())[:16])
+
+
 def test_denoising_strength_too_low_for_the_steps_is_a_clear_error(make_context):
     ctx = make_context(["sd1"])
     with pytest.raises(RequestError, match="denoising_strength"):

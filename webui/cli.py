@@ -54,6 +54,11 @@ def _serve_parser() -> argparse.ArgumentParser:
                    help="allow installing/updating extensions from the UI even with --listen or --share")
     a.add_argument("--share", action="store_true",
                    help="also make a public link (needs the internet; sign-in is then always required)")
+    r = p.add_argument_group("REST API")
+    r.add_argument("--api", action="store_true",
+                   help="serve AUTOMATIC1111's REST API at /sdapi/v1 on the same port (documented at /docs)")
+    r.add_argument("--api-auth", help="API sign-in (HTTP Basic): user:password[,user2:password2]; implies --api. "
+                                      "Without it the API asks for the UI's credentials, if any")
     return p
 
 
@@ -211,7 +216,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .auth import AuthError, resolve_credentials
+    from .auth import AuthError, Credentials, parse_auth, resolve_credentials
 
     settings = settings_from_args(args)
     password_file = settings.settings_file.with_name("lan-password.json")
@@ -220,6 +225,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # A public link is never open to everyone: --no-auth only applies to the LAN.
         credentials = resolve_credentials(args.auth, args.auth_file, exposed, args.no_auth and not args.share,
                                           password_file)
+        api_credentials = None
+        if args.api_auth is not None:
+            pairs = parse_auth(args.api_auth)
+            if not pairs:
+                raise AuthError("--api-auth holds no user:password")
+            api_credentials = Credentials(tuple(pairs))
     except AuthError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -228,7 +239,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     ctx = AppContext.create(settings)
     try:
-        serve(ctx, credentials=credentials, share=args.share, password_file=password_file)
+        serve(ctx, credentials=credentials, share=args.share, password_file=password_file,
+              api=args.api or api_credentials is not None, api_credentials=api_credentials, flags=vars(args))
     finally:
         ctx.close()
     return 0

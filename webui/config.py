@@ -64,12 +64,17 @@ class Settings:
     include_builtin: bool = True  # list the built-in demo model after the user's checkpoints
     # Extension install/update/uninstall from the UI even when other machines can reach the server
     enable_insecure_extension_access: bool = False
+    # Failed sign-ins from one address before it must wait (doubling each time); 0 turns the wait off
+    signin_failures_before_lockout: int = 5
     # Generation defaults
     default_sampler: str = "Euler a"
     default_steps: int = 20
     default_size: int | None = None  # None: the model's native size
     save_format: str = "png"
     filename_pattern: str = "[number]-[seed]"  # [number] [seed] [prompt_words] [model_name] [date]
+    save_images: bool = True  # UI jobs save their pictures (A1111's samples_save)
+    default_clip_skip: int = 1  # the top bar's clip skip at start, and API jobs' (A1111's CLIP_stop_at_last_layers)
+    default_vae: str = "Automatic"  # likewise for the VAE (A1111's sd_vae)
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -175,15 +180,14 @@ def load_settings(overrides: Mapping[str, Any] | None = None, env: Mapping[str, 
 
 # What the Settings tab may change and save; folders and the server address stay with flags and the file.
 EDITABLE = ("outputs_dir", "ram_cache_bytes", "offload", "preview_every_n_steps", "default_sampler",
-            "default_steps", "default_size", "save_format", "filename_pattern")
+            "default_steps", "default_size", "save_format", "filename_pattern", "save_images", "default_clip_skip",
+            "default_vae")
 
 
-def save_settings(settings: Settings, changes: Mapping[str, Any]) -> Settings:
-    """Validate ``changes``, merge them into the settings file atomically and return the new Settings.
+def check_changes(settings: Settings, changes: Mapping[str, Any]) -> tuple[Settings, dict[str, Any]]:
+    """(the new Settings, the values as stored) for ``changes``, without saving anything.
 
-    Raises ValueError naming the first bad field; the file is untouched then. Keys already in the file
-    that are not changed are kept as they are.
-    """
+    Raises ValueError naming the first bad field."""
     coerced: dict[str, Any] = {}
     for name, value in changes.items():
         if name not in EDITABLE:
@@ -194,6 +198,16 @@ def save_settings(settings: Settings, changes: Mapping[str, Any]) -> Settings:
             raise ValueError(f"{name}: {exc}") from exc
     updated = settings.replace(**coerced)
     _validate(updated)
+    return updated, coerced
+
+
+def save_settings(settings: Settings, changes: Mapping[str, Any]) -> Settings:
+    """Validate ``changes``, merge them into the settings file atomically and return the new Settings.
+
+    Raises ValueError naming the first bad field; the file is untouched then. Keys already in the file
+    that are not changed are kept as they are.
+    """
+    updated, coerced = check_changes(settings, changes)
     path = settings.settings_file
     stored = read_settings_file(path)
     stored.update({k: str(v) if isinstance(v, Path) else v for k, v in coerced.items()})
@@ -206,6 +220,10 @@ def _validate(settings: Settings) -> None:
         raise ValueError("default_steps must be between 1 and 150")
     if settings.default_size is not None and (not 64 <= settings.default_size <= 4096 or settings.default_size % 8):
         raise ValueError("default_size must be a multiple of 8 between 64 and 4096")
+    if not 1 <= settings.default_clip_skip <= 12:
+        raise ValueError("default_clip_skip must be between 1 and 12")
+    if not settings.default_vae.strip():
+        raise ValueError('default_vae must be "Automatic", "None" or a file name in models/VAE')
     if settings.preview_every_n_steps < 0:
         raise ValueError("preview_every_n_steps must be 0 (off) or more")
     if settings.ram_cache_bytes < 0:

@@ -115,6 +115,11 @@ def save_image(
         temp.unlink(missing_ok=True)
 
 
+def encode_image(image: Image.Image, infotext: str, fmt: str = "png") -> bytes:
+    """The file bytes ``save_image`` would write, infotext inside, without saving (the REST API sends these)."""
+    return _encode(image, infotext, _format(fmt)[0])
+
+
 def _create_temp(folder: Path) -> tuple[int, Path]:
     """A new hidden file in `folder`, created with the umask's permissions (mkstemp's are 0600)."""
     flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0)

@@ -86,9 +86,12 @@ def masked_region(mask: Image.Image, padding: int, width: int, height: int) -> C
 
 
 def fill_masked(image: Image.Image, mask: Image.Image, content: MaskedContent, seed: int) -> Image.Image:
-    """Pre-fill the masked area: "fill" with the surrounding colours, "latent noise" with noise."""
+    """Pre-fill the masked area: "fill" with the surrounding colours, "latent noise" with noise, "latent
+    nothing" with flat mid-grey (about what an all-zero latent, A1111's start for it, decodes to)."""
     if content is MaskedContent.ORIGINAL:
         return image
+    if content is MaskedContent.LATENT_NOTHING:
+        return Image.composite(Image.new("RGB", image.size, (127, 127, 127)), image, mask)
     if content is MaskedContent.FILL:
         filler = image
         for radius in (64, 32, 16, 8):  # repeated blurs spread the colours around the hole into it

@@ -159,6 +159,12 @@ class PipelineManager:
             self._current = entry.name
         return model
 
+    def select(self, name: str | None) -> None:
+        """Make ``name`` (a registry name, or None) current again without loading it: a request that used
+        another model for itself only (A1111's override_settings) leaves the current model as it was."""
+        with self._load_lock:
+            self._current = name
+
     def _load_into_cache(self, entry: CheckpointEntry) -> LoadedModel:
         try:
             detect_file(entry.path)  # header checks first, so a bad file evicts nothing

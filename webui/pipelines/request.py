@@ -29,11 +29,12 @@ class ResizeMode(str, enum.Enum):
 
 
 class MaskedContent(str, enum.Enum):
-    """What the masked area starts from before denoising (A1111's inpainting_fill 0..2)."""
+    """What the masked area starts from before denoising (A1111's inpainting_fill 0..3)."""
 
     FILL = "fill"
     ORIGINAL = "original"
     LATENT_NOISE = "latent noise"
+    LATENT_NOTHING = "latent nothing"
 
 
 class InpaintArea(str, enum.Enum):

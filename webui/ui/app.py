@@ -18,7 +18,8 @@ from . import extensions_tab, forms, generation_tab, png_info, settings_tab
 from .common import checkpoint_choices, default_checkpoint_title, native_size_of, no_checkpoint_message
 from .extension_routes import mount_extension_routes, request_user
 from .generation_tab import GENERATION_QUEUE, USER_ERRORS, ModeTab, TopBar, fill_targets, fill_updates
-from .security import GuardMiddleware
+from .queue_bridge import QueueBridge
+from .security import FailureLimiter, GuardMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,11 @@ def build(ctx: Any) -> gr.Blocks:
             checkpoint = gr.Dropdown(label="Stable Diffusion checkpoint", choices=checkpoint_choices(ctx),
                                      value=current, elem_id="checkpoint", scale=4)
             refresh = gr.Button("🔄", elem_id="refresh-checkpoints", scale=0, min_width=48)
-            vae = gr.Dropdown(label="SD VAE", choices=vae_choices(ctx), value=AUTOMATIC, elem_id="sd-vae", scale=2)
-            clip_skip = gr.Slider(1, 12, value=1, step=1, label="Clip skip", elem_id="clip-skip", scale=2)
+            vaes = vae_choices(ctx)
+            vae = gr.Dropdown(label="SD VAE", choices=vaes, elem_id="sd-vae", scale=2,
+                              value=ctx.settings.default_vae if ctx.settings.default_vae in vaes else AUTOMATIC)
+            clip_skip = gr.Slider(1, 12, value=ctx.settings.default_clip_skip, step=1, label="Clip skip",
+                                  elem_id="clip-skip", scale=2)
             status = gr.Markdown("", elem_id="checkpoint-status")
         top = TopBar(checkpoint, refresh, clip_skip, vae, status)
         tabs_by_mode: dict[str, ModeTab] = {}
@@ -217,10 +221,15 @@ def _sign_in_check(demo: gr.Blocks, credentials: Any) -> Any:
 
 
 def launch(ctx: Any, demo: gr.Blocks | None = None, credentials: Any = None, share: bool = False,
+           api: bool = False, api_credentials: Any = None, flags: dict[str, Any] | None = None,
            **overrides: Any) -> gr.Blocks:
-    """Start serving; returns the running Blocks (tests pass prevent_thread_lock=True)."""
+    """Start serving; returns the running Blocks (tests pass prevent_thread_lock=True).
+
+    ``api``: also serve A1111's REST API at /sdapi/v1 (documented at /docs), behind ``api_credentials``,
+    or the UI's own ``credentials`` when none are given; its jobs wait in the UI's job queue."""
     ctx.shared = share  # before the page is built: extension admin actions depend on it
     demo = demo or build(ctx)
+    bridge = QueueBridge(demo, GENERATION_QUEUE) if api else None
     settings = ctx.settings
     options: dict[str, Any] = {
         "server_name": settings.host,
@@ -233,19 +242,28 @@ def launch(ctx: Any, demo: gr.Blocks | None = None, credentials: Any = None, sha
         "css": CSS,
         "share": share,
         # Every route, Gradio's included, sits behind the cross-site and sign-in-throttling guard.
-        "app_kwargs": {"middleware": [Middleware(GuardMiddleware, is_signed_in=_sign_in_check(demo, credentials))]},
+        "app_kwargs": {"middleware": [Middleware(
+            GuardMiddleware, is_signed_in=_sign_in_check(demo, credentials),
+            limiter=FailureLimiter(settings.signin_failures_before_lockout))]},
     }
     if credentials is not None:
         options["auth"] = credentials.check
         options["auth_message"] = "Atelier: sign in with the user name and password you were given."
+    if api:
+        options["app_kwargs"].update(docs_url="/docs", redoc_url="/redoc")
     options.update(overrides)
     demo.queue(default_concurrency_limit=4)
     demo.launch(**options)
     mount_extension_routes(demo.app, ctx, credentials)
+    if bridge is not None:
+        from ..api import mount_api
+
+        mount_api(demo.app, ctx, api_credentials or credentials, bridge.run, flags)
     return demo
 
 
-def serve(ctx: Any, credentials: Any = None, share: bool = False, password_file: Path | None = None) -> None:
+def serve(ctx: Any, credentials: Any = None, share: bool = False, password_file: Path | None = None,
+          api: bool = False, api_credentials: Any = None, flags: dict[str, Any] | None = None) -> None:
     if not _is_loopback(ctx.settings.host):
         address = lan_address() if ctx.settings.host in ("0.0.0.0", "::") else ctx.settings.host
         print(f"Atelier is reachable on your network at http://{address}:{ctx.settings.port}/", flush=True)
@@ -253,7 +271,11 @@ def serve(ctx: Any, credentials: Any = None, share: bool = False, password_file:
             user, password = credentials.pairs[0]
             print(f"Sign in as user {user!r} with password {password!r} (kept in {password_file}; "
                   "--auth sets your own, --no-auth turns sign-in off).", flush=True)
-    demo = launch(ctx, credentials=credentials, share=share, prevent_thread_lock=True)
+    demo = launch(ctx, credentials=credentials, share=share, api=api, api_credentials=api_credentials, flags=flags,
+                  prevent_thread_lock=True)
+    if api:
+        print(f"REST API at {demo.local_url.rstrip('/')}/sdapi/v1 (documentation at /docs)"
+              + (", HTTP Basic sign-in required" if (api_credentials or credentials) is not None else ""), flush=True)
     if share and not getattr(demo, "share_url", None):
         print("No public link: it needs an internet connection to Gradio's share server, which this machine "
               f"cannot reach. Still serving at {demo.local_url}", flush=True)

@@ -41,6 +41,8 @@ def run_job(ctx: Any, owner: str, request: GenerationRequest,
             work: Callable[[JobControl], GenerationResult] | None = None) -> Iterator[JobUpdate]:
     """Start ``request`` (or ``work``, a script's job) for ``owner`` and yield updates until it ends; the last
     update carries the result or the error. Interrupt/Skip reach the job through ``ctx.jobs`` by owner."""
+    if not ctx.settings.save_images:  # A1111's "Always save all generated images" switched off
+        request = request.replace(save_images=False)
     control = ctx.jobs.start(owner, JobControl(preview_every=ctx.settings.preview_every_n_steps))
     outcome = _Outcome()
     changed = threading.Event()

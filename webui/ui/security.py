@@ -58,7 +58,8 @@ def cross_site(headers: dict[str, str], allowed_origins: frozenset[str] = frozen
 class FailureLimiter:
     """Failed sign-ins per client address, and how long that address must wait."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, free_failures: int = FREE_FAILURES, clock: Callable[[], float] = time.monotonic) -> None:
+        self.free_failures = free_failures  # 0: never wait
         self._clock = clock
         self._lock = threading.Lock()
         self._failures: dict[str, tuple[int, float]] = {}  # address -> (count, time of the last failure)
@@ -67,9 +68,9 @@ class FailureLimiter:
         with self._lock:
             count, last = self._failures.get(address, (0, 0.0))
         now = self._clock()
-        if count < FREE_FAILURES or now - last > WINDOW_SECONDS:
+        if self.free_failures <= 0 or count < self.free_failures or now - last > WINDOW_SECONDS:
             return 0.0
-        lockout = min(2.0 ** (count - FREE_FAILURES), MAX_LOCKOUT_SECONDS)
+        lockout = min(2.0 ** (count - self.free_failures), MAX_LOCKOUT_SECONDS)
         return max(0.0, last + lockout - now)
 
     def failed(self, address: str) -> None:

@@ -1,0 +1,32 @@
+"""AUTOMATIC1111's REST API (/sdapi/v1) on the UI's server, for the tools artists already use.
+
+    schemas   request/response bodies with A1111's field names and defaults
+    convert   A1111 request -> GenerationRequest (checked), result -> A1111 response
+    images    base64 images in and out, with size limits
+    auth      HTTP Basic, one dependency for every route; the caller's job owner key
+    service   jobs in the UI's queue, per-caller progress, interrupt and skip
+    options   A1111 option names over Atelier's settings
+    listings  models, VAEs, samplers, LoRAs, embeddings, styles, memory, flags
+    routes    the thin route handlers
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..auth import Credentials
+from .auth import caller_dependency
+from .routes import PREFIX, build_router
+from .service import ApiService, QueueRunner
+
+__all__ = ["PREFIX", "mount_api"]
+
+
+def mount_api(app: Any, ctx: Any, credentials: Credentials | None = None, queue: QueueRunner | None = None,
+              flags: dict[str, Any] | None = None) -> ApiService:
+    """Add the /sdapi/v1 routes to ``app`` (a FastAPI app, e.g. Gradio's). ``queue`` runs jobs in the UI's
+    job queue; without one, API jobs only wait for each other."""
+    service = ApiService(ctx, queue)
+    app.include_router(build_router(ctx, service, caller_dependency(credentials), flags))
+    app.openapi_schema = None  # /docs is rebuilt with the new routes
+    return service

@@ -1,0 +1,235 @@
+"""A1111 API requests -> the engine's GenerationRequest, and GenerationResult -> A1111's response.
+
+Everything a request can get wrong is checked here, before the job waits in the queue, and reported
+as an ApiError naming the A1111 field. Features Atelier does not have are either refused (scripts,
+which would change what is made) or noted in ``info["warnings"]`` (hires fix, variation seeds...),
+so a client always gets pictures it can trust and a reason when something was left out.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..models.vae import VaeNotFoundError, resolve_vae
+from ..pipelines.request import GenerationRequest, InpaintArea, MaskedContent, RequestError, ResizeMode
+from ..samplers import UnknownSamplerError, resolve_sampler
+from .errors import ApiError, invalid
+from .images import decode_image, encode_png
+from .schemas import Img2ImgRequest, Txt2ImgRequest
+
+# GenerationRequest field -> the A1111 request field (or option) a client sent it as.
+API_FIELDS = {
+    "batch_count": "n_iter",
+    "sampler": "sampler_name",
+    "schedule_type": "scheduler",
+    "clip_skip": "CLIP_stop_at_last_layers",
+    "vae": "sd_vae",
+    "checkpoint": "sd_model_checkpoint",
+    "init_image": "init_images",
+    "masked_content": "inpainting_fill",
+    "inpaint_area": "inpaint_full_res",
+    "inpaint_padding": "inpaint_full_res_padding",
+    "mask_invert": "inpainting_mask_invert",
+}
+
+RESIZE_MODES = {0: ResizeMode.JUST_RESIZE, 1: ResizeMode.CROP_AND_RESIZE, 2: ResizeMode.RESIZE_AND_FILL,
+                3: ResizeMode.JUST_RESIZE}  # 3 is A1111's "just resize (latent upscale)"
+FILLS = {0: MaskedContent.FILL, 1: MaskedContent.ORIGINAL, 2: MaskedContent.LATENT_NOISE,
+         3: MaskedContent.LATENT_NOTHING}
+# Options a request may override for itself (override_settings).
+OVERRIDABLE = ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae")
+
+
+@dataclass
+class ApiJob:
+    """One API generation: the engine request and what the response needs besides the result."""
+
+    request: GenerationRequest
+    parameters: dict[str, Any]  # the A1111 request echoed back, as A1111 does
+    send_images: bool = True
+    task_id: str | None = None
+    restore_checkpoint: bool = False  # put the current model back after the job (override_settings)
+    keep_options: dict[str, Any] = field(default_factory=dict)  # settings changed for good (no restore)
+    warnings: list[str] = field(default_factory=list)
+
+
+def request_error(exc: RequestError | UnknownSamplerError) -> ApiError:
+    """An engine error as a 422 naming the A1111 field."""
+    if isinstance(exc, UnknownSamplerError):
+        return invalid("scheduler" if exc.field == "schedule_type" else "sampler_name", str(exc))
+    return invalid(API_FIELDS.get(exc.field, exc.field), exc.message)
+
+
+def txt2img_job(body: Txt2ImgRequest, ctx: Any, styles: Any) -> ApiJob:
+    return _checked(_common(body, ctx, styles))
+
+
+def img2img_job(body: Img2ImgRequest, ctx: Any, styles: Any) -> ApiJob:
+    job = _common(body, ctx, styles)
+    if not body.init_images:
+        raise invalid("init_images", "img2img needs at least one init image (base64)")
+    if len(body.init_images) > 1:
+        job.warnings.append("only the first of init_images was used")
+    init = decode_image(body.init_images[0], "init_images").convert("RGB")
+    if body.resize_mode not in RESIZE_MODES:
+        raise invalid("resize_mode", "must be 0 (just resize), 1 (crop and resize), 2 (resize and fill) or 3")
+    strength = 0.75 if body.denoising_strength is None else body.denoising_strength
+    changes: dict[str, Any] = {"init_image": init, "denoising_strength": strength,
+                               "resize_mode": RESIZE_MODES[body.resize_mode]}
+    if body.mask:
+        if body.inpainting_fill not in FILLS:
+            raise invalid("inpainting_fill", "must be 0 (fill), 1 (original), 2 (latent noise) or 3 (latent nothing)")
+        blur = body.mask_blur if body.mask_blur is not None else max(body.mask_blur_x, body.mask_blur_y)
+        changes.update(
+            mask=decode_image(body.mask, "mask"),
+            mask_blur=blur,
+            masked_content=FILLS[body.inpainting_fill],
+            inpaint_area=InpaintArea.ONLY_MASKED if body.inpaint_full_res else InpaintArea.WHOLE_PICTURE,
+            inpaint_padding=body.inpaint_full_res_padding,
+            mask_invert=bool(body.inpainting_mask_invert),
+        )
+        if body.mask_blur is None and body.mask_blur_x != body.mask_blur_y:
+            job.warnings.append("mask_blur_x and mask_blur_y differ: both were blurred by the larger")
+    job.request = job.request.replace(**changes)
+    if not body.include_init_images:
+        job.parameters.update(init_images=None, mask=None)
+    return _checked(job)
+
+
+def _checked(job: ApiJob) -> ApiJob:
+    try:
+        job.request.validate()
+        if job.request.task.value != "txt2img" and int(job.request.steps * job.request.denoising_strength) < 1:
+            raise RequestError("denoising_strength",
+                               f"too low for {job.request.steps} steps: no denoising step would run")
+    except RequestError as exc:
+        raise request_error(exc) from exc
+    return job
+
+
+def _common(body: Txt2ImgRequest, ctx: Any, styles: Any) -> ApiJob:
+    """The fields txt2img and img2img share, checked."""
+    if body.script_name:
+        raise invalid("script_name", f"script {body.script_name!r} is not available in Atelier")
+    if body.alwayson_scripts:
+        names = ", ".join(sorted(body.alwayson_scripts))
+        raise invalid("alwayson_scripts", f"always-on scripts are not available in Atelier: {names}")
+    warnings = _unsupported(body)
+    sampler = body.sampler_name or body.sampler_index
+    try:
+        choice = resolve_sampler(sampler, body.scheduler or "Automatic")
+    except UnknownSamplerError as exc:
+        raise request_error(exc) from exc
+    settings = ctx.settings
+    overrides, restore = dict(body.override_settings or {}), body.override_settings_restore_afterwards
+    unknown = sorted(k for k in overrides if k not in OVERRIDABLE)
+    if unknown:
+        warnings.append(f"override_settings ignored (not per-request options here): {', '.join(unknown)}")
+    checkpoint = find_checkpoint(ctx, overrides.get("sd_model_checkpoint"))
+    clip_skip = overrides.get("CLIP_stop_at_last_layers", settings.default_clip_skip)
+    whole = isinstance(clip_skip, float) and clip_skip.is_integer()
+    if whole or (isinstance(clip_skip, str) and clip_skip.isdigit()):
+        clip_skip = int(clip_skip)  # options arrive as JSON numbers or, from some clients, strings
+    vae = overrides.get("sd_vae", settings.default_vae)
+    check_vae(ctx, vae)
+    prompt, negative = styles.apply(list(body.styles or []), body.prompt, body.negative_prompt)
+    request = GenerationRequest(
+        prompt=prompt,
+        negative_prompt=negative,
+        checkpoint=checkpoint,
+        sampler=choice.name,
+        schedule_type=choice.schedule_type,  # resolved: a legacy "DPM++ 2M Karras" keeps its Karras
+        steps=body.steps,
+        cfg_scale=body.cfg_scale,
+        width=body.width,
+        height=body.height,
+        seed=body.seed,
+        batch_count=body.n_iter,
+        batch_size=body.batch_size,
+        clip_skip=clip_skip,
+        vae=vae or "Automatic",
+        save_images=body.save_images,
+    )
+    keep = {} if restore else {k: overrides[k] for k in ("CLIP_stop_at_last_layers", "sd_vae") if k in overrides}
+    return ApiJob(request, body.model_dump(), body.send_images, body.force_task_id,
+                  restore_checkpoint=restore and checkpoint is not None, keep_options=keep, warnings=warnings)
+
+
+def _unsupported(body: Txt2ImgRequest) -> list[str]:
+    notes = []
+    if body.enable_hr:
+        notes.append("hires fix (enable_hr) is not available: pictures were made at width x height")
+    if body.subseed_strength:
+        notes.append("variation seeds (subseed_strength) are not available: ignored")
+    if body.restore_faces:
+        notes.append("face restoration is not available: ignored")
+    if body.tiling:
+        notes.append("tiling is not available: ignored")
+    if body.refiner_checkpoint:
+        notes.append("the refiner is not available: ignored")
+    return notes
+
+
+def find_checkpoint(ctx: Any, query: Any) -> str | None:
+    """The registry name for an override's checkpoint (title, file name, stem or hash); None = current."""
+    if query is None or query == "":
+        return None
+    if not isinstance(query, str):
+        raise invalid("sd_model_checkpoint", "must be a checkpoint title such as 'model.safetensors [abcdef1234]'")
+    entry = ctx.registry.find(query)
+    if entry is None:
+        ctx.registry.refresh()
+        entry = ctx.registry.find(query)
+    if entry is None:
+        titles = ", ".join(e.title for e in ctx.registry.entries()) or "none"
+        raise invalid("sd_model_checkpoint", f"checkpoint {query!r} not found (available: {titles})")
+    return entry.name
+
+
+def check_vae(ctx: Any, choice: Any) -> None:
+    if choice is None:
+        return
+    if not isinstance(choice, str):
+        raise invalid("sd_vae", 'must be "Automatic", "None" or a file name in models/VAE')
+    try:
+        resolve_vae(choice, ctx.settings.models_dir / "VAE", Path("/nonexistent"))
+    except VaeNotFoundError as exc:
+        raise invalid("sd_vae", str(exc)) from exc
+
+
+def response(job: ApiJob, result: Any) -> dict[str, Any]:
+    """A1111's TextToImageResponse / ImageToImageResponse for a finished job."""
+    images = [encode_png(image, text) for image, text in zip(result.images, result.infotexts, strict=True)] \
+        if job.send_images else []
+    return {"images": images, "parameters": job.parameters, "info": json.dumps(info(job, result))}
+
+
+def info(job: ApiJob, result: Any) -> dict[str, Any]:
+    """A1111's ``info`` object: the engine's, plus the keys A1111 clients read that it does not have."""
+    data = dict(result.info)
+    req = result.request
+    count = len(result.seeds)
+    data.update(
+        all_subseeds=list(result.seeds),
+        subseed=data.get("seed"),
+        subseed_strength=0,
+        seed_resize_from_w=-1,
+        seed_resize_from_h=-1,
+        styles=job.parameters.get("styles") or [],
+        index_of_first_image=0,
+        job_timestamp=time.strftime("%Y%m%d%H%M%S"),
+        restore_faces=False,
+        face_restoration_model=None,
+        is_using_inpainting_conditioning=req.task.value == "inpaint",
+        extra_generation_params={},
+        sd_vae_name=None if req.vae in ("Automatic", "None") else req.vae,
+        task_id=job.task_id,
+    )
+    data["all_prompts"] = [req.prompt] * count
+    data["all_negative_prompts"] = [req.negative_prompt] * count
+    data["warnings"] = list(data.get("warnings") or []) + job.warnings
+    return data
