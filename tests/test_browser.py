@@ -220,6 +220,46 @@ def test_png_info_reads_a_generated_png_and_sends_it_to_txt2img(page_at, server,
     assert page.input_value("#txt2img-cfg input[type=number]") == "6.5"
 
 
+XSS = ['<img src=x onerror="window.__xss=1">', "<script>window.__xss=2</script>",
+       '<svg onload="window.__xss=3"></svg>']
+
+
+def test_markup_in_prompts_styles_and_png_text_is_shown_as_text(page_at, server, tmp_path):
+    from PIL import PngImagePlugin
+
+    page = page_at()
+    page.evaluate("window.__xss = 0")
+    _fill(page, "#txt2img-prompt textarea", "a red circle " + XSS[0])
+    _fill(page, "#txt2img-negative textarea", XSS[1])
+    _fill(page, "#txt2img-seed input", 5150)
+    page.click("#txt2img-generate")
+    info = _wait_for_info(page, "txt2img", "Seed: 5150")
+    assert XSS[0] in info and XSS[1] in info, "shown as the user typed it"
+    _fill(page, "#txt2img-style-name textarea", XSS[2])
+    page.click("#txt2img-save-style")
+    page.wait_for_timeout(500)
+    page.click("#txt2img-styles input")
+    page.get_by_role("option", name=XSS[2]).wait_for()
+    page.keyboard.press("Escape")
+    picture = tmp_path / "hostile.png"
+    text = PngImagePlugin.PngInfo()
+    text.add_text("parameters", XSS[0] + "\nNegative prompt: " + XSS[1] + "\nSteps: 3, Seed: 1, Size: 64x64")
+    Image.new("RGB", (64, 64)).save(picture, pnginfo=text)
+    assert page.evaluate("window.__xss") == 0, "no injected code ran"
+    reader = page_at()
+    reader.evaluate("window.__xss = 0")
+    _tab(reader, "PNG Info")
+    reader.set_input_files("#pnginfo-image input[type=file]", str(picture))
+    try:
+        reader.wait_for_function("document.querySelector('#pnginfo-info').innerText.includes('onerror')")
+    finally:
+        _screenshot(reader, "png-info-hostile")
+    assert XSS[0] in reader.inner_text("#pnginfo-info")
+    for shown in (page, reader):
+        assert shown.evaluate("window.__xss") == 0, "no injected code ran"
+        assert shown.locator("img[src='x']").count() == 0 and shown.locator("svg[onload]").count() == 0
+
+
 def test_interrupt_stops_a_long_job(page_at):
     page = page_at()
     _fill(page, "#txt2img-prompt textarea", "a blue circle")

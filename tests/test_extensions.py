@@ -334,3 +334,25 @@ def test_extension_routes_are_served_behind_the_sign_in(make_context, tmp_path):
         assert httpx.get(url, auth=("ann", "s3cret")).status_code == 503
     finally:
         demo.close()
+
+
+def test_a_pip_installed_extension_is_found_through_its_entry_point(tmp_path, monkeypatch):
+    """A package that declares ``[atelier.extensions] name = module:setup`` in its metadata, as pip installs it."""
+    from webui.extensions.loader import ExtensionManager
+    from webui.extensions.store import ExtensionStore
+
+    site = tmp_path / "site"
+    (site / "packaged_ext").mkdir(parents=True)
+    (site / "packaged_ext" / "__init__.py").write_text(
+        "ATELIER_API = '>=1,<2'\ndef setup(api):\n    api.add_setting('colour', 'red', 'Colour')\n")
+    info = site / "packaged_ext-2.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: packaged-ext\nVersion: 2.0\n")
+    (info / "entry_points.txt").write_text("[atelier.extensions]\npackaged = packaged_ext:setup\n")
+    monkeypatch.syspath_prepend(str(site))
+    manager = ExtensionManager(tmp_path / "no-folder", ExtensionStore(tmp_path / "store.json"))
+    manager.load_all()
+    record = manager.records["packaged"]
+    assert record.status == LOADED and record.source == "package" and record.version == "2.0"
+    assert manager.registry.setting_value("packaged", "colour") == "red"
+    manager.close()
