@@ -243,3 +243,24 @@ def test_repeated_sign_in_failures_are_slowed_down(server):
     assert locked.status_code == 429 and int(locked.headers["retry-after"]) >= 1
     time.sleep(int(locked.headers["retry-after"]) + 0.5)
     assert client.post("/login", data={"username": USER, "password": PASSWORD}).status_code == 200
+
+
+def test_folders_and_file_names_cannot_be_changed_from_the_lan(make_context, tmp_path):
+    """A forged Settings save on a --listen server (the field is read-only in its page) changes nothing."""
+    from webui.ui.app import build
+
+    ctx = make_context(["sd1"], host="0.0.0.0")
+    demo = build(ctx)
+    save = next(block.fn for block in demo.fns.values() if getattr(block.fn, "__name__", "") == "on_save")
+    settings = ctx.settings
+    for folder, pattern in (("/tmp/elsewhere", settings.filename_pattern),
+                            (str(settings.outputs_dir), "../../[seed]")):
+        message, _ = save(folder, pattern, "png", 1.0, "auto", 5, "Euler a", 20, 0)
+        assert "Refused" in message
+        assert not settings.settings_file.exists(), "nothing was saved"
+    message, _ = save(str(settings.outputs_dir), settings.filename_pattern, "webp", 1.0, "auto", 5, "Euler a", 20, 0)
+    assert "Saved" in message and ctx.settings.save_format == "webp", "other settings still save"
+    allowed = make_context(["sd1"], host="0.0.0.0", enable_insecure_extension_access=True)
+    save = next(block.fn for block in build(allowed).fns.values() if getattr(block.fn, "__name__", "") == "on_save")
+    assert "Saved" in save(str(allowed.settings.outputs_dir), "[seed]-[date]", "png", 1.0, "auto", 5, "Euler a", 20,
+                           0)[0]

@@ -87,7 +87,7 @@ def build(ctx: Any) -> gr.Blocks:
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab-pnginfo"):
                 info_tab = png_info.build()
             with gr.Tab("Settings", id="settings", elem_id="tab-settings"):
-                settings_tab.build(ctx, allow_folder_changes=_is_loopback(ctx.settings.host))
+                settings_tab.build(ctx, allow_folder_changes=extensions_tab.admin_refusal(ctx) is None)
                 extensions_tab.build_extension_settings(ctx)
             with gr.Tab("Extensions", id="extensions", elem_id="tab-extensions"):
                 extensions_tab.build(ctx)

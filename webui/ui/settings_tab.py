@@ -23,13 +23,20 @@ def corrupt_notice(settings: Any) -> str:
 
 
 def build(ctx: Any, allow_folder_changes: bool = True) -> None:
+    """``allow_folder_changes``: whether this page may change where files go (the output folder and the file
+    name pattern). Off when other machines can reach the server, unless the operator allowed it."""
     s = ctx.settings
     notice = gr.HTML(corrupt_notice(s), elem_id="settings-notice")
     with gr.Group():
         outputs_dir = gr.Textbox(str(s.outputs_dir), label="Output folder", elem_id="settings-outputs-dir",
                                  interactive=allow_folder_changes)
         pattern = gr.Textbox(s.filename_pattern, label="File name pattern ([number] [seed] [prompt_words] "
-                             "[model_name] [date])", elem_id="settings-filename-pattern")
+                             "[model_name] [date])", elem_id="settings-filename-pattern",
+                             interactive=allow_folder_changes)
+        if not allow_folder_changes:
+            gr.Markdown("Where files go can only be changed from this machine while others can reach the "
+                        "server (or after starting with `--enable-insecure-extension-access`).",
+                        elem_id="settings-folders-locked")
         save_format = gr.Dropdown(["png", "jpg", "webp"], value=s.save_format, label="Image format",
                                   elem_id="settings-save-format")
     with gr.Group():
@@ -50,6 +57,11 @@ def build(ctx: Any, allow_folder_changes: bool = True) -> None:
     status = gr.HTML(elem_id="settings-status")
 
     def on_save(out_dir, name_pattern, fmt, ram_gib, offload_mode, every, default_sampler, default_steps, side):
+        current = ctx.settings
+        if not allow_folder_changes and (str(out_dir) != str(current.outputs_dir)
+                                         or name_pattern != current.filename_pattern):
+            return ("<p class='atelier-error'>Refused: the output folder and file name pattern cannot be changed "
+                    "from another machine. Nothing was saved.</p>", gr.skip())
         changes = {
             "filename_pattern": name_pattern,
             "save_format": fmt,
