@@ -116,3 +116,18 @@ class JobRegistry:
         for control in running:
             control.skip()
         return bool(running)
+
+
+def progress_text(progress: Progress) -> str:
+    """One line for people: the page's progress line and the API's ``textinfo``."""
+    if progress.state == "queued":
+        return "Waiting…"
+    if progress.state == "loading":
+        return "Loading the model…"
+    text = f"Step {progress.step}/{progress.steps}"
+    if progress.batches > 1:
+        text = f"Batch {progress.batch + 1}/{progress.batches}, {text.lower()}"
+    eta = progress.eta_seconds
+    if eta is not None:
+        text += f", about {eta:.0f} s left"
+    return text

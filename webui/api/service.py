@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from ..jobs import JobControl, Progress
+from ..jobs import JobControl, progress_text
 from ..pipelines.generate import generate
 from .auth import Caller
 from .convert import ApiJob
@@ -115,7 +115,7 @@ class ApiService:
             "eta_relative": round(p.eta_seconds or 0.0, 3),
             "state": _state(control, len(jobs)),
             "current_image": image,
-            "textinfo": _text(p),
+            "textinfo": progress_text(p),
             "current_task": control.job_id,
         }
 
@@ -153,12 +153,3 @@ def _state(control: JobControl | None, jobs: int) -> dict[str, Any]:
         "sampling_steps": p.steps,
         "queued_jobs": jobs,  # the caller's jobs, running and waiting (not A1111's)
     }
-
-
-def _text(p: Progress) -> str:
-    if p.state == "queued":
-        return "Waiting in the queue"
-    if p.state == "loading":
-        return "Loading the model"
-    step = f"step {p.step}/{p.steps}"
-    return f"Batch {p.batch + 1}/{p.batches}, {step}" if p.batches > 1 else step.capitalize()

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..jobs import JobControl, Progress
+from ..jobs import JobControl, Progress, progress_text  # noqa: F401 (the tabs import it from here)
 from ..pipelines.generate import GenerationResult, generate
 from ..pipelines.request import GenerationRequest
 
@@ -82,20 +82,6 @@ def run_job(ctx: Any, owner: str, request: GenerationRequest,
             control.interrupt()
         ctx.jobs.finish(owner, control)
     yield JobUpdate(control.progress, result=outcome.result, error=outcome.error)
-
-
-def progress_text(progress: Progress) -> str:
-    if progress.state == "queued":
-        return "Waiting…"
-    if progress.state == "loading":
-        return "Loading the model…"
-    text = f"Step {progress.step}/{progress.steps}"
-    if progress.batches > 1:
-        text = f"Batch {progress.batch + 1}/{progress.batches}, {text.lower()}"
-    eta = progress.eta_seconds
-    if eta is not None:
-        text += f", about {eta:.0f} s left"
-    return text
 
 
 def info_html(infotext: str, warnings: list[str], interrupted: bool) -> str:
