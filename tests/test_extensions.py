@@ -148,6 +148,23 @@ def test_a_step_hook_stuck_in_a_loop_is_stopped_at_its_deadline(with_probe):
     assert generate(ctx.manager, request(), hooks=ctx.hooks).images
 
 
+def test_a_hook_that_keeps_memory_is_switched_off(with_probe):
+    ctx = with_probe
+    ctx.hooks.leak_limit_bytes = 150 * 2**20
+    probe(ctx).MODE["leak"] = "after_image"
+    jobs = 0
+    while ctx.extensions.records["probe"].status != SWITCHED_OFF:
+        result = generate(ctx.manager, request(), hooks=ctx.hooks)
+        assert result.images, "the jobs themselves complete"
+        jobs += 1
+        assert jobs <= 5, "switched off once it kept more than the limit"
+    assert "kept" in ctx.extensions.records["probe"].error
+    calls = len(probe(ctx).CALLS["after_image"])
+    generate(ctx.manager, request(), hooks=ctx.hooks)
+    assert len(probe(ctx).CALLS["after_image"]) == calls, "later jobs run without it"
+    probe(ctx).KEPT.clear()
+
+
 def test_import_and_setup_failures_are_reported_and_others_load(make_context, tmp_path):
     folder = tmp_path / "extensions"
     write_extension(folder / "good", "good")

@@ -6,7 +6,8 @@ import time
 
 CALLS = {"before_generate": [], "on_step": [], "after_image": [], "before_save": [], "tab": 0, "section": [],
          "script": []}
-MODE = {"fail": None, "hang": None, "spin": None}
+MODE = {"fail": None, "hang": None, "spin": None, "leak": None}
+KEPT = []
 
 
 class Probe:
@@ -31,6 +32,8 @@ def _maybe_fail(hook):
         time.sleep(5)
     while MODE["spin"] == hook:  # a busy loop that never ends on its own
         pass
+    if MODE["leak"] == hook:
+        KEPT.append(bytearray(64 * 2**20))  # 64 MB kept forever, touched so it counts
 
 
 def setup(api):

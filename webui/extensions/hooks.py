@@ -5,8 +5,11 @@ session (everything it registered stops being used); the job it broke ends with 
 ``ExtensionFailure`` naming it, and later jobs run without it. Events without hooks cost nothing.
 
 Per-job hooks (before_generate, after_image, before_save) run on a worker thread, so a hung one is
-abandoned at its deadline. ``on_step`` runs on the job's own thread: handing every step to another
-thread costs milliseconds on a busy CPU (measured: +31% per step with 10 hooks). A watchdog thread
+abandoned at its deadline, and the memory each call leaves behind is counted: an extension whose hooks
+keep more than ``LEAK_LIMIT_BYTES`` is switched off after the job (which still completes).
+
+``on_step`` runs on the job's own thread: handing every step to another thread costs milliseconds
+on a busy CPU (measured: +31% per step with 10 hooks), and its memory is not counted. A watchdog thread
 raises ``HookTimeout`` inside a step hook that passes its deadline; it lands as soon as the hook runs
 Python code again (a hook blocked inside one C call ends that call first).
 """
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 
 HOOKS = ("before_generate", "on_step", "after_image", "before_save")
 HOOK_SECONDS = 30.0  # before_generate / after_image / before_save
+# Memory an extension's per-job hooks may keep across a session (RSS they add and never give back)
+LEAK_LIMIT_BYTES = 1 << 30
 STEP_HOOK_SECONDS = 10.0  # on_step, all extensions together
 
 
@@ -38,6 +43,12 @@ class ExtensionFailure(RuntimeError):
     def __init__(self, ext_id: str, message: str) -> None:
         super().__init__(message)
         self.ext_id = ext_id
+
+
+def _rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
 
 
 class HookTimeout(BaseException):
@@ -87,8 +98,10 @@ class _Watchdog:
 
 class Registry:
     def __init__(self, store: ExtensionStore | None = None, hook_seconds: float = HOOK_SECONDS,
-                 step_hook_seconds: float = STEP_HOOK_SECONDS) -> None:
+                 step_hook_seconds: float = STEP_HOOK_SECONDS, leak_limit_bytes: int = LEAK_LIMIT_BYTES) -> None:
         self.store = store
+        self.leak_limit_bytes = leak_limit_bytes
+        self.kept_bytes: dict[str, int] = {}  # per extension: RSS its per-job hooks added, net
         self.hook_seconds = hook_seconds
         self.step_hook_seconds = step_hook_seconds
         self._lock = threading.Lock()
@@ -178,12 +191,22 @@ class Registry:
             out = []
             for owner, call in calls:
                 current[0] = owner
+                before = _rss()
                 out.append(call())
+                # Jobs run one at a time, so what RSS gained during this call is the hook's.
+                self.kept_bytes[owner] = self.kept_bytes.get(owner, 0) + _rss() - before
             return out
 
         future = self._worker.submit(body)
         try:
-            return future.result(timeout=seconds)
+            result = future.result(timeout=seconds)
+            for owner, _ in calls:
+                kept = self.kept_bytes.get(owner, 0)
+                if kept > self.leak_limit_bytes and self.active(owner):
+                    # The job it ran in finished normally; later jobs run without the extension.
+                    self.switch_off(owner, f"its {hook} hooks kept {kept / 2**20:.0f} MB of memory "
+                                           f"(more than {self.leak_limit_bytes / 2**20:.0f} MB)")
+            return result
         except FutureTimeout:
             owner = current[0]
             # The stuck thread cannot be stopped; it is left behind and a fresh worker serves the next calls.
