@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,15 @@ def _matrix(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(-1, tensor.shape[-1])
 
 
+def word_pattern(names: Iterable[str]) -> re.Pattern[str] | None:
+    """A regex finding any of ``names`` as a whole word (letters, digits, '_' and '-' around it do not count),
+    case-insensitively; None for no names."""
+    ordered = sorted(names, key=len, reverse=True)  # longest first: "style-2" before "style"
+    if not ordered:
+        return None
+    return re.compile(r"(?<![\w\-])(" + "|".join(map(re.escape, ordered)) + r")(?![\w\-])", re.IGNORECASE)
+
+
 class EmbeddingLibrary:
     """The embedding files in some folders, rescanned when a folder changes, loaded on first use."""
 
@@ -99,10 +109,7 @@ class EmbeddingLibrary:
         return found
 
     def names_pattern(self) -> re.Pattern[str] | None:
-        names = sorted(self.files(), key=len, reverse=True)  # longest first: "style-2" before "style"
-        if not names:
-            return None
-        return re.compile(r"(?<![\w\-])(" + "|".join(re.escape(n) for n in names) + r")(?![\w\-])", re.IGNORECASE)
+        return word_pattern(self.files())
 
     def get(self, name: str) -> Embedding:
         files = {k.lower(): v for k, v in self.files().items()}

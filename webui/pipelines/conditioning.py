@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..extra_networks import extract_tags
+from ..models.embeddings import word_pattern
 from ..prompts import BREAK, parse_attention, prompt_schedule
 
 CHUNK_TOKENS = 75
@@ -45,10 +46,7 @@ class EmbeddingWords:
 
     @property
     def pattern(self) -> re.Pattern[str] | None:
-        if not self.sizes:
-            return None
-        names = sorted(self.sizes, key=len, reverse=True)  # longest first: "style-2" before "style"
-        return re.compile(r"(?<![\w\-])(" + "|".join(map(re.escape, names)) + r")(?![\w\-])", re.IGNORECASE)
+        return word_pattern(self.sizes)
 
 
 def _split_embeddings(fragments: list[tuple[str, float]], words: EmbeddingWords | None) -> list[tuple[str, float, str]]:
