@@ -8,18 +8,25 @@ import pytest
 from PIL import Image
 
 from webui.auth import AuthError, Credentials, parse_auth, read_auth_file, resolve_credentials
-from webui.config import load_settings, save_settings
+from webui.config import Settings, load_settings, save_settings
 from webui.outputs import file_stem, save_image
+from webui.pipelines.build import build_request
 from webui.pipelines.request import InpaintArea, MaskedContent, RequestError, Task
 from webui.styles import Style, StyleStore
 from webui.ui import forms
+
+
+def request_from(mode, checkpoint, values):
+    """What a tab's Generate button asks for, as the app builds it (default settings, a 512 model)."""
+    return build_request(Settings(), forms.form_fields(mode, checkpoint, values), lambda: 512)
+
 
 BASE = {"prompt": "a cat", "negative_prompt": "", "sampler": "DPM++ 2M", "schedule_type": "Karras", "steps": 12,
         "width": 64, "height": 128, "batch_count": 2, "batch_size": 1, "cfg_scale": 6.5, "seed": 9, "clip_skip": 2}
 
 
 def test_txt2img_values_become_a_request():
-    req = forms.request_from_values("txt2img", "model.safetensors", BASE)
+    req = request_from("txt2img", "model.safetensors", BASE)
     assert req.task is Task.TXT2IMG
     assert (req.steps, req.width, req.height, req.seed, req.clip_skip, req.cfg_scale) == (12, 64, 128, 9, 2, 6.5)
     assert req.checkpoint == "model.safetensors" and req.schedule_type == "Karras"
@@ -27,15 +34,15 @@ def test_txt2img_values_become_a_request():
 
 def test_bad_numbers_name_their_field():
     with pytest.raises(RequestError, match="steps"):
-        forms.request_from_values("txt2img", None, {**BASE, "steps": 2.5})
+        request_from("txt2img", None, {**BASE, "steps": 2.5})
     with pytest.raises(RequestError, match="seed"):
-        forms.request_from_values("txt2img", None, {**BASE, "seed": "abc"})
+        request_from("txt2img", None, {**BASE, "seed": "abc"})
 
 
 def test_img2img_needs_a_picture():
     with pytest.raises(RequestError, match="init_image"):
-        forms.request_from_values("img2img", None, {**BASE, "init_image": None})
-    req = forms.request_from_values("img2img", None, {**BASE, "init_image": Image.new("RGBA", (64, 64)),
+        request_from("img2img", None, {**BASE, "init_image": None})
+    req = request_from("img2img", None, {**BASE, "init_image": Image.new("RGBA", (64, 64)),
                                                       "denoising_strength": 0.4})
     assert req.task is Task.IMG2IMG and req.init_image.mode == "RGB" and req.denoising_strength == 0.4
 
@@ -51,7 +58,7 @@ def _editor(painted_box=None):
 def test_painted_layer_becomes_the_inpaint_mask():
     values = {**BASE, "mask_editor": _editor((10, 20, 30, 40)), "masked_content": "fill",
               "inpaint_area": "Only masked", "mask_blur": 2, "mask_invert": True}
-    req = forms.request_from_values("inpaint", None, values)
+    req = request_from("inpaint", None, values)
     assert req.task is Task.INPAINT
     mask = req.mask
     assert mask.getpixel((15, 25)) == 255 and mask.getpixel((5, 5)) == 0
@@ -62,13 +69,13 @@ def test_painted_layer_becomes_the_inpaint_mask():
 
 def test_inpaint_without_paint_or_upload_says_what_to_do():
     with pytest.raises(RequestError, match="paint over"):
-        forms.request_from_values("inpaint", None, {**BASE, "mask_editor": _editor()})
+        request_from("inpaint", None, {**BASE, "mask_editor": _editor()})
 
 
 def test_uploaded_mask_wins_over_paint_and_is_resized():
     upload = Image.new("L", (32, 32), 0)
     upload.paste(255, (0, 0, 16, 16))
-    req = forms.request_from_values("inpaint", None, {**BASE, "mask_editor": _editor((40, 40, 60, 60)),
+    req = request_from("inpaint", None, {**BASE, "mask_editor": _editor((40, 40, 60, 60)),
                                                       "mask_upload": upload})
     assert req.mask.size == (64, 64) and req.mask.getbbox() == (0, 0, 32, 32)
 

@@ -10,10 +10,16 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
 
 from .config import OFFLOAD_MODES, PRECISIONS, Settings, load_settings
-from .pipelines.request import InpaintArea, MaskedContent, ResizeMode
+from .errors import AtelierError
+from .pipelines.request import InpaintArea, MaskedContent, RequestError, ResizeMode
+
+if TYPE_CHECKING:
+    from .context import AppContext
 
 COMMANDS = ("serve", "generate", "models")
 
@@ -66,30 +72,37 @@ def _generate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m webui generate",
                                 description="Generate images and print their paths.")
     _common(p)
+    # Options left out take their defaults from the settings, as the page and the REST API do.
     p.add_argument("--prompt", required=True)
-    p.add_argument("--negative-prompt", default="")
-    p.add_argument("--sampler", default=None, help='A1111 sampler name, e.g. "Euler a", "DPM++ 2M"')
-    p.add_argument("--schedule-type", default="Automatic", help="Automatic, Karras, Exponential, ...")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--cfg-scale", type=float, default=7.0)
-    p.add_argument("--width", type=int, default=None, help="default: the model's native size")
-    p.add_argument("--height", type=int, default=None, help="default: the model's native size")
-    p.add_argument("--seed", type=int, default=-1, help="-1 = random")
-    p.add_argument("--batch-count", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--clip-skip", type=int, default=1)
-    p.add_argument("--vae", default="Automatic", help='"Automatic", "None" or a file in MODELS_DIR/VAE/')
-    p.add_argument("--init-image", type=Path, help="img2img / inpainting source image")
+    p.add_argument("--negative-prompt")
+    p.add_argument("--sampler", help='A1111 sampler name, e.g. "Euler a", "DPM++ 2M" (default: the settings\')')
+    p.add_argument("--schedule-type", help="Automatic, Karras, Exponential, ...")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--cfg-scale", type=float, help="default 7")
+    p.add_argument("--width", type=int, help="default: the settings' size, else the model's native size")
+    p.add_argument("--height", type=int, help="default: the settings' size, else the model's native size")
+    p.add_argument("--seed", type=int, help="-1 = random (the default)")
+    p.add_argument("--batch-count", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--clip-skip", type=int, help="default: the settings' (default_clip_skip)")
+    p.add_argument("--vae", help='"Automatic", "None" or a file in MODELS_DIR/VAE/ (default: the settings\')')
+    p.add_argument("--init-image", type=Path, help="img2img / inpainting source image (default size: its own)")
     p.add_argument("--mask", type=Path, help="inpainting mask (white = repaint)")
-    p.add_argument("--denoising-strength", type=float, default=0.75)
-    p.add_argument("--resize-mode", default=ResizeMode.JUST_RESIZE.value, choices=[m.value for m in ResizeMode])
-    p.add_argument("--mask-blur", type=int, default=4)
-    p.add_argument("--masked-content", default=MaskedContent.ORIGINAL.value, choices=[m.value for m in MaskedContent])
-    p.add_argument("--inpaint-area", default=InpaintArea.WHOLE_PICTURE.value, choices=[m.value for m in InpaintArea])
-    p.add_argument("--inpaint-padding", type=int, default=32)
-    p.add_argument("--mask-invert", action="store_true")
+    p.add_argument("--denoising-strength", type=float, help="default 0.75")
+    p.add_argument("--resize-mode", choices=[m.value for m in ResizeMode])
+    p.add_argument("--mask-blur", type=int, help="default 4")
+    p.add_argument("--masked-content", choices=[m.value for m in MaskedContent])
+    p.add_argument("--inpaint-area", choices=[m.value for m in InpaintArea])
+    p.add_argument("--inpaint-padding", type=int, help="default 32")
+    p.add_argument("--mask-invert", action="store_true", default=None)
     p.add_argument("--no-save", action="store_true", help="do not save (prints nothing)")
     return p
+
+
+# generate's options that are GenerationRequest fields of the same name ("checkpoint" comes from --ckpt).
+REQUEST_OPTIONS = ("prompt", "negative_prompt", "sampler", "schedule_type", "steps", "cfg_scale", "width", "height",
+                   "seed", "batch_count", "batch_size", "clip_skip", "vae", "denoising_strength", "resize_mode",
+                   "mask_blur", "masked_content", "inpaint_area", "inpaint_padding", "mask_invert", "checkpoint")
 
 
 def _models_parser() -> argparse.ArgumentParser:
@@ -127,7 +140,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(overrides)
 
 
-def _context(args: argparse.Namespace):
+def _context(args: argparse.Namespace) -> AppContext:
     from .context import AppContext
 
     return AppContext.create(settings_from_args(args))
@@ -146,64 +159,30 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _request_from_args(args: argparse.Namespace, ctx: Any):
-    from PIL import Image
-
-    from .pipelines.request import GenerationRequest
-
-    def open_image(path: Path | None) -> Image.Image | None:
-        if path is None:
-            return None
+def _open_image(path: Path | None, field: str) -> Image.Image | None:
+    if path is None:
+        return None
+    try:
         with Image.open(path) as im:
             im.load()
             return im.copy()
+    except (OSError, ValueError) as exc:  # missing, unreadable or not a picture
+        raise RequestError(field, f"cannot read {path}: {exc}") from exc
 
-    model = ctx.manager.load(args.checkpoint)
-    init = open_image(args.init_image)
-    # img2img/inpainting default to the init image's own size (to a multiple of 8), so nothing is stretched.
-    default_w, default_h = (model.native_size,) * 2 if init is None else (init.width // 8 * 8, init.height // 8 * 8)
-    return GenerationRequest(
-        prompt=args.prompt,
-        negative_prompt=args.negative_prompt,
-        checkpoint=args.checkpoint,
-        sampler=args.sampler or ctx.settings.default_sampler,
-        schedule_type=args.schedule_type,
-        steps=ctx.settings.default_steps if args.steps is None else args.steps,
-        cfg_scale=args.cfg_scale,
-        width=default_w if args.width is None else args.width,
-        height=default_h if args.height is None else args.height,
-        seed=args.seed,
-        batch_count=args.batch_count,
-        batch_size=args.batch_size,
-        clip_skip=args.clip_skip,
-        vae=args.vae,
-        init_image=init,
-        mask=open_image(args.mask),
-        denoising_strength=args.denoising_strength,
-        resize_mode=ResizeMode(args.resize_mode),
-        mask_blur=args.mask_blur,
-        masked_content=MaskedContent(args.masked_content),
-        inpaint_area=InpaintArea(args.inpaint_area),
-        inpaint_padding=args.inpaint_padding,
-        mask_invert=args.mask_invert,
-        save_images=not args.no_save,
-    )
+
+def request_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """generate's options as request fields; options not given are None and take the settings' defaults."""
+    given = {name: getattr(args, name) for name in REQUEST_OPTIONS}
+    given.update(init_image=_open_image(args.init_image, "init_image"), mask=_open_image(args.mask, "mask"),
+                 save_images=False if args.no_save else None)
+    return given
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .models.loader import CheckpointLoadError
-    from .models.vae import VaeNotFoundError
-    from .pipelines.generate import generate
-    from .pipelines.manager import NoCheckpointError
-    from .pipelines.request import RequestError
-    from .samplers import UnknownSamplerError
-
     ctx = _context(args)
     try:
-        request = _request_from_args(args, ctx)
-        result = generate(ctx.manager, request, ctx.outputs, save_format=ctx.settings.save_format, hooks=ctx.hooks)
-    except (RequestError, UnknownSamplerError, CheckpointLoadError, NoCheckpointError, VaeNotFoundError,
-            OSError) as exc:
+        result = ctx.run_job(ctx.new_request(request_fields(args)))
+    except AtelierError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:

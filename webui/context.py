@@ -6,8 +6,10 @@ Everything that would otherwise be a module-level global lives here and is passe
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .config import Settings
 from .extensions.hooks import Registry
@@ -18,6 +20,13 @@ from .jobs import JobRegistry
 from .models.hashing import HashCache
 from .models.registry import CheckpointEntry, CheckpointRegistry
 from .outputs import OutputLayout
+from .pipelines.build import build_request
+from .pipelines.request import GenerationRequest
+
+if TYPE_CHECKING:  # importing the context never imports torch
+    from .jobs import JobControl
+    from .pipelines.generate import GenerationResult
+    from .pipelines.manager import PipelineManager
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +50,7 @@ def builtin_checkpoints() -> list[CheckpointEntry]:
 class AppContext:
     settings: Settings
     registry: CheckpointRegistry
-    manager: object  # PipelineManager; typed loosely so importing the context never imports torch
+    manager: PipelineManager
     outputs: OutputLayout
     jobs: JobRegistry
     extensions: ExtensionManager
@@ -84,6 +93,19 @@ class AppContext:
         """What extensions registered; handed to every generation."""
         return self.extensions.registry
 
+    def new_request(self, given: Mapping[str, Any]) -> GenerationRequest:
+        """The request a front end asks for (GenerationRequest field names; missing or None = the default,
+        which comes from the settings). Raises RequestError / UnknownSamplerError naming the field."""
+        return build_request(self.settings, given, lambda: self.manager.native_size(given.get("checkpoint")))
+
+    def run_job(self, request: GenerationRequest, control: JobControl | None = None) -> GenerationResult:
+        """Run one generation job in this thread: the one entry the page, the REST API, the CLI and
+        extension scripts all use, so every job gets the same hooks, output folder and file format."""
+        from .pipelines.generate import generate
+
+        return generate(self.manager, request, self.outputs, control, save_format=self.settings.save_format,
+                        hooks=self.hooks)
+
     def apply_settings(self, settings: Settings) -> None:
         """Switch to settings saved in the Settings tab: what can change without a restart changes now.
 
@@ -91,12 +113,9 @@ class AppContext:
         with, so a new one takes effect at the next start."""
         self.settings = settings.replace(outputs_dir=self.settings.outputs_dir)
         self.outputs = OutputLayout(self.settings.outputs_dir, settings.filename_pattern)
-        manager = self.manager
-        manager.cache.set_budget(settings.ram_cache_bytes)  # type: ignore[attr-defined]
-        manager.offload_setting = settings.offload  # type: ignore[attr-defined]
+        self.manager.cache.set_budget(settings.ram_cache_bytes)
+        self.manager.offload_setting = settings.offload
 
     def close(self) -> None:
         self.extensions.close()
-        shutdown = getattr(self.manager, "shutdown", None)
-        if shutdown is not None:
-            shutdown()
+        self.manager.shutdown()

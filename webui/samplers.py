@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from .errors import AtelierError
+
 AUTOMATIC = "Automatic"
 
 # A1111's labels, in A1111's dropdown order, with the constructor change each one makes.
@@ -46,15 +48,14 @@ _LINSPACE = {"timestep_spacing": "linspace"}
 _DDIM_TIMESTEPS = {"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False}
 
 
-class UnknownSamplerError(ValueError):
+class UnknownSamplerError(AtelierError, ValueError):
     """A sampler or schedule-type name is unknown, or the two do not go together.
 
     `field` is "sampler" or "schedule_type", so the API can point at the bad request field.
     """
 
     def __init__(self, message: str, field_name: str = "sampler") -> None:
-        super().__init__(message)
-        self.field = field_name
+        super().__init__(message, field_name)
 
 
 @dataclass(frozen=True)

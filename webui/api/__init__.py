@@ -12,17 +12,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..auth import Credentials
 from .auth import caller_dependency
 from .routes import PREFIX, build_router
 from .service import ApiService, QueueRunner
 
+if TYPE_CHECKING:
+    from ..context import AppContext
+
 __all__ = ["PREFIX", "mount_api"]
 
 
-def mount_api(app: Any, ctx: Any, credentials: Credentials | None = None, queue: QueueRunner | None = None,
+def mount_api(app: Any, ctx: AppContext, credentials: Credentials | None = None, queue: QueueRunner | None = None,
               flags: dict[str, Any] | None = None) -> ApiService:
     """Add the /sdapi/v1 routes to ``app`` (a FastAPI app, e.g. Gradio's). ``queue`` runs jobs in the UI's
     job queue; without one, API jobs only wait for each other."""

@@ -12,14 +12,19 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..errors import AtelierError, Cause
 from ..models.vae import VaeNotFoundError, resolve_vae
+from ..pipelines.manager import NoCheckpointError
 from ..pipelines.request import GenerationRequest, InpaintArea, MaskedContent, RequestError, ResizeMode
-from ..samplers import UnknownSamplerError, resolve_sampler
 from .errors import ApiError, invalid
 from .images import decode_image, encode_png
 from .schemas import Img2ImgRequest, Txt2ImgRequest
+
+if TYPE_CHECKING:
+    from ..context import AppContext
+    from ..styles import StyleStore
 
 # GenerationRequest field -> the A1111 request field (or option) a client sent it as.
 API_FIELDS = {
@@ -57,36 +62,37 @@ class ApiJob:
     warnings: list[str] = field(default_factory=list)
 
 
-def request_error(exc: RequestError | UnknownSamplerError) -> ApiError:
-    """An engine error as a 422 naming the A1111 field."""
-    if isinstance(exc, UnknownSamplerError):
-        return invalid("scheduler" if exc.field == "schedule_type" else "sampler_name", str(exc))
-    return invalid(API_FIELDS.get(exc.field, exc.field), exc.message)
+def engine_error(exc: AtelierError) -> ApiError:
+    """An Atelier error as the API reports it: the status from its cause, the field under A1111's name."""
+    field = API_FIELDS.get(exc.field, exc.field) if exc.field else None
+    if exc.cause is Cause.STORAGE:
+        return ApiError(507, field, str(exc), "save_failed")
+    if exc.cause is Cause.EXTENSION:  # an extension broke this job; it is switched off, the next job runs
+        return ApiError(500, field, str(exc), "extension_failed")
+    return invalid(field, exc.message if isinstance(exc, RequestError) else str(exc))
 
 
-def txt2img_job(body: Txt2ImgRequest, ctx: Any, styles: Any) -> ApiJob:
-    return _checked(_common(body, ctx, styles))
+def txt2img_job(body: Txt2ImgRequest, ctx: AppContext, styles: StyleStore) -> ApiJob:
+    job, given = _common(body, ctx, styles)
+    return _built(job, given, ctx)
 
 
-def img2img_job(body: Img2ImgRequest, ctx: Any, styles: Any) -> ApiJob:
-    job = _common(body, ctx, styles)
+def img2img_job(body: Img2ImgRequest, ctx: AppContext, styles: StyleStore) -> ApiJob:
+    job, given = _common(body, ctx, styles)
     if not body.init_images:
         raise invalid("init_images", "img2img needs at least one init image (base64)")
     if len(body.init_images) > 1:
         job.warnings.append("only the first of init_images was used")
-    init = decode_image(body.init_images[0], "init_images").convert("RGB")
     if body.resize_mode not in RESIZE_MODES:
         raise invalid("resize_mode", "must be 0 (just resize), 1 (crop and resize), 2 (resize and fill) or 3")
-    strength = 0.75 if body.denoising_strength is None else body.denoising_strength
-    changes: dict[str, Any] = {"init_image": init, "denoising_strength": strength,
-                               "resize_mode": RESIZE_MODES[body.resize_mode]}
+    given.update(init_image=decode_image(body.init_images[0], "init_images").convert("RGB"),
+                 denoising_strength=body.denoising_strength, resize_mode=RESIZE_MODES[body.resize_mode])
     if body.mask:
         if body.inpainting_fill not in FILLS:
             raise invalid("inpainting_fill", "must be 0 (fill), 1 (original), 2 (latent noise) or 3 (latent nothing)")
-        blur = body.mask_blur if body.mask_blur is not None else max(body.mask_blur_x, body.mask_blur_y)
-        changes.update(
+        given.update(
             mask=decode_image(body.mask, "mask"),
-            mask_blur=blur,
+            mask_blur=body.mask_blur if body.mask_blur is not None else max(body.mask_blur_x, body.mask_blur_y),
             masked_content=FILLS[body.inpainting_fill],
             inpaint_area=InpaintArea.ONLY_MASKED if body.inpaint_full_res else InpaintArea.WHOLE_PICTURE,
             inpaint_padding=body.inpaint_full_res_padding,
@@ -94,69 +100,68 @@ def img2img_job(body: Img2ImgRequest, ctx: Any, styles: Any) -> ApiJob:
         )
         if body.mask_blur is None and body.mask_blur_x != body.mask_blur_y:
             job.warnings.append("mask_blur_x and mask_blur_y differ: both were blurred by the larger")
-    job.request = job.request.replace(**changes)
     if not body.include_init_images:
         job.parameters.update(init_images=None, mask=None)
-    return _checked(job)
+    return _built(job, given, ctx)
 
 
-def _checked(job: ApiJob) -> ApiJob:
+def _built(job: ApiJob, given: dict[str, Any], ctx: AppContext) -> ApiJob:
+    """The job with its checked request; what is wrong with it is a 422 naming the A1111 field."""
     try:
-        job.request.validate()
-        if job.request.task.value != "txt2img" and int(job.request.steps * job.request.denoising_strength) < 1:
-            raise RequestError("denoising_strength",
-                               f"too low for {job.request.steps} steps: no denoising step would run")
-    except RequestError as exc:
-        raise request_error(exc) from exc
+        job.request = ctx.new_request(given)
+    except AtelierError as exc:
+        raise engine_error(exc) from exc
+    # The echoed parameters show what the defaults became, as A1111's do.
+    req = job.request
+    used = {"steps": req.steps, "sampler_name": req.sampler, "scheduler": req.schedule_type, "width": req.width,
+            "height": req.height}
+    if req.init_image is not None:
+        used["denoising_strength"] = req.denoising_strength
+    job.parameters.update({k: v for k, v in used.items() if job.parameters.get(k) is None})
     return job
 
 
-def _common(body: Txt2ImgRequest, ctx: Any, styles: Any) -> ApiJob:
-    """The fields txt2img and img2img share, checked."""
+def _common(body: Txt2ImgRequest, ctx: AppContext, styles: StyleStore) -> tuple[ApiJob, dict[str, Any]]:
+    """The job and the request fields txt2img and img2img share (None: the settings' default)."""
     if body.script_name:
         raise invalid("script_name", f"script {body.script_name!r} is not available in Atelier")
     if body.alwayson_scripts:
         names = ", ".join(sorted(body.alwayson_scripts))
         raise invalid("alwayson_scripts", f"always-on scripts are not available in Atelier: {names}")
     warnings = _unsupported(body)
-    sampler = body.sampler_name or body.sampler_index
-    try:
-        choice = resolve_sampler(sampler, body.scheduler or "Automatic")
-    except UnknownSamplerError as exc:
-        raise request_error(exc) from exc
-    settings = ctx.settings
     overrides, restore = dict(body.override_settings or {}), body.override_settings_restore_afterwards
     unknown = sorted(k for k in overrides if k not in OVERRIDABLE)
     if unknown:
         warnings.append(f"override_settings ignored (not per-request options here): {', '.join(unknown)}")
     checkpoint = find_checkpoint(ctx, overrides.get("sd_model_checkpoint"))
-    clip_skip = overrides.get("CLIP_stop_at_last_layers", settings.default_clip_skip)
+    clip_skip = overrides.get("CLIP_stop_at_last_layers")
     whole = isinstance(clip_skip, float) and clip_skip.is_integer()
     if whole or (isinstance(clip_skip, str) and clip_skip.isdigit()):
         clip_skip = int(clip_skip)  # options arrive as JSON numbers or, from some clients, strings
-    vae = overrides.get("sd_vae", settings.default_vae)
+    vae = overrides.get("sd_vae")
     check_vae(ctx, vae)
     prompt, negative = styles.apply(list(body.styles or []), body.prompt, body.negative_prompt)
-    request = GenerationRequest(
-        prompt=prompt,
-        negative_prompt=negative,
-        checkpoint=checkpoint,
-        sampler=choice.name,
-        schedule_type=choice.schedule_type,  # resolved: a legacy "DPM++ 2M Karras" keeps its Karras
-        steps=body.steps,
-        cfg_scale=body.cfg_scale,
-        width=body.width,
-        height=body.height,
-        seed=body.seed,
-        batch_count=body.n_iter,
-        batch_size=body.batch_size,
-        clip_skip=clip_skip,
-        vae=vae or "Automatic",
-        save_images=body.save_images,
-    )
+    given: dict[str, Any] = {
+        "prompt": prompt,
+        "negative_prompt": negative,
+        "checkpoint": checkpoint,
+        "sampler": body.sampler_name or body.sampler_index,
+        "schedule_type": body.scheduler,
+        "steps": body.steps,
+        "cfg_scale": body.cfg_scale,
+        "width": body.width,
+        "height": body.height,
+        "seed": body.seed,
+        "batch_count": body.n_iter,
+        "batch_size": body.batch_size,
+        "clip_skip": clip_skip,
+        "vae": vae or None,
+        "save_images": body.save_images,
+    }
     keep = {} if restore else {k: overrides[k] for k in ("CLIP_stop_at_last_layers", "sd_vae") if k in overrides}
-    return ApiJob(request, body.model_dump(), body.send_images, body.force_task_id,
-                  restore_checkpoint=restore and checkpoint is not None, keep_options=keep, warnings=warnings)
+    job = ApiJob(GenerationRequest(), body.model_dump(), body.send_images, body.force_task_id,
+                 restore_checkpoint=restore and checkpoint is not None, keep_options=keep, warnings=warnings)
+    return job, given
 
 
 def _unsupported(body: Txt2ImgRequest) -> list[str]:
@@ -174,23 +179,20 @@ def _unsupported(body: Txt2ImgRequest) -> list[str]:
     return notes
 
 
-def find_checkpoint(ctx: Any, query: Any) -> str | None:
+def find_checkpoint(ctx: AppContext, query: Any) -> str | None:
     """The registry name for an override's checkpoint (title, file name, stem or hash); None = current."""
     if query is None or query == "":
         return None
     if not isinstance(query, str):
         raise invalid("sd_model_checkpoint", "must be a checkpoint title such as 'model.safetensors [abcdef1234]'")
-    entry = ctx.registry.find(query)
-    if entry is None:
-        ctx.registry.refresh()
-        entry = ctx.registry.find(query)
-    if entry is None:
+    try:
+        return ctx.manager.resolve(query).name
+    except NoCheckpointError as exc:
         titles = ", ".join(e.title for e in ctx.registry.entries()) or "none"
-        raise invalid("sd_model_checkpoint", f"checkpoint {query!r} not found (available: {titles})")
-    return entry.name
+        raise invalid("sd_model_checkpoint", f"checkpoint {query!r} not found (available: {titles})") from exc
 
 
-def check_vae(ctx: Any, choice: Any) -> None:
+def check_vae(ctx: AppContext, choice: Any) -> None:
     if choice is None:
         return
     if not isinstance(choice, str):

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..models.header import CorruptCheckpointError, read_header
 from ..models.vae import list_vaes
 from ..samplers import AUTOMATIC, SAMPLERS, SCHEDULE_TYPES
+
+if TYPE_CHECKING:
+    from ..context import AppContext
 
 NETWORK_SUFFIXES = (".safetensors", ".pt", ".ckpt")
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
@@ -25,12 +28,12 @@ _SCHEDULER_IDS = {"Automatic": "automatic", "Karras": "karras", "Exponential": "
                   "SGM Uniform": "sgm_uniform", "Beta": "beta"}
 
 
-def sd_models(ctx: Any) -> list[dict[str, Any]]:
+def sd_models(ctx: AppContext) -> list[dict[str, Any]]:
     return [{"title": e.title, "model_name": e.model_name, "hash": e.short_hash, "sha256": e.sha256,
              "filename": str(e.path), "config": None} for e in ctx.registry.entries()]
 
 
-def sd_vaes(ctx: Any) -> list[dict[str, Any]]:
+def sd_vaes(ctx: AppContext) -> list[dict[str, Any]]:
     return [{"model_name": f.name, "filename": str(f.path)} for f in list_vaes(ctx.settings.models_dir / "VAE")]
 
 
@@ -83,7 +86,7 @@ def _metadata(path: Path) -> dict[str, Any]:
     return parsed
 
 
-def loras(ctx: Any) -> list[dict[str, Any]]:
+def loras(ctx: AppContext) -> list[dict[str, Any]]:
     """Files in models/Lora as A1111 lists them: name (file stem), alias (ss_output_name), path, metadata."""
     items = []
     for name, path in ctx.manager.loras.files().items():  # the library <lora:name:w> tags are looked up in
@@ -94,12 +97,12 @@ def loras(ctx: Any) -> list[dict[str, Any]]:
     return items
 
 
-def embedding_dirs(ctx: Any) -> list[Path]:
+def embedding_dirs(ctx: AppContext) -> list[Path]:
     """The folders the engine finds embeddings in (settings: --embeddings-dir, or models/embeddings and embeddings/)."""
     return list(ctx.settings.embedding_dirs)
 
 
-def embeddings(ctx: Any) -> dict[str, dict[str, Any]]:
+def embeddings(ctx: AppContext) -> dict[str, dict[str, Any]]:
     """{"loaded": {name: {step, sd_checkpoint, sd_checkpoint_name, shape, vectors}}, "skipped": {...}}.
 
     Safetensors headers give shape (vector width) and vectors (tokens); pickled files are not opened
@@ -130,7 +133,7 @@ def prompt_styles(styles: Any) -> list[dict[str, Any]]:
             for s in styles.load().values()]
 
 
-def memory(ctx: Any) -> dict[str, Any]:
+def memory(ctx: AppContext) -> dict[str, Any]:
     """A1111's /memory: this process's RAM, and CUDA's figures when there is a CUDA device."""
     import psutil
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import EDITABLE, check_changes, save_settings
 from .convert import check_vae, find_checkpoint
 from .errors import invalid
+
+if TYPE_CHECKING:
+    from ..context import AppContext
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +34,12 @@ NATIVE_SETTINGS = tuple(n for n in EDITABLE if n not in A1111_SETTINGS.values() 
 _OPTION_FOR = {setting: option for option, setting in A1111_SETTINGS.items()}
 
 
-def current_checkpoint(ctx: Any) -> Any:
+def current_checkpoint(ctx: AppContext) -> Any:
     """The registry entry of the model jobs without a checkpoint of their own use (None: no checkpoints)."""
     return ctx.registry.default(ctx.manager.current_name or ctx.settings.default_checkpoint)
 
 
-def get_options(ctx: Any) -> dict[str, Any]:
+def get_options(ctx: AppContext) -> dict[str, Any]:
     settings = ctx.settings
     entry = current_checkpoint(ctx)
     options: dict[str, Any] = {
@@ -54,7 +57,7 @@ class OptionChanges:
     checkpoint: str | None  # registry name to load, or None
 
 
-def plan_changes(ctx: Any, body: dict[str, Any]) -> OptionChanges:
+def plan_changes(ctx: AppContext, body: dict[str, Any]) -> OptionChanges:
     """Check a POST body before anything changes; ApiError 422 naming the first bad option."""
     changes: dict[str, Any] = {}
     checkpoint = None
@@ -79,7 +82,7 @@ def plan_changes(ctx: Any, body: dict[str, Any]) -> OptionChanges:
     return OptionChanges(changes, checkpoint)
 
 
-def save_changes(ctx: Any, changes: OptionChanges) -> None:
+def save_changes(ctx: AppContext, changes: OptionChanges) -> None:
     if not changes.settings:
         return
     try:

@@ -9,7 +9,7 @@ disturbs the server or the next request.
 # dependency they name is local to build_router.
 import logging
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.encoders import jsonable_encoder
@@ -18,19 +18,13 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
-from ..extensions.hooks import ExtensionFailure
+from ..errors import AtelierError
 from ..infotext import parse_infotext
-from ..models.loader import CheckpointLoadError
-from ..models.vae import VaeNotFoundError
 from ..outputs import read_infotext
-from ..pipelines.generate import SaveError
-from ..pipelines.manager import NoCheckpointError
-from ..pipelines.request import RequestError
-from ..samplers import UnknownSamplerError
 from ..styles import StyleStore
 from . import convert, listings, options
 from .auth import Caller
-from .errors import ApiError, invalid
+from .errors import ApiError
 from .images import MAX_IMAGE_BYTES, decode_image
 from .schemas import (
     EmbeddingsResponse,
@@ -51,6 +45,9 @@ from .schemas import (
     UpscalerItem,
 )
 from .service import ApiService
+
+if TYPE_CHECKING:
+    from ..context import AppContext
 
 log = logging.getLogger(__name__)
 
@@ -102,22 +99,7 @@ def api_route_class(check: Callable[[Request], Caller]) -> type[APIRoute]:
     return ApiRoute
 
 
-def engine_error(exc: BaseException) -> ApiError | None:
-    """A user error raised by the engine while the job ran, as the API reports it (None: a server fault)."""
-    if isinstance(exc, (RequestError, UnknownSamplerError)):
-        return convert.request_error(exc)
-    if isinstance(exc, (NoCheckpointError, CheckpointLoadError)):
-        return invalid("sd_model_checkpoint", str(exc))
-    if isinstance(exc, VaeNotFoundError):
-        return invalid("sd_vae", str(exc))
-    if isinstance(exc, ExtensionFailure):  # an extension broke this job; it is switched off, the next job runs
-        return ApiError(500, None, str(exc), "extension_failed")
-    if isinstance(exc, SaveError):
-        return ApiError(507, None, str(exc), "save_failed")
-    return None
-
-
-def build_router(ctx: Any, service: ApiService, check: Callable[[Request], Caller],
+def build_router(ctx: "AppContext", service: ApiService, check: Callable[[Request], Caller],
                  flags: dict[str, Any] | None = None) -> APIRouter:
     """All /sdapi/v1 routes; ``check`` authenticates the caller (the one dependency every route has)."""
     styles = StyleStore(ctx.settings.settings_file.parent / "styles.csv")
@@ -133,13 +115,11 @@ def build_router(ctx: Any, service: ApiService, check: Callable[[Request], Calle
     async def run_job(job: convert.ApiJob, who: Caller, request: Request) -> dict[str, Any]:
         try:
             result = await service.generate(job, who, request)
+        except AtelierError as exc:
+            raise convert.engine_error(exc) from exc
         except Exception as exc:
-            error = engine_error(exc)
-            if error is None:
-                log.error("API generation failed", exc_info=exc)
-                raise ApiError(500, None, f"generation failed: {type(exc).__name__}: {exc}", "server_error") \
-                    from exc
-            raise error from exc
+            log.error("API generation failed", exc_info=exc)
+            raise ApiError(500, None, f"generation failed: {type(exc).__name__}: {exc}", "server_error") from exc
         return await run_in_threadpool(convert.response, job, result)
 
     @router.post("/txt2img", response_model=GenerationResponse)
@@ -182,11 +162,8 @@ def build_router(ctx: Any, service: ApiService, check: Callable[[Request], Calle
         if changes.checkpoint is not None:
             try:
                 await service.load_checkpoint(changes.checkpoint, request)
-            except Exception as exc:
-                error = engine_error(exc)
-                if error is None:
-                    raise
-                raise error from exc
+            except AtelierError as exc:
+                raise convert.engine_error(exc) from exc
         return None
 
     @router.get("/sd-models", response_model=list[SDModelItem])

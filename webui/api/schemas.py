@@ -4,6 +4,8 @@ Clients (Krita and Photoshop plugins, bots, scripts) send these exact fields and
 shapes, so they stay A1111's even where Atelier would name things differently. Fields A1111 accepts
 that Atelier has no feature for are accepted too (listed here so they show in /docs); what the
 request turns into is decided in ``convert``. Unknown extra fields are ignored, as A1111 does.
+Where A1111's API has a fixed default that Atelier keeps as a setting (steps, sampler, size, and through
+override_settings clip skip and VAE) the field defaults to None and the setting applies, as on the page.
 """
 
 from __future__ import annotations
@@ -27,20 +29,21 @@ class Txt2ImgRequest(_Lenient):
     seed_resize_from_h: int = -1
     seed_resize_from_w: int = -1
     sampler_name: str | None = Field(None, description='e.g. "Euler a", "DPM++ 2M"; legacy "DPM++ 2M Karras" works')
-    sampler_index: str = Field("Euler", description="used when sampler_name is empty (A1111's older field)")
+    sampler_index: str | None = Field(None, description="used when sampler_name is empty (A1111's older field); "
+                                      "neither given: the server's default sampler setting")
     scheduler: str | None = Field(None, description='schedule type: "Automatic", "Karras", "karras", ...')
     batch_size: int = 1
     n_iter: int = 1
-    steps: int = 50
+    steps: int | None = Field(None, description="default: the server's default steps setting")
     cfg_scale: float = 7.0
-    width: int = 512
-    height: int = 512
+    width: int | None = Field(None, description="default: the server's default size setting, else the model's")
+    height: int | None = Field(None, description="default: the server's default size setting, else the model's")
     restore_faces: bool | None = None
     tiling: bool | None = None
     do_not_save_samples: bool = False
     do_not_save_grid: bool = False
     eta: float | None = None
-    denoising_strength: float | None = 0.75
+    denoising_strength: float | None = Field(None, description="img2img: default 0.75")
     s_min_uncond: float | None = None
     s_churn: float | None = None
     s_tmax: float | None = None
@@ -78,7 +81,7 @@ class Txt2ImgRequest(_Lenient):
 class Img2ImgRequest(Txt2ImgRequest):
     init_images: list[str] | None = Field(None, description="base64 images (a data: URL prefix is accepted)")
     resize_mode: int = Field(0, description="0 just resize, 1 crop and resize, 2 resize and fill, 3 = 0")
-    denoising_strength: float | None = 0.75
+    denoising_strength: float | None = Field(None, description="img2img: default 0.75")
     image_cfg_scale: float | None = None
     mask: str | None = Field(None, description="base64 mask, white = repaint")
     mask_blur_x: int = 4

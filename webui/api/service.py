@@ -10,16 +10,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from ..jobs import JobControl, progress_text
-from ..pipelines.generate import generate
 from .auth import Caller
 from .convert import ApiJob
 from .images import encode_png
+
+if TYPE_CHECKING:
+    from ..context import AppContext
 
 T = TypeVar("T")
 # Runs work in the job queue's turn (the UI's Gradio queue) and returns its result.
@@ -43,7 +45,7 @@ class LockQueue:
 
 
 class ApiService:
-    def __init__(self, ctx: Any, queue: QueueRunner | None = None) -> None:
+    def __init__(self, ctx: AppContext, queue: QueueRunner | None = None) -> None:
         self.ctx = ctx
         self.queue = queue or LockQueue()
         self._preview_lock = threading.Lock()
@@ -65,8 +67,7 @@ class ApiService:
             manager = ctx.manager
             previous = manager.current_name
             try:
-                return generate(manager, job.request, ctx.outputs, control, save_format=ctx.settings.save_format,
-                                hooks=ctx.hooks)
+                return ctx.run_job(job.request, control)
             finally:
                 if job.restore_checkpoint and manager.current_name != previous:
                     manager.select(previous)

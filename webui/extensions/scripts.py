@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..errors import AtelierError
 from ..jobs import JobControl
 from ..outputs import prompt_words, save_image
-from ..pipelines.generate import USER_ERRORS, GenerationResult, generate
+from ..pipelines.generate import GenerationResult
 from ..pipelines.request import GenerationRequest
 from .api import Script
 from .hooks import ExtensionFailure
 
+if TYPE_CHECKING:
+    from ..context import AppContext
+
 
 class ScriptJob:
-    def __init__(self, ctx: Any, control: JobControl, request: GenerationRequest) -> None:
+    def __init__(self, ctx: AppContext, control: JobControl, request: GenerationRequest) -> None:
         self._ctx = ctx
         self.control = control
         self.request = request
@@ -28,9 +32,7 @@ class ScriptJob:
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         """One generation as the Generate button would run it (saved when ``request.save_images``)."""
-        ctx = self._ctx
-        result = generate(ctx.manager, request, ctx.outputs, self.control, save_format=ctx.settings.save_format,
-                          hooks=ctx.hooks)
+        result = self._ctx.run_job(request, self.control)
         self.warnings.extend(w for w in result.warnings if w not in self.warnings)
         return result
 
@@ -49,7 +51,7 @@ class ScriptJob:
         return result
 
 
-def run_script(ctx: Any, owner: str, script: Script, control: JobControl, request: GenerationRequest,
+def run_script(ctx: AppContext, owner: str, script: Script, control: JobControl, request: GenerationRequest,
                values: list[Any]) -> GenerationResult:
     """Run a script's job; a script that raises is switched off like a failing hook (the job reports it)."""
     job = ScriptJob(ctx, control, request)
@@ -59,7 +61,7 @@ def run_script(ctx: Any, owner: str, script: Script, control: JobControl, reques
         raise
     except Exception as exc:
         # Errors a generation reports to the user (a bad size, say) are the user's, not the script's fault.
-        if isinstance(exc, USER_ERRORS):
+        if isinstance(exc, AtelierError):
             raise
         why = f"its script {script.title!r} raised {type(exc).__name__}: {exc}"
         ctx.hooks.switch_off(owner, why)

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..errors import AtelierError
 from . import configs
 from .detect import Detection, UnknownArchitectureError, detect_architecture
 from .header import CorruptCheckpointError, read_header
@@ -33,8 +34,11 @@ TEXT_ENCODER_PREFIXES = {
 }
 
 
-class CheckpointLoadError(RuntimeError):
-    """A checkpoint could not be loaded; the message names the file and says why."""
+class CheckpointLoadError(AtelierError, RuntimeError):
+    """A checkpoint (or LoRA, VAE, embedding file) could not be loaded; the message names the file and says why."""
+
+    def __init__(self, message: str, field: str | None = "checkpoint") -> None:
+        super().__init__(message, field)
 
 
 class UnsafeCheckpointError(CheckpointLoadError):

@@ -10,13 +10,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import AtelierError
+
 AUTOMATIC = "Automatic"  # name.vae.* next to the checkpoint if there is one, else the checkpoint's own
 NONE = "None"  # always the checkpoint's own VAE
 VAE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 
 
-class VaeNotFoundError(LookupError):
-    pass
+class VaeNotFoundError(AtelierError, LookupError):
+    """The chosen VAE is not in the VAE folder."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "vae")
 
 
 @dataclass(frozen=True)

@@ -23,17 +23,17 @@ import torch
 from PIL import Image
 
 from .. import devices
+from ..errors import AtelierError, Cause
 from ..extensions.api import ImageInfo, StepState
 from ..infotext import format_infotext
 from ..jobs import JobControl
-from ..models.loader import CheckpointLoadError, LoadedModel
+from ..models.loader import LoadedModel
 from ..models.offload import step_up
-from ..models.vae import VaeNotFoundError
 from ..outputs import OutputLayout, prompt_words, save_image
-from ..samplers import SamplerChoice, UnknownSamplerError, resolve_sampler
+from ..samplers import SamplerChoice, resolve_sampler
 from . import images as imgs
 from .conditioning import PromptEncoder, ScheduledConditioning, build_conditioning
-from .manager import NoCheckpointError, PipelineManager
+from .manager import PipelineManager
 from .networks import JobNetworks, resolve_networks
 from .previews import latents_to_preview
 from .request import GenerationRequest, InpaintArea, MaskedContent, RequestError, Task
@@ -44,12 +44,10 @@ log = logging.getLogger(__name__)
 VERSION = "atelier-0.1.0"
 
 
-class SaveError(OSError):
+class SaveError(AtelierError, OSError):
     """A finished picture could not be written (disk full, no permission); the message says where and why."""
 
-
-# Errors caused by what the user asked for or by the machine's state: shown as they are, never as a crash.
-USER_ERRORS = (RequestError, UnknownSamplerError, CheckpointLoadError, NoCheckpointError, VaeNotFoundError, SaveError)
+    cause = Cause.STORAGE
 
 
 @dataclass
@@ -245,8 +243,6 @@ def generate(
     if hooks is not None:
         request = hooks.before_generate(request)
     request.validate()
-    if request.task is not Task.TXT2IMG and int(request.steps * request.denoising_strength) < 1:
-        raise RequestError("denoising_strength", f"too low for {request.steps} steps: no denoising step would run")
     choice = resolve_sampler(request.sampler, request.schedule_type)
     first_seed = resolve_seed(request.seed)
     req = request.replace(seed=first_seed, sampler=choice.name, schedule_type=choice.schedule_type)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from .. import devices
+from ..errors import AtelierError
 from ..models.cache import ModelCache
 from ..models.embeddings import EmbeddingLibrary
 from ..models.loader import (
@@ -58,8 +59,11 @@ def import_model_libraries() -> None:
         getattr(transformers, name)
 
 
-class NoCheckpointError(RuntimeError):
+class NoCheckpointError(AtelierError, LookupError):
     """No checkpoint is available or the requested one does not exist."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "checkpoint")
 
 
 def _pipeline_classes(is_sdxl: bool) -> dict[Task, type]:
@@ -158,6 +162,21 @@ class PipelineManager:
                 model = self._load_into_cache(entry)
             self._current = entry.name
         return model
+
+    def native_size(self, query: str | None = None) -> int:
+        """The side a checkpoint was trained at, without loading it when its files tell (header or config)."""
+        entry = self.resolve(query)
+        model = self.cache.peek(entry.name)
+        if model is not None:
+            return model.native_size
+        if entry.kind == "diffusers":
+            config = json.loads((entry.path / "unet" / "config.json").read_text(encoding="utf-8"))
+            return int(config.get("sample_size") or 64) * 8
+        try:
+            detection = detect_file(entry.path)
+        except Exception as exc:
+            raise CheckpointLoadError(str(exc)) from exc
+        return detection.native_size if detection is not None else self.load(query).native_size
 
     def select(self, name: str | None) -> None:
         """Make ``name`` (a registry name, or None) current again without loading it: a request that used

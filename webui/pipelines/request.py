@@ -13,6 +13,8 @@ from typing import Any
 
 from PIL import Image
 
+from ..errors import AtelierError
+
 
 class Task(str, enum.Enum):
     TXT2IMG = "txt2img"
@@ -51,13 +53,14 @@ MAX_BATCH_COUNT = 100
 MAX_SEED = 2**32 - 1
 
 
-class RequestError(ValueError):
+class RequestError(AtelierError, ValueError):
     """A request field is out of range or malformed; `field` names it for UI and API."""
 
+    field: str
+
     def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
-        self.message = message
+        super().__init__(f"{field_name}: {message}", field_name)
+        self.message = message  # without the field name, for the API's per-field detail
 
 
 @dataclass
@@ -124,6 +127,8 @@ class GenerationRequest:
         _check_int_range("inpaint_padding", self.inpaint_padding, 0, 256)
         if self.mask is not None and self.init_image is None:
             raise RequestError("mask", "a mask needs an init image")
+        if self.task is not Task.TXT2IMG and int(self.steps * self.denoising_strength) < 1:
+            raise RequestError("denoising_strength", f"too low for {self.steps} steps: no denoising step would run")
 
 
 def _finite(value: object) -> bool:

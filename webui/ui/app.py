@@ -7,19 +7,23 @@ import logging
 import socket
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 from starlette.middleware import Middleware
 
+from ..errors import AtelierError
 from ..models.vae import AUTOMATIC, NONE, list_vaes
 from ..styles import StyleStore
 from . import extensions_tab, forms, generation_tab, png_info, settings_tab
 from .common import checkpoint_choices, default_checkpoint_title, native_size_of, no_checkpoint_message
 from .extension_routes import mount_extension_routes, request_user
-from .generation_tab import GENERATION_QUEUE, USER_ERRORS, ModeTab, TopBar, fill_targets, fill_updates
+from .generation_tab import GENERATION_QUEUE, ModeTab, TopBar, fill_targets, fill_updates
 from .queue_bridge import QueueBridge
 from .security import FailureLimiter, GuardMiddleware
+
+if TYPE_CHECKING:
+    from ..context import AppContext
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,7 @@ class LazyTokenizer:
             return self._tokenizer
 
 
-def vae_choices(ctx: Any) -> list[str]:
+def vae_choices(ctx: AppContext) -> list[str]:
     return [AUTOMATIC, NONE] + [f.name for f in list_vaes(ctx.settings.models_dir / "VAE")]
 
 
@@ -60,7 +64,7 @@ def _image_value(mode: str, path_or_image: Any) -> Any:
     return path_or_image
 
 
-def build(ctx: Any) -> gr.Blocks:
+def build(ctx: AppContext) -> gr.Blocks:
     styles = StyleStore(ctx.settings.settings_file.parent / "styles.csv")
     tokenizer = LazyTokenizer()
     current = default_checkpoint_title(ctx)
@@ -97,7 +101,7 @@ def build(ctx: Any) -> gr.Blocks:
     return demo
 
 
-def _wire_top_bar(ctx: Any, top: TopBar, empty_notice: gr.Markdown, tabs: dict[str, ModeTab]) -> None:
+def _wire_top_bar(ctx: AppContext, top: TopBar, empty_notice: gr.Markdown, tabs: dict[str, ModeTab]) -> None:
     sizes = [c for tab in tabs.values() for c in (tab.fields["width"], tab.fields["height"])]
 
     def on_refresh(current: str | None, current_vae: str | None):
@@ -118,7 +122,7 @@ def _wire_top_bar(ctx: Any, top: TopBar, empty_notice: gr.Markdown, tabs: dict[s
             return ""
         try:
             model = ctx.manager.load(title)
-        except USER_ERRORS as exc:
+        except AtelierError as exc:
             raise gr.Error(str(exc)) from exc
         return f"Loaded **{model.display_name}**"
 
@@ -132,7 +136,7 @@ def _wire_top_bar(ctx: Any, top: TopBar, empty_notice: gr.Markdown, tabs: dict[s
     top.checkpoint.change(on_sizes, [top.checkpoint], sizes, queue=False, api_name=False)
 
 
-def _wire_transfers(ctx: Any, top: TopBar, tabs: gr.Tabs, by_mode: dict[str, ModeTab], info_tab: Any) -> None:
+def _wire_transfers(ctx: AppContext, top: TopBar, tabs: gr.Tabs, by_mode: dict[str, ModeTab], info_tab: Any) -> None:
     """Send to img2img / inpaint / txt2img from every gallery and from PNG Info; read pasted infotext."""
 
     def find_checkpoint(name: str) -> Any:
@@ -220,7 +224,7 @@ def _sign_in_check(demo: gr.Blocks, credentials: Any) -> Any:
     return lambda scope: request_user(demo.app, credentials, HTTPConnection(scope)) is not None
 
 
-def launch(ctx: Any, demo: gr.Blocks | None = None, credentials: Any = None, share: bool = False,
+def launch(ctx: AppContext, demo: gr.Blocks | None = None, credentials: Any = None, share: bool = False,
            api: bool = False, api_credentials: Any = None, flags: dict[str, Any] | None = None,
            **overrides: Any) -> gr.Blocks:
     """Start serving; returns the running Blocks (tests pass prevent_thread_lock=True).
@@ -262,7 +266,7 @@ def launch(ctx: Any, demo: gr.Blocks | None = None, credentials: Any = None, sha
     return demo
 
 
-def serve(ctx: Any, credentials: Any = None, share: bool = False, password_file: Path | None = None,
+def serve(ctx: AppContext, credentials: Any = None, share: bool = False, password_file: Path | None = None,
           api: bool = False, api_credentials: Any = None, flags: dict[str, Any] | None = None) -> None:
     if not _is_loopback(ctx.settings.host):
         address = lan_address() if ctx.settings.host in ("0.0.0.0", "::") else ctx.settings.host

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import html
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..models.loader import detect_file
 
+if TYPE_CHECKING:
+    from ..context import AppContext
 
-def checkpoint_choices(ctx: Any) -> list[str]:
+
+def checkpoint_choices(ctx: AppContext) -> list[str]:
     return [entry.title for entry in ctx.registry.entries()]
 
 
-def default_checkpoint_title(ctx: Any) -> str | None:
+def default_checkpoint_title(ctx: AppContext) -> str | None:
     entry = ctx.registry.default(ctx.manager.current_name or ctx.settings.default_checkpoint)
     return entry.title if entry else None
 
 
-def native_size_of(ctx: Any, title: str | None, fallback: int = 512) -> int:
+def native_size_of(ctx: AppContext, title: str | None, fallback: int = 512) -> int:
     """The checkpoint's native size from its header alone (no load)."""
     entry = ctx.registry.find(title) if title else None
     if entry is None or entry.kind != "safetensors":
@@ -29,7 +32,7 @@ def native_size_of(ctx: Any, title: str | None, fallback: int = 512) -> int:
     return detection.native_size if detection else fallback
 
 
-def no_checkpoint_message(ctx: Any) -> str:
+def no_checkpoint_message(ctx: AppContext) -> str:
     folder = html.escape(str(ctx.registry.checkpoints_dir))
     return (
         "### No checkpoint yet\n"

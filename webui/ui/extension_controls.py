@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
+
+if TYPE_CHECKING:
+    from ..context import AppContext
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,7 @@ class ExtensionControls:
         return picked, extra
 
 
-def build_extension_controls(ctx: Any, mode: str) -> ExtensionControls:
+def build_extension_controls(ctx: AppContext, mode: str) -> ExtensionControls:
     """Build inside the tab's left column; an extension whose UI code raises is switched off."""
     registry = ctx.hooks
     controls = ExtensionControls()

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ..infotext import request_fields_from_infotext
-from ..pipelines.request import GenerationRequest, InpaintArea, MaskedContent, RequestError, ResizeMode
+from ..pipelines.request import RequestError
 
 # Fields every mode has, in the order the txt2img API takes them after the checkpoint.
 COMMON_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule_type", "steps", "width", "height", "batch_count",
@@ -28,10 +28,10 @@ MODE_FIELDS = {
 }
 
 
-def _int(values: Mapping[str, Any], name: str, default: int) -> int:
+def _int(values: Mapping[str, Any], name: str) -> int | None:
     value = values.get(name)
     if value is None or value == "":
-        return default
+        return None
     try:
         number = float(value)
     except (TypeError, ValueError) as exc:
@@ -41,10 +41,10 @@ def _int(values: Mapping[str, Any], name: str, default: int) -> int:
     return int(number)
 
 
-def _float(values: Mapping[str, Any], name: str, default: float) -> float:
+def _float(values: Mapping[str, Any], name: str) -> float | None:
     value = values.get(name)
     if value is None or value == "":
-        return default
+        return None
     try:
         return float(value)
     except (TypeError, ValueError) as exc:
@@ -83,29 +83,29 @@ def _uploaded_mask(image: Any, size: tuple[int, int]) -> Image.Image | None:
     return mask.resize(size, Image.Resampling.NEAREST).point(lambda v: 255 if v >= 128 else 0)
 
 
-def request_from_values(mode: str, checkpoint: str | None, values: Mapping[str, Any],
-                        prompt: str | None = None, negative_prompt: str | None = None) -> GenerationRequest:
-    """The request a tab's Generate button makes. ``prompt``/``negative_prompt`` override the typed text
+def _text(values: Mapping[str, Any], name: str) -> str | None:
+    return str(values[name]) if values.get(name) else None
+
+
+def form_fields(mode: str, checkpoint: str | None, values: Mapping[str, Any],
+                prompt: str | None = None, negative_prompt: str | None = None) -> dict[str, Any]:
+    """The request fields a tab's Generate button asks for (None where a box was left empty: the settings'
+    default applies, see ``AppContext.new_request``). ``prompt``/``negative_prompt`` override the typed text
     (styles already merged in). Raises RequestError naming the field a user has to fix."""
     fields: dict[str, Any] = {
         "prompt": prompt if prompt is not None else str(values.get("prompt") or ""),
         "negative_prompt": negative_prompt if negative_prompt is not None else str(values.get("negative_prompt") or ""),
         "checkpoint": checkpoint or None,
-        "sampler": str(values.get("sampler") or "Euler a"),
-        "schedule_type": str(values.get("schedule_type") or "Automatic"),
-        "steps": _int(values, "steps", 20),
-        "cfg_scale": _float(values, "cfg_scale", 7.0),
-        "width": _int(values, "width", 512),
-        "height": _int(values, "height", 512),
-        "seed": _int(values, "seed", -1),
-        "batch_count": _int(values, "batch_count", 1),
-        "batch_size": _int(values, "batch_size", 1),
-        "clip_skip": _int(values, "clip_skip", 1),
-        "vae": str(values.get("vae") or "Automatic"),
+        "sampler": _text(values, "sampler"),
+        "schedule_type": _text(values, "schedule_type"),
+        "vae": _text(values, "vae"),
+        **{name: _int(values, name) for name in ("steps", "width", "height", "seed", "batch_count", "batch_size",
+                                                 "clip_skip")},
+        "cfg_scale": _float(values, "cfg_scale"),
     }
     if mode in ("img2img", "inpaint"):
-        fields["denoising_strength"] = _float(values, "denoising_strength", 0.75)
-        fields["resize_mode"] = ResizeMode(values.get("resize_mode") or ResizeMode.JUST_RESIZE.value)
+        fields["denoising_strength"] = _float(values, "denoising_strength")
+        fields["resize_mode"] = _text(values, "resize_mode")
     if mode == "img2img":
         image = values.get("init_image")
         if not isinstance(image, Image.Image):
@@ -121,15 +121,15 @@ def request_from_values(mode: str, checkpoint: str | None, values: Mapping[str, 
         fields.update(
             init_image=picture,
             mask=mask,
-            mask_blur=_int(values, "mask_blur", 4),
-            masked_content=MaskedContent(values.get("masked_content") or MaskedContent.ORIGINAL.value),
-            inpaint_area=InpaintArea(values.get("inpaint_area") or InpaintArea.WHOLE_PICTURE.value),
-            inpaint_padding=_int(values, "inpaint_padding", 32),
+            mask_blur=_int(values, "mask_blur"),
+            masked_content=_text(values, "masked_content"),
+            inpaint_area=_text(values, "inpaint_area"),
+            inpaint_padding=_int(values, "inpaint_padding"),
             mask_invert=bool(values.get("mask_invert")),
         )
     elif mode != "txt2img":
         raise ValueError(f"unknown mode {mode!r}")
-    return GenerationRequest(**fields)
+    return fields
 
 
 # Infotext request fields -> the form field that shows them ("checkpoint" lives in the top bar).

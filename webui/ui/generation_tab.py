@@ -1,32 +1,34 @@
 """The three generation tabs (txt2img, img2img, inpaint): one builder, the mode decides the extra controls.
 
-No generation logic here: values go through ``forms.request_from_values`` and ``runner.run_job``.
+No generation logic here: values go through ``forms.form_fields`` and ``AppContext.new_request``, jobs through
+``runner.run_job``.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from ..context import EXAMPLE_PROMPT
-from ..extensions.hooks import ExtensionFailure
+from ..errors import AtelierError
 from ..extensions.scripts import run_script
 from ..jobs import Progress
 from ..pipelines.conditioning import count_tokens
-from ..pipelines.generate import USER_ERRORS as ENGINE_USER_ERRORS
-from ..pipelines.request import InpaintArea, MaskedContent, RequestError, ResizeMode
+from ..pipelines.request import InpaintArea, MaskedContent, ResizeMode
 from ..samplers import SAMPLERS, SCHEDULE_TYPES
 from . import forms
 from .extension_controls import ExtensionControls, build_extension_controls
 from .networks_panel import build_networks_panel
 from .runner import info_html, owner_of, progress_text, run_job
 
+if TYPE_CHECKING:
+    from ..context import AppContext
+
 log = logging.getLogger(__name__)
 
-USER_ERRORS = (*ENGINE_USER_ERRORS, ExtensionFailure)
 GENERATION_QUEUE = "generation"  # every job and model switch waits in this one FIFO queue
 
 TITLES = {"txt2img": "txt2img", "img2img": "img2img", "inpaint": "Inpaint"}
@@ -77,7 +79,7 @@ def _progress_bar(progress: Progress | None, text: str = "") -> str:
             f"style='width:{percent}%'></div><span>{text}</span></div>")
 
 
-def build_mode_tab(ctx: Any, mode: str, top: TopBar, size: int, styles: Any, tokenizer: Any) -> ModeTab:
+def build_mode_tab(ctx: AppContext, mode: str, top: TopBar, size: int, styles: Any, tokenizer: Any) -> ModeTab:
     settings = ctx.settings
     prefix = mode
     fields: dict[str, Any] = {"clip_skip": top.clip_skip, "vae": top.vae}
@@ -178,7 +180,7 @@ def build_mode_tab(ctx: Any, mode: str, top: TopBar, size: int, styles: Any, tok
     return tab
 
 
-def _wire_generation(ctx: Any, tab: ModeTab, top: TopBar, styles: Any) -> None:
+def _wire_generation(ctx: AppContext, tab: ModeTab, top: TopBar, styles: Any) -> None:
     names = forms.MODE_FIELDS[tab.mode]
 
     def on_generate(request: gr.Request, checkpoint: str | None, *values: Any):
@@ -188,8 +190,9 @@ def _wire_generation(ctx: Any, tab: ModeTab, top: TopBar, styles: Any) -> None:
         try:
             prompt, negative = styles.apply(list(form.get("styles") or []), str(form.get("prompt") or ""),
                                             str(form.get("negative_prompt") or ""))
-            req = forms.request_from_values(tab.mode, checkpoint, form, prompt=prompt, negative_prompt=negative)
-        except (RequestError, ValueError) as exc:
+            req = ctx.new_request(forms.form_fields(tab.mode, checkpoint, form, prompt=prompt,
+                                                    negative_prompt=negative))
+        except AtelierError as exc:
             raise gr.Error(str(exc)) from exc
         req.extra.update(extra)
         work = None
@@ -208,7 +211,7 @@ def _wire_generation(ctx: Any, tab: ModeTab, top: TopBar, styles: Any) -> None:
                     gr.skip()
         assert last is not None
         if last.error is not None:
-            if isinstance(last.error, USER_ERRORS):
+            if isinstance(last.error, AtelierError):
                 raise gr.Error(str(last.error))
             log.error("Generation failed", exc_info=last.error)
             raise gr.Error(f"Generation failed: {last.error}")
@@ -252,9 +255,9 @@ def _wire_generation(ctx: Any, tab: ModeTab, top: TopBar, styles: Any) -> None:
     tab.gallery.select(on_select, [tab.results], [tab.results, tab.info], api_name=False, queue=False)
 
 
-def _wire_helpers(ctx: Any, tab: ModeTab, styles: Any, tokenizer: Any, token_count: gr.HTML, apply_styles: gr.Button,
-                  style_name: gr.Textbox, save_style: gr.Button, swap: gr.Button, random_seed: gr.Button,
-                  reuse_seed: gr.Button) -> None:
+def _wire_helpers(ctx: AppContext, tab: ModeTab, styles: Any, tokenizer: Any, token_count: gr.HTML,
+                  apply_styles: gr.Button, style_name: gr.Textbox, save_style: gr.Button, swap: gr.Button,
+                  random_seed: gr.Button, reuse_seed: gr.Button) -> None:
     f = tab.fields
 
     def on_prompt(text: str) -> str:

@@ -2,30 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import gradio as gr
 
 from ..extra_networks import lora_tag
 from . import forms
 
+if TYPE_CHECKING:
+    from ..context import AppContext
 
-def lora_samples(ctx: Any) -> list[list[str]]:
+
+def lora_samples(ctx: AppContext) -> list[list[str]]:
     return [[name] for name in ctx.manager.loras.files()]
 
 
-def embedding_samples(ctx: Any) -> list[list[str]]:
+def embedding_samples(ctx: AppContext) -> list[list[str]]:
     return [[name] for name in ctx.manager.embeddings.files()]
 
 
-def _hint(ctx: Any) -> str:
+def _hint(ctx: AppContext) -> str:
     loras = ctx.manager.loras.folder
     embeddings = ", ".join(f"`{folder}`" for folder in ctx.manager.embeddings.folders)
     return (f"LoRA files (`.safetensors`) go in `{loras}`, textual-inversion embeddings in {embeddings}. "
             "Click a card to add it to the prompt; edit the number in `<lora:name:1>` to change its weight.")
 
 
-def build_networks_panel(ctx: Any, mode: str, prompt: gr.Textbox) -> None:
+def build_networks_panel(ctx: AppContext, mode: str, prompt: gr.Textbox) -> None:
     with gr.Accordion("🎴 LoRA and embeddings", open=False, elem_id=f"{mode}-networks"):
         with gr.Row():
             loras = gr.Dataset(components=["text"], samples=lora_samples(ctx), label="LoRA", samples_per_page=30,

@@ -11,11 +11,14 @@ import html
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..jobs import JobControl, Progress, progress_text  # noqa: F401 (the tabs import it from here)
-from ..pipelines.generate import GenerationResult, generate
+from ..pipelines.generate import GenerationResult
 from ..pipelines.request import GenerationRequest
+
+if TYPE_CHECKING:
+    from ..context import AppContext
 
 POLL_SECONDS = 0.25
 
@@ -37,12 +40,10 @@ class _Outcome:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-def run_job(ctx: Any, owner: str, request: GenerationRequest,
+def run_job(ctx: AppContext, owner: str, request: GenerationRequest,
             work: Callable[[JobControl], GenerationResult] | None = None) -> Iterator[JobUpdate]:
     """Start ``request`` (or ``work``, a script's job) for ``owner`` and yield updates until it ends; the last
     update carries the result or the error. Interrupt/Skip reach the job through ``ctx.jobs`` by owner."""
-    if not ctx.settings.save_images:  # A1111's "Always save all generated images" switched off
-        request = request.replace(save_images=False)
     control = ctx.jobs.start(owner, JobControl(preview_every=ctx.settings.preview_every_n_steps))
     outcome = _Outcome()
     changed = threading.Event()
@@ -57,8 +58,7 @@ def run_job(ctx: Any, owner: str, request: GenerationRequest,
             if work is not None:
                 outcome.result = work(control)
             else:
-                outcome.result = generate(ctx.manager, request, ctx.outputs, control,
-                                          save_format=ctx.settings.save_format, hooks=ctx.hooks)
+                outcome.result = ctx.run_job(request, control)
         except BaseException as exc:  # handed to the page; the server goes on
             outcome.error = exc
         finally:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import html
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from ..config import OFFLOAD_MODES, save_settings
 from ..samplers import SAMPLERS
+
+if TYPE_CHECKING:
+    from ..context import AppContext
 
 GIB = 2**30
 
@@ -22,7 +25,7 @@ def corrupt_notice(settings: Any) -> str:
             f"The old file was kept as {html.escape(str(aside))}.</p>")
 
 
-def build(ctx: Any, allow_folder_changes: bool = True) -> None:
+def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
     """``allow_folder_changes``: whether this page may change where files go (the output folder and the file
     name pattern). Off when other machines can reach the server, unless the operator allowed it."""
     s = ctx.settings
