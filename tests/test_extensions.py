@@ -101,6 +101,7 @@ def test_registrations_reach_the_app(with_probe):
     assert probe(ctx).CALLS["section"] == ["txt2img", "img2img", "inpaint"]
 
 
+@pytest.mark.slow
 def test_a_script_takes_over_the_job(with_probe):
     from webui.extensions.scripts import run_script
 
@@ -114,7 +115,8 @@ def test_a_script_takes_over_the_job(with_probe):
 
 # --------------------------------------------------------------------------- isolation
 
-@pytest.mark.parametrize("hook", ["before_generate", "on_step", "after_image", "before_save"])
+@pytest.mark.parametrize("hook", ["before_generate", *(pytest.param(h, marks=pytest.mark.slow)
+                                                      for h in ("on_step", "after_image", "before_save"))])
 def test_a_hook_that_raises_breaks_only_its_job_and_is_switched_off(with_probe, hook):
     ctx = with_probe
     module = probe(ctx)
@@ -360,6 +362,7 @@ def test_bundled_extensions_load(demo):
         assert demo.extensions.records[ext_id].status == LOADED, demo.extensions.records[ext_id].error
 
 
+@pytest.mark.slow
 def test_xyz_plot_grid_has_the_right_shape_and_its_cells_equal_single_generations(demo):
     from webui.extensions.scripts import run_script
 
@@ -396,6 +399,7 @@ def test_xyz_plot_bad_values_name_the_problem(demo):
     assert demo.extensions.records[owner].status == LOADED, "a user's typo does not switch the extension off"
 
 
+@pytest.mark.slow
 def test_dynamic_prompts_pick_from_the_seed(demo):
     req = GenerationRequest(prompt="a {red|green|blue} circle on a {black|white} background", steps=2, width=64,
                             height=64, seed=3, save_images=False)
