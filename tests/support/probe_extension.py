@@ -2,12 +2,14 @@
 Tests write it into an extensions folder (the API is its only import from Atelier)."""
 
 PROBE = '''
-import time
+import threading
 
 CALLS = {"before_generate": [], "on_step": [], "after_image": [], "before_save": [], "tab": 0, "section": [],
          "script": []}
-MODE = {"fail": None, "hang": None, "spin": None, "leak": None}
+MODE = {"fail": None, "hang": None, "spin": None, "leak": None, "pause": None}
 KEPT = []
+ENTERED = threading.Event()  # set when a hanging, spinning or pausing hook has started
+RELEASE = threading.Event()  # set by the test to let such a hook return
 
 
 class Probe:
@@ -28,9 +30,12 @@ class Probe:
 def _maybe_fail(hook):
     if MODE["fail"] == hook:
         raise RuntimeError(f"probe broke in {hook}")
-    if MODE["hang"] == hook:
-        time.sleep(5)
-    while MODE["spin"] == hook:  # a busy loop that never ends on its own
+    if MODE["hang"] == hook or MODE["pause"] == hook:  # blocked (as on a lock or a socket) until released
+        ENTERED.set()
+        RELEASE.wait(120)
+    if MODE["spin"] == hook:
+        ENTERED.set()
+    while MODE["spin"] == hook and not RELEASE.is_set():  # a busy loop in pure Python, endless on its own
         pass
     if MODE["leak"] == hook:
         KEPT.append(bytearray(64 * 2**20))  # 64 MB kept forever, touched so it counts

@@ -11,6 +11,10 @@ Hooks: ``before_generate(request) -> request``; ``on_step(state)`` (read-only); 
 ``before_save(image, info) -> info``. Registrations: ``add_script``, ``add_section``, ``add_tab``,
 ``add_route``, ``add_setting``. Everything an extension registers is switched off if it raises or hangs.
 
+``on_step`` runs on the job's own thread after every denoising step and must return quickly (10 s at
+most per call). One that overruns is switched off and its job interrupted, but a thread cannot be
+killed safely, so a hook that never returns leaves its job's thread stuck until Atelier restarts.
+
 Compatibility promise: within API major version 1, names here are only added, never changed or removed.
 """
 
@@ -127,6 +131,9 @@ class ExtensionAPI:
         return fn
 
     def on_step(self, fn: Callable[[StepState], None]) -> Callable:
+        """``fn(state)`` after every denoising step, on the job's thread: keep it quick. One that passes its
+        deadline is switched off and the job interrupted; one that never returns keeps the job's thread stuck
+        (a thread cannot be killed safely), so the job never finishes."""
         self.registry.add_hook("on_step", self.id, fn)
         return fn
 

@@ -5,24 +5,40 @@ session (everything it registered stops being used); the job it broke ends with 
 ``ExtensionFailure`` naming it, and later jobs run without it. Events without hooks cost nothing.
 
 Per-job hooks (before_generate, after_image, before_save) run on a worker thread, so a hung one is
-abandoned at its deadline, and the memory each call leaves behind is counted: an extension whose hooks
-keep more than ``LEAK_LIMIT_BYTES`` is switched off after the job (which still completes).
+abandoned at its deadline. Each of their calls runs under ``tracemalloc``: Python memory allocated during
+the call, still alive after it, and allocated below the extension's own code (a traceback frame in its
+package's files) is the extension's; other threads' allocations never pass through its code. An
+extension is switched off after a job (which still completes) when what its hooks kept that way passes
+``LEAK_LIMIT_BYTES`` and the process's RSS grew as much during its calls (so a cache it refills in place
+is not counted twice). RSS growth alone is only a note shown in the Extensions tab: another thread (an
+upload being decoded, the hash worker) may have allocated at the same moment, and memory outside
+Python's allocator (torch tensors) is not traced.
 
-``on_step`` runs on the job's own thread: handing every step to another thread costs milliseconds
-on a busy CPU (measured: +31% per step with 10 hooks), and its memory is not counted. A watchdog thread
-raises ``HookTimeout`` inside a step hook that passes its deadline; it lands as soon as the hook runs
-Python code again (a hook blocked inside one C call ends that call first).
+``on_step`` runs on the job's own thread: handing every step to another thread costs milliseconds on a
+busy CPU (measured: +31% per step with 10 hooks), and its memory is not counted. Each extension's call
+is timed; one that returns after ``STEP_HOOK_SECONDS`` is switched off and its job ends with an
+``ExtensionFailure``. For a call that does not return, a watchdog thread switches the extension off at the
+deadline and interrupts the job through its ``JobControl``; the job ends with the ``ExtensionFailure``
+once the hook returns. Python cannot stop a thread safely (an exception raised into it could land inside
+torch or diffusers and leave them half-updated), so a step hook that never returns leaves its job's thread
+stuck there, holding the model, until Atelier restarts: ``on_step`` hooks must return quickly.
 """
 
 from __future__ import annotations
 
-import ctypes
+import functools
+import glob
+import inspect
 import logging
+import os
+import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from typing import Any
 
 from .api import ExtensionError, ImageInfo, Route, Script, Section, Setting, StepState, Tab
@@ -32,9 +48,11 @@ log = logging.getLogger(__name__)
 
 HOOKS = ("before_generate", "on_step", "after_image", "before_save")
 HOOK_SECONDS = 30.0  # before_generate / after_image / before_save
-# Memory an extension's per-job hooks may keep across a session (RSS they add and never give back)
+# Memory an extension's per-job hooks may keep across a session (Python memory they allocate and never free)
 LEAK_LIMIT_BYTES = 1 << 30
-STEP_HOOK_SECONDS = 10.0  # on_step, all extensions together
+STEP_HOOK_SECONDS = 10.0  # on_step, each extension's call
+TRACE_FRAMES = 32  # deep enough to reach the hook's frame from an allocation inside the libraries it calls
+MB = 2**20
 
 
 class ExtensionFailure(RuntimeError):
@@ -45,55 +63,122 @@ class ExtensionFailure(RuntimeError):
         self.ext_id = ext_id
 
 
+def _failure(owner: str, why: str) -> ExtensionFailure:
+    return ExtensionFailure(owner, f"Extension {owner} failed: {why}; it has been switched off")
+
+
 def _rss() -> int:
     import psutil
 
     return psutil.Process().memory_info().rss
 
 
-class HookTimeout(BaseException):
-    """Raised inside a step hook past its deadline (a BaseException, so hooks' ``except Exception`` miss it)."""
+# ---------------------------------------------------------------------- memory attribution
+
+def _code_roots(fn: Callable) -> set[str]:
+    """Path prefixes of the package that defines ``fn`` (an extension's folder, or its installed package)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    fn = inspect.unwrap(getattr(fn, "__func__", fn))
+    module_name = getattr(fn, "__module__", None) or type(fn).__module__
+    top_name = module_name.partition(".")[0]
+    top = sys.modules.get(top_name)
+    if top is None or top_name in sys.stdlib_module_names:  # a builtin such as print: nothing of its own
+        return set()
+    folders = list(getattr(top, "__path__", None) or [])
+    if folders:
+        return {os.path.join(folder, "") for folder in folders}  # with the separator: "ext" never matches "ext2"
+    file = getattr(top, "__file__", None)
+    return {file} if file else set()
 
 
-class _Watchdog:
-    """Raises HookTimeout in a thread whose armed call outlives its deadline. Arming costs a lock, no wake-up."""
-
-    POLL_SECONDS = 0.05
+class _Tracing:
+    """tracemalloc on while at least one hook call is measured, and left alone if someone else started it. Each
+    call holds a token; an abandoned (hung) call's token is handed back for it, so tracing never stays on."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._armed: tuple[int, float, int] | None = None  # (token, deadline, thread id)
-        self._token = 0
-        self.fired: set[int] = set()
+        self._users: set[object] = set()
+        self._ours = False
+
+    def start(self) -> object:
+        token = object()
+        with self._lock:
+            if not self._users and not tracemalloc.is_tracing():
+                tracemalloc.start(TRACE_FRAMES)
+                self._ours = True
+            self._users.add(token)
+        return token
+
+    def stop(self, token: object) -> None:
+        with self._lock:
+            if token not in self._users:
+                return
+            self._users.discard(token)
+            if not self._users and self._ours:
+                tracemalloc.stop()  # tracing slows every allocation in the process; only while hooks run
+                self._ours = False
+
+
+_TRACING = _Tracing()
+
+
+def _traced_bytes(roots: set[str]) -> int:
+    """Python memory alive now that was allocated (since tracing began) below code under ``roots``."""
+    if not roots or not tracemalloc.is_tracing():
+        return 0
+    filters = [tracemalloc.Filter(True, glob.escape(root) + "*", all_frames=True) for root in roots]
+    return sum(trace.size for trace in tracemalloc.take_snapshot().filter_traces(filters).traces)
+
+
+# ---------------------------------------------------------------------- the on_step watchdog
+
+@dataclass
+class _StepCall:
+    owner: str
+    deadline: float
+    control: Any  # the job's JobControl, or None
+    fired: bool = False
+
+
+class _Watchdog:
+    """Notices a step hook call past its deadline and hands it to ``on_late`` (on the watchdog's thread). It
+    never touches the job's thread: arming and disarming cost a lock, no wake-up."""
+
+    POLL_SECONDS = 0.05
+
+    def __init__(self, on_late: Callable[[_StepCall], None]) -> None:
+        self._on_late = on_late
+        self._lock = threading.Lock()
+        self._calls: dict[int, _StepCall] = {}  # job thread -> its step hook call in progress
+        self._stop = threading.Event()
         threading.Thread(target=self._run, name="extension-watchdog", daemon=True).start()
 
-    def arm(self, seconds: float) -> int:
+    def arm(self, call: _StepCall) -> None:
         with self._lock:
-            self._token += 1
-            self._armed = (self._token, time.monotonic() + seconds, threading.get_ident())
-            return self._token
+            self._calls[threading.get_ident()] = call
 
-    def disarm(self, token: int) -> bool:
-        """True if the call timed out (any HookTimeout still on its way is withdrawn)."""
+    def disarm(self) -> bool:
+        """True if the watchdog already found this thread's call late."""
         with self._lock:
-            self._armed = None
-            fired = token in self.fired
-            if fired:
-                self.fired.discard(token)
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(threading.get_ident()), None)
-            return fired
+            call = self._calls.pop(threading.get_ident(), None)
+        return call is not None and call.fired
+
+    def close(self) -> None:
+        self._stop.set()
 
     def _run(self) -> None:
-        while True:
-            time.sleep(self.POLL_SECONDS)
+        while not self._stop.wait(self.POLL_SECONDS):
+            now = time.monotonic()
             with self._lock:
-                armed = self._armed
-                if armed is None or time.monotonic() < armed[1]:
-                    continue
-                token, _, thread = armed
-                self._armed = None
-                self.fired.add(token)
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(HookTimeout))
+                late = [c for c in self._calls.values() if not c.fired and now >= c.deadline]
+                for call in late:
+                    call.fired = True
+            for call in late:
+                try:
+                    self._on_late(call)
+                except Exception:  # the watchdog must outlive any one report
+                    log.exception("Reporting a hung step hook failed")
 
 
 class Registry:
@@ -101,11 +186,16 @@ class Registry:
                  step_hook_seconds: float = STEP_HOOK_SECONDS, leak_limit_bytes: int = LEAK_LIMIT_BYTES) -> None:
         self.store = store
         self.leak_limit_bytes = leak_limit_bytes
-        self.kept_bytes: dict[str, int] = {}  # per extension: RSS its per-job hooks added, net
+        # Per extension, across the session: Python memory its per-job hooks kept (attributed to its code),
+        # and what the process's RSS gained during those calls (anyone's).
+        self.kept_bytes: dict[str, int] = {}
+        self.rss_growth: dict[str, int] = {}
+        self.memory_notes: dict[str, str] = {}  # extension id -> a warning the Extensions tab shows
         self.hook_seconds = hook_seconds
         self.step_hook_seconds = step_hook_seconds
         self._lock = threading.Lock()
         self.hooks: dict[str, list[tuple[str, Callable]]] = {name: [] for name in HOOKS}
+        self._roots: dict[str, set[str]] = {}  # extension id -> path prefixes of its code
         self.scripts: list[tuple[str, Script]] = []
         self.sections: list[Section] = []
         self.tabs: list[Tab] = []
@@ -121,6 +211,7 @@ class Registry:
         if not callable(fn):
             raise ExtensionError(f"{name} needs a function")
         self.hooks[name].append((owner, fn))
+        self._roots.setdefault(owner, set()).update(_code_roots(fn))
 
     def add_script(self, owner: str, script: Script) -> None:
         title = str(getattr(script, "title", "")).strip()
@@ -156,6 +247,7 @@ class Registry:
         with self._lock:
             for name in HOOKS:
                 self.hooks[name] = [(o, f) for o, f in self.hooks[name] if o != owner]
+            self._roots.pop(owner, None)
             self.scripts = [(o, s) for o, s in self.scripts if o != owner]
             self.sections = [s for s in self.sections if s.owner != owner]
             self.tabs = [t for t in self.tabs if t.owner != owner]
@@ -178,43 +270,69 @@ class Registry:
     def active_scripts(self, mode: str) -> list[tuple[str, Script]]:
         return [(o, s) for o, s in self.scripts if self.active(o) and mode in getattr(s, "modes", ())]
 
-    # ------------------------------------------------------------------ calling hooks
+    # ------------------------------------------------------------------ per-job hooks
     @staticmethod
     def _new_worker() -> ThreadPoolExecutor:
         return ThreadPoolExecutor(max_workers=1, thread_name_prefix="extension-hooks")
 
+    def _measured(self, owner: str, call: Callable[[], Any], held: list[object]) -> Any:
+        """Run one hook call, counting what it keeps: Python memory below the extension's code, and RSS (anyone's).
+        ``held`` gets the call's tracing token, for handing back if the call is abandoned."""
+        roots = self._roots.get(owner, set())
+        token = _TRACING.start()
+        held[:] = [token]
+        try:
+            rss, traced = _rss(), _traced_bytes(roots)
+            result = call()
+            kept = _traced_bytes(roots) - traced
+        finally:
+            _TRACING.stop(token)
+        self.kept_bytes[owner] = self.kept_bytes.get(owner, 0) + kept
+        self.rss_growth[owner] = self.rss_growth.get(owner, 0) + _rss() - rss
+        return result
+
+    def _judge_memory(self, owner: str, hook: str) -> None:
+        kept, grown, limit = self.kept_bytes.get(owner, 0), self.rss_growth.get(owner, 0), self.leak_limit_bytes
+        if not self.active(owner) or grown <= limit:
+            return
+        if kept > limit:
+            # The job it ran in finished normally; later jobs run without the extension.
+            self.switch_off(owner, f"its {hook} hooks kept {kept / MB:.0f} MB of memory "
+                                   f"(more than {limit / MB:.0f} MB)")
+        elif owner not in self.memory_notes:
+            note = (f"the process grew by {grown / MB:.0f} MB while its hooks ran, but its own code kept only "
+                    f"{max(kept, 0) / MB:.0f} MB (other work was allocating at the same time); it stays on")
+            self.memory_notes[owner] = note
+            log.warning("Extension %s: %s", owner, note)
+
     def _isolated(self, hook: str, calls: list[tuple[str, Callable[[], Any]]], seconds: float) -> list[Any]:
         """Run each (owner, call) in order on the worker thread; one hand-off for the whole event."""
         current: list[str] = [""]
+        tracing: list[object] = []
 
         def body() -> list[Any]:
             out = []
             for owner, call in calls:
                 current[0] = owner
-                before = _rss()
-                out.append(call())
-                # Jobs run one at a time, so what RSS gained during this call is the hook's.
-                self.kept_bytes[owner] = self.kept_bytes.get(owner, 0) + _rss() - before
+                out.append(self._measured(owner, call, tracing))
             return out
 
         future = self._worker.submit(body)
         try:
             result = future.result(timeout=seconds)
-            for owner, _ in calls:
-                kept = self.kept_bytes.get(owner, 0)
-                if kept > self.leak_limit_bytes and self.active(owner):
-                    # The job it ran in finished normally; later jobs run without the extension.
-                    self.switch_off(owner, f"its {hook} hooks kept {kept / 2**20:.0f} MB of memory "
-                                           f"(more than {self.leak_limit_bytes / 2**20:.0f} MB)")
+            for owner in dict.fromkeys(owner for owner, _ in calls):
+                self._judge_memory(owner, hook)
             return result
         except FutureTimeout:
             owner = current[0]
             # The stuck thread cannot be stopped; it is left behind and a fresh worker serves the next calls.
             self._worker.shutdown(wait=False)
             self._worker = self._new_worker()
+            for token in tracing:
+                _TRACING.stop(token)
             why = f"its {hook} hook did not return within {seconds:g} s"
             self.switch_off(owner, why)
-            raise ExtensionFailure(owner, f"Extension {owner} failed: {why}; it has been switched off") from None
+            raise _failure(owner, why) from None
         except ExtensionFailure:
             raise
         except Exception as exc:
@@ -222,7 +340,7 @@ class Registry:
             why = f"its {hook} hook raised {type(exc).__name__}: {exc}"
             self.switch_off(owner, why)
             log.debug("Extension hook traceback", exc_info=exc)
-            raise ExtensionFailure(owner, f"Extension {owner} failed: {why}; it has been switched off") from exc
+            raise _failure(owner, why) from exc
 
     def _live(self, hook: str) -> list[tuple[str, Callable]]:
         return [(o, f) for o, f in self.hooks[hook] if self.active(o)]
@@ -237,38 +355,9 @@ class Registry:
             if type(changed) is not type(request):
                 why = "its before_generate hook did not return the request"
                 self.switch_off(owner, why)
-                raise ExtensionFailure(owner, f"Extension {owner} failed: {why}; it has been switched off")
+                raise _failure(owner, why)
             request = changed
         return request
-
-    def on_step(self, state: StepState) -> None:
-        live = self._live("on_step")
-        if not live:
-            return
-        if self._watchdog is None:
-            self._watchdog = _Watchdog()
-        owner = ""
-        token = self._watchdog.arm(self.step_hook_seconds)
-        timed_out = False
-        try:
-            try:
-                for owner, fn in live:  # noqa: B007 (the owner is named if its hook fails)
-                    fn(state)
-            except HookTimeout:
-                timed_out = True
-            except Exception as exc:
-                self._watchdog.disarm(token)
-                why = f"its on_step hook raised {type(exc).__name__}: {exc}"
-                self.switch_off(owner, why)
-                raise ExtensionFailure(owner, f"Extension {owner} failed: {why}; it has been switched off") from exc
-            finally:
-                timed_out = self._watchdog.disarm(token) or timed_out
-        except HookTimeout:  # delivered in the instant between the hook's return and the disarm
-            timed_out = True
-        if timed_out:
-            why = f"its on_step hook did not return within {self.step_hook_seconds:g} s"
-            self.switch_off(owner, why)
-            raise ExtensionFailure(owner, f"Extension {owner} failed: {why}; it has been switched off")
 
     def after_image(self, image: Any, info: ImageInfo) -> None:
         live = self._live("after_image")
@@ -283,9 +372,53 @@ class Registry:
             if not isinstance(changed, ImageInfo):
                 why = "its before_save hook did not return the ImageInfo"
                 self.switch_off(owner, why)
-                raise ExtensionFailure(owner, f"Extension {owner} failed: {why}; it has been switched off")
+                raise _failure(owner, why)
             info = changed
         return info
 
+    # ------------------------------------------------------------------ on_step
+    def _late_why(self) -> str:
+        return f"its on_step hook did not return within {self.step_hook_seconds:g} s"
+
+    def _step_hook_hung(self, call: _StepCall) -> None:
+        """On the watchdog's thread: the hook is still running past its deadline."""
+        self.switch_off(call.owner, self._late_why())
+        if call.control is not None:
+            call.control.interrupt()
+        log.error("Extension %s: its on_step hook is still running after %g s; it is switched off and job %s is "
+                  "interrupted. A thread cannot be stopped safely, so the job's thread stays inside the hook "
+                  "until it returns (restart Atelier if it never does).", call.owner, self.step_hook_seconds,
+                  getattr(call.control, "job_id", "?"))
+
+    def on_step(self, state: StepState, control: Any = None) -> None:
+        """Call each extension's on_step on this (the job's) thread. ``control``: the job's JobControl, which the
+        watchdog interrupts when a hook does not return by its deadline."""
+        live = self._live("on_step")
+        if not live:
+            return
+        with self._lock:
+            if self._watchdog is None:
+                self._watchdog = _Watchdog(self._step_hook_hung)
+        watchdog, seconds = self._watchdog, self.step_hook_seconds
+        for owner, fn in live:
+            start = time.monotonic()
+            watchdog.arm(_StepCall(owner, start + seconds, control))
+            error: Exception | None = None
+            try:
+                fn(state)
+            except Exception as exc:
+                error = exc
+            finally:
+                late = watchdog.disarm() or time.monotonic() - start > seconds
+            if late:
+                self.switch_off(owner, self._late_why())
+                raise _failure(owner, self.failed.get(owner, self._late_why())) from error
+            if error is not None:
+                why = f"its on_step hook raised {type(error).__name__}: {error}"
+                self.switch_off(owner, why)
+                raise _failure(owner, why) from error
+
     def close(self) -> None:
         self._worker.shutdown(wait=False)
+        if self._watchdog is not None:
+            self._watchdog.close()

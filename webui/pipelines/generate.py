@@ -222,7 +222,7 @@ class _StepCallback:
         if self.hooks is not None and self.hooks.has("on_step"):
             latents = kwargs.get("latents")
             self.hooks.on_step(StepState(control.job_id, step + 1, total, control.progress.batch,
-                                         None if latents is None else latents.detach().clone()))
+                                         None if latents is None else latents.detach().clone()), control)
         if control.interrupted or control.skipped:
             pipe._interrupt = True  # diffusers stops after this step and still decodes what it has
         return self._switch_prompts(pipe, step)

@@ -15,10 +15,12 @@ log = logging.getLogger(__name__)
 
 
 def records_html(ctx: Any) -> str:
+    """The table of extensions as they are now: switched off during the session, or with a memory note."""
     rows = []
+    notes = ctx.hooks.memory_notes
     for record in ctx.extensions.records.values():
-        cells = [record.name, record.id, record.version, record.status, f"{record.seconds * 1000:.0f} ms",
-                 record.error]
+        note = " ".join(filter(None, [record.error, f"⚠️ Memory: {notes[record.id]}" if record.id in notes else ""]))
+        cells = [record.name, record.id, record.version, record.status, f"{record.seconds * 1000:.0f} ms", note]
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     if not rows:
         return f"<p>No extensions in {html.escape(str(ctx.extensions.folder))}.</p>"
@@ -89,7 +91,7 @@ def build(ctx: Any) -> None:
         gr.Markdown(f"⚠️ Installing, updating and uninstalling extensions is switched off because {refused}. "
                     "Start Atelier with `--enable-insecure-extension-access` to allow it.",
                     elem_id="extensions-refused")
-    gr.HTML(records_html(ctx), elem_id="extensions-table")  # as loaded at start-up
+    gr.HTML(lambda: records_html(ctx), elem_id="extensions-table")  # read again at each page load
     with gr.Row():
         enabled = gr.CheckboxGroup(ids, value=[i for i in ids if i not in manager.store.disabled],
                                    label="Enabled extensions", elem_id="extensions-enabled", scale=4)
