@@ -374,6 +374,7 @@ def test_xyz_plot_grid_has_the_right_shape_and_its_cells_equal_single_generation
     grid, cells = result.images[0], result.images[1:]
     assert len(cells) == 4
     assert "txt2img-grids" in str(result.paths[0]) and len(result.paths) == 5, "grid and cells saved"
+    (ROOT / "tests" / "_output").mkdir(parents=True, exist_ok=True)
     grid.save(ROOT / "tests" / "_output" / "xyz-grid.png")
     assert grid.width > 2 * 64 and grid.height > 2 * 64, "room for the labels"
     left, top = grid.width - 2 * 64, grid.height - 2 * 64

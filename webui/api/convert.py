@@ -134,7 +134,7 @@ def _common(body: Txt2ImgRequest, ctx: AppContext, styles: StyleStore) -> tuple[
     if unknown:
         warnings.append(f"override_settings ignored (not per-request options here): {', '.join(unknown)}")
     checkpoint = find_checkpoint(ctx, overrides.get("sd_model_checkpoint"))
-    clip_skip = overrides.get("CLIP_stop_at_last_layers")
+    clip_skip: Any = overrides.get("CLIP_stop_at_last_layers")
     whole = isinstance(clip_skip, float) and clip_skip.is_integer()
     if whole or (isinstance(clip_skip, str) and clip_skip.isdigit()):
         clip_skip = int(clip_skip)  # options arrive as JSON numbers or, from some clients, strings
@@ -158,7 +158,8 @@ def _common(body: Txt2ImgRequest, ctx: AppContext, styles: StyleStore) -> tuple[
         "vae": vae or None,
         "save_images": body.save_images,
     }
-    keep = {} if restore else {k: overrides[k] for k in ("CLIP_stop_at_last_layers", "sd_vae") if k in overrides}
+    keep: dict[str, Any] = {} if restore else \
+        {k: overrides[k] for k in ("CLIP_stop_at_last_layers", "sd_vae") if k in overrides}
     job = ApiJob(GenerationRequest(), body.model_dump(), body.send_images, body.force_task_id,
                  restore_checkpoint=restore and checkpoint is not None, keep_options=keep, warnings=warnings)
     return job, given

@@ -96,6 +96,6 @@ def _setting_error(exc: ValueError, changes: dict[str, Any]) -> Exception:
     text = str(exc)
     name = next((n for n in changes if text.startswith(n)), None)
     option = _OPTION_FOR.get(name, name) if name else None
-    if name and option != name:
+    if name and option and option != name:
         text = option + text[len(name):]
     return invalid(option, text)

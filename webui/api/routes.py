@@ -213,7 +213,7 @@ def build_router(ctx: "AppContext", service: ApiService, check: Callable[[Reques
         image = decode_image(body.image, "image")
         text = read_infotext(image) or ""
         items = {k: v for k, v in image.info.items()
-                 if k.lower() not in _FORMAT_KEYS and isinstance(v, (str, int, float, bool))}
+                 if isinstance(k, str) and k.lower() not in _FORMAT_KEYS and isinstance(v, (str, int, float, bool))}
         return {"info": text, "items": items, "parameters": parse_infotext(text) if text else {}}
 
     @router.get("/memory", response_model=MemoryResponse)

@@ -105,7 +105,7 @@ class ApiService:
         jobs = self.ctx.jobs.get(caller.task_owner(task_id) if task_id else caller.owner)
         running = [c for c in jobs if c.progress.state in _ACTIVE]
         waiting = [c for c in jobs if c.progress.state == "queued"]
-        control = (running or waiting or [None])[0]
+        control = (running or waiting)[0] if running or waiting else None
         if control is None:
             return {"progress": 0.0, "eta_relative": 0.0, "state": _state(None, 0), "current_image": None,
                     "textinfo": None, "current_task": None}

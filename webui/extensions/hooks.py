@@ -41,6 +41,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import AtelierError, Cause
 from .api import ExtensionError, ImageInfo, Route, Script, Section, Setting, StepState, Tab
 from .store import ExtensionStore
 
@@ -55,8 +56,10 @@ TRACE_FRAMES = 32  # deep enough to reach the hook's frame from an allocation in
 MB = 2**20
 
 
-class ExtensionFailure(RuntimeError):
+class ExtensionFailure(AtelierError, RuntimeError):
     """An extension's hook raised or hung; the message names the extension and says it was switched off."""
+
+    cause = Cause.EXTENSION
 
     def __init__(self, ext_id: str, message: str) -> None:
         super().__init__(message)
@@ -350,7 +353,7 @@ class Registry:
 
     def before_generate(self, request: Any) -> Any:
         for owner, fn in self._live("before_generate"):
-            changed = self._isolated("before_generate", [(owner, lambda fn=fn, r=request: fn(r))],
+            changed = self._isolated("before_generate", [(owner, functools.partial(fn, request))],
                                      self.hook_seconds)[0]
             if type(changed) is not type(request):
                 why = "its before_generate hook did not return the request"
@@ -362,12 +365,12 @@ class Registry:
     def after_image(self, image: Any, info: ImageInfo) -> None:
         live = self._live("after_image")
         if live:
-            self._isolated("after_image", [(owner, lambda fn=fn: fn(image, info)) for owner, fn in live],
+            self._isolated("after_image", [(owner, functools.partial(fn, image, info)) for owner, fn in live],
                            self.hook_seconds)
 
     def before_save(self, image: Any, info: ImageInfo) -> ImageInfo:
         for owner, fn in self._live("before_save"):
-            changed = self._isolated("before_save", [(owner, lambda fn=fn, i=info: fn(image, i))],
+            changed = self._isolated("before_save", [(owner, functools.partial(fn, image, info))],
                                      self.hook_seconds)[0]
             if not isinstance(changed, ImageInfo):
                 why = "its before_save hook did not return the ImageInfo"

@@ -137,6 +137,8 @@ class ExtensionManager:
         init = folder / "__init__.py"
         spec = importlib.util.spec_from_file_location(package, init, submodule_search_locations=[str(folder)]) \
             if init.exists() else importlib.machinery.ModuleSpec(package, None, is_package=True)
+        if spec is None:
+            raise ImportError(f"{folder}: cannot be imported as a package")
         if spec.submodule_search_locations is None or not init.exists():
             spec.submodule_search_locations = [str(folder)]
         module = importlib.util.module_from_spec(spec)

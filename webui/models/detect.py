@@ -144,7 +144,7 @@ def detect_architecture(
     if in_channels not in (4, 9):
         raise UnknownArchitectureError(f"{name}: UNet with {in_channels} input channels is not supported")
 
-    context_dims = {shape(k)[1] for k in unet_keys if _CROSS_ATTN_KEY.match(k) and len(shape(k) or ()) == 2}
+    context_dims = {dims[1] for k in unet_keys if _CROSS_ATTN_KEY.match(k) and len(dims := shape(k) or ()) == 2}
     is_xl = UNET_PREFIX + "label_emb.0.0.weight" in shapes or any(
         k.startswith("conditioner.embedders.1.") for k in shapes
     )

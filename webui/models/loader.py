@@ -333,7 +333,7 @@ def _load_diffusers_folder(folder: Path, dtype: torch.dtype) -> tuple[Detection,
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     detection = _detect_diffusers_folder(folder)
-    opts = {"torch_dtype": dtype, "local_files_only": True}
+    opts: dict[str, Any] = {"torch_dtype": dtype, "local_files_only": True}
     components: dict[str, Any] = {
         "unet": UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **opts),
         "vae": AutoencoderKL.from_pretrained(folder, subfolder="vae", **opts),
@@ -366,10 +366,9 @@ def load_checkpoint(entry: CheckpointEntry, dtype: torch.dtype) -> LoadedModel:
         if entry.kind == "diffusers":
             detection, components = _load_diffusers_folder(entry.path, dtype)
         else:
-            detection = detect_file(entry.path)  # from the header: fails before any weight is read
+            from_header = detect_file(entry.path)  # fails before any weight is read
             checkpoint, metadata = read_checkpoint_file(entry.path, dtype)
-            if detection is None:
-                detection = _detect_from_state_dict(checkpoint, metadata, entry.path)
+            detection = from_header or _detect_from_state_dict(checkpoint, metadata, entry.path)
             components = build_components(checkpoint, detection, dtype, name)
             del checkpoint
     except CheckpointLoadError:

@@ -63,7 +63,7 @@ class CheckpointEntry:
         if base in candidates or q in candidates:
             return True
         digest = self.sha256
-        return bool(digest) and len(q) >= SHORT_HASH_LEN and digest.startswith(q.lower())
+        return digest is not None and len(q) >= SHORT_HASH_LEN and digest.startswith(q.lower())
 
 
 class CheckpointRegistry:

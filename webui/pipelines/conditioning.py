@@ -262,12 +262,12 @@ def build_conditioning(encoder: PromptEncoder, prompt: str, negative: str, steps
     negative_schedule = prompt_schedule(negative, steps)
     chunks = max(encoder.chunk_count(text) for _, text in positive_schedule + negative_schedule)
     positive = [(until, encoder.encode(text, chunks)) for until, text in positive_schedule]
-    negative = []
+    negatives: list[tuple[int, Conditioning]] = []
     for until, text in negative_schedule:
         conditioning = encoder.encode(text, chunks)
         if zero_empty_negative and not text.strip():
             # SDXL base models are trained to see zeros, not an encoded empty string, for "no negative prompt".
             pooled = None if conditioning.pooled is None else torch.zeros_like(conditioning.pooled)
             conditioning = Conditioning(torch.zeros_like(conditioning.embeds), pooled)
-        negative.append((until, conditioning))
-    return ScheduledConditioning(positive, negative)
+        negatives.append((until, conditioning))
+    return ScheduledConditioning(positive, negatives)

@@ -186,9 +186,9 @@ class _StepCallback:
         self.conditioning: ScheduledConditioning | None = None
         self.count = 1
 
-    def tensor_inputs(self, pipe: Any) -> list[str]:
-        wanted = ["latents", "prompt_embeds"] + (["add_text_embeds"] if self.is_sdxl else [])
-        return [name for name in wanted if name in getattr(pipe, "_callback_tensor_inputs", wanted)]
+    def tensor_inputs(self) -> list[str]:
+        """What the step callback reads and may replace; every SD / SDXL pipeline of diffusers passes these."""
+        return ["latents", "prompt_embeds"] + (["add_text_embeds"] if self.is_sdxl else [])
 
     def _switch_prompts(self, pipe: Any, step: int) -> dict[str, Any]:
         """Prompt editing: the embeddings for the next step, when they differ from this step's."""
@@ -204,7 +204,7 @@ class _StepCallback:
         if guided:
             embeds = [negative.embeds] * self.count + embeds
         out = {"prompt_embeds": torch.cat(embeds)}
-        if self.is_sdxl and positive.pooled is not None:
+        if self.is_sdxl and positive.pooled is not None and negative.pooled is not None:
             pooled = [positive.pooled] * self.count
             if guided:
                 pooled = [negative.pooled] * self.count + pooled
@@ -289,8 +289,9 @@ def generate(
                 images, plan = _run_batch(manager, model, task, req, choice, prepared, group, callback, plan, result,
                                           vae, encoder, networks)
                 # 5. inpainting: paste into the original through the blurred mask
-                if req.task is Task.INPAINT and prepared.original is not None:
-                    images = [imgs.paste_back(prepared.original, im, prepared.paste_mask, prepared.crop)
+                original, paste_mask = prepared.original, prepared.paste_mask
+                if req.task is Task.INPAINT and original is not None and paste_mask is not None:
+                    images = [imgs.paste_back(original, im, paste_mask, prepared.crop)
                               for im in images]
                 result.images.extend(images)
                 result.seeds.extend(group)
@@ -388,10 +389,10 @@ def _call_pipeline(
         "guidance_scale": req.cfg_scale,
         "generator": generators,
         "callback_on_step_end": callback,
-        "callback_on_step_end_tensor_inputs": callback.tensor_inputs(pipe),
+        "callback_on_step_end_tensor_inputs": callback.tensor_inputs(),
         "output_type": "pil",
     }
-    if positive.pooled is not None:
+    if positive.pooled is not None and negative.pooled is not None:
         kwargs["pooled_prompt_embeds"] = positive.pooled.repeat(count, 1)
         kwargs["negative_pooled_prompt_embeds"] = negative.pooled.repeat(count, 1)
     if task is not Task.IMG2IMG:  # img2img takes its size from the (already fitted) init image

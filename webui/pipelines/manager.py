@@ -66,7 +66,7 @@ class NoCheckpointError(AtelierError, LookupError):
         super().__init__(message, "checkpoint")
 
 
-def _pipeline_classes(is_sdxl: bool) -> dict[Task, type]:
+def _pipeline_classes(is_sdxl: bool) -> dict[Task, Any]:
     import diffusers
 
     if is_sdxl:

@@ -126,14 +126,15 @@ def _wire_top_bar(ctx: AppContext, top: TopBar, empty_notice: gr.Markdown, tabs:
             raise gr.Error(str(exc)) from exc
         return f"Loaded **{model.display_name}**"
 
-    top.checkpoint.input(lambda title: "⏳ Loading…", [top.checkpoint], [top.status], queue=False, api_name=False) \
+    top.checkpoint.input(lambda title: "⏳ Loading…", [top.checkpoint], [top.status], queue=False,
+                         api_visibility="private") \
         .then(on_switch, [top.checkpoint], [top.status], concurrency_id=GENERATION_QUEUE, api_name="switch_checkpoint")
 
     def on_sizes(title: str | None):
         side = ctx.settings.default_size or native_size_of(ctx, title)
         return [gr.update(value=side)] * len(sizes)
 
-    top.checkpoint.change(on_sizes, [top.checkpoint], sizes, queue=False, api_name=False)
+    top.checkpoint.change(on_sizes, [top.checkpoint], sizes, queue=False, api_visibility="private")
 
 
 def _wire_transfers(ctx: AppContext, top: TopBar, tabs: gr.Tabs, by_mode: dict[str, ModeTab], info_tab: Any) -> None:
@@ -178,11 +179,11 @@ def _wire_transfers(ctx: AppContext, top: TopBar, tabs: gr.Tabs, by_mode: dict[s
                     raise gr.Error("Generate a picture first.")
                 return _from_values(paths[index], texts[index] if index < len(texts) else "")
 
-            button.click(from_gallery, [source.results], outputs(), queue=False, api_name=False)
+            button.click(from_gallery, [source.results], outputs(), queue=False, api_visibility="private")
 
     for target_mode, button in info_tab.send.items():
         outputs, from_values = transfer(target_mode, with_image=target_mode != "txt2img")
-        button.click(from_values, [info_tab.image, info_tab.text], outputs(), queue=False, api_name=False)
+        button.click(from_values, [info_tab.image, info_tab.text], outputs(), queue=False, api_visibility="private")
 
     for tab in by_mode.values():
         outputs, _ = transfer(tab.mode, with_image=False)
@@ -198,7 +199,7 @@ def _wire_transfers(ctx: AppContext, top: TopBar, tabs: gr.Tabs, by_mode: dict[s
             return fill_updates(_tab, top, forms.values_from_infotext(text), resolvers)
 
         tab.read_params.click(read_params, [tab.fields["prompt"], tab.results], outputs()[1:], queue=False,
-                              api_name=False)
+                              api_visibility="private")
 
 
 def _is_loopback(host: str) -> bool:
@@ -278,7 +279,7 @@ def serve(ctx: AppContext, credentials: Any = None, share: bool = False, passwor
     demo = launch(ctx, credentials=credentials, share=share, api=api, api_credentials=api_credentials, flags=flags,
                   prevent_thread_lock=True)
     if api:
-        print(f"REST API at {demo.local_url.rstrip('/')}/sdapi/v1 (documentation at /docs)"
+        print(f"REST API at {(demo.local_url or '').rstrip('/')}/sdapi/v1 (documentation at /docs)"
               + (", HTTP Basic sign-in required" if (api_credentials or credentials) is not None else ""), flush=True)
     if share and not getattr(demo, "share_url", None):
         print("No public link: it needs an internet connection to Gradio's share server, which this machine "

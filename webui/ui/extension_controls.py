@@ -56,13 +56,13 @@ def build_extension_controls(ctx: AppContext, mode: str) -> ExtensionControls:
             continue
         try:
             with gr.Accordion(section.title, open=False, elem_id=f"{mode}-ext-{section.owner}"):
-                built = section.build(mode) or {}
-            if not isinstance(built, dict):
+                section_controls = section.build(mode) or {}
+            if not isinstance(section_controls, dict):
                 raise TypeError("a section's build must return {name: component}")
         except Exception as exc:
             registry.switch_off(section.owner, f"its section {section.title!r} failed to build: {exc}")
             continue
-        controls.sections.append((section.owner, list(built), list(built.values())))
+        controls.sections.append((section.owner, list(section_controls), list(section_controls.values())))
     scripts = registry.active_scripts(mode)
     if not scripts:
         return controls
@@ -85,5 +85,6 @@ def build_extension_controls(ctx: AppContext, mode: str) -> ExtensionControls:
         updates = [gr.update(visible=name == title) for name, _ in groups]
         return updates[0] if len(updates) == 1 else updates  # one output takes a bare update, not a list
 
-    controls.script.change(show, [controls.script], [group for _, group in groups], queue=False, api_name=False)
+    controls.script.change(show, [controls.script], [group for _, group in groups], queue=False,
+                           api_visibility="private")
     return controls

@@ -114,11 +114,11 @@ def build(ctx: Any) -> None:
             manager.store.set_enabled(ext_id, ext_id in (selected or []))
         return "✅ Saved. Restart Atelier to apply."
 
-    apply.click(on_apply, [enabled], [message], queue=False, api_name=False)
-    install.click(actions.install, [url], [message], api_name=False)
-    update.click(actions.update, [chosen], [message], api_name=False)
-    requirements.click(actions.install_requirements, [chosen], [message], api_name=False)
-    remove.click(actions.uninstall, [chosen], [message], api_name=False)
+    apply.click(on_apply, [enabled], [message], queue=False, api_visibility="private")
+    install.click(actions.install, [url], [message], api_visibility="private")
+    update.click(actions.update, [chosen], [message], api_visibility="private")
+    requirements.click(actions.install_requirements, [chosen], [message], api_visibility="private")
+    remove.click(actions.uninstall, [chosen], [message], api_visibility="private")
 
 
 def build_extension_tabs(ctx: Any) -> None:
@@ -144,6 +144,7 @@ def build_extension_settings(ctx: Any) -> None:
             components = []
             for setting in settings:
                 value = registry.setting_value(owner, setting.key)
+                component: gr.components.Component
                 if setting.choices:
                     component = gr.Dropdown(list(setting.choices), value=value, label=setting.label)
                 elif isinstance(setting.default, bool):
@@ -165,4 +166,4 @@ def build_extension_settings(ctx: Any) -> None:
                 ctx.extensions.store.set_values(owner, coerced)
                 return "✅ Saved"
 
-            save.click(on_save, components, [saved], queue=False, api_name=False)
+            save.click(on_save, components, [saved], queue=False, api_visibility="private")

@@ -216,6 +216,8 @@ def _wire_generation(ctx: AppContext, tab: ModeTab, top: TopBar, styles: Any) ->
             log.error("Generation failed", exc_info=last.error)
             raise gr.Error(f"Generation failed: {last.error}")
         result = last.result
+        if result is None:
+            raise gr.Error("Generation ended without a result")
         shown = [str(p) for p in result.paths] if result.paths else list(result.images)
         first = result.infotexts[0] if result.infotexts else ""
         state = {"paths": [str(p) for p in result.paths], "infotexts": list(result.infotexts), "selected": 0}
@@ -241,9 +243,10 @@ def _wire_generation(ctx: AppContext, tab: ModeTab, top: TopBar, styles: Any) ->
     def on_skip(request: gr.Request) -> None:
         ctx.jobs.skip(owner_of(request))
 
-    first_tab = tab.mode == "txt2img"
-    tab.interrupt.click(on_interrupt, None, None, queue=False, api_name="interrupt" if first_tab else False)
-    tab.skip.click(on_skip, None, None, queue=False, api_name="skip" if first_tab else False)
+    # One named interrupt / skip endpoint (the txt2img tab's); the other tabs' buttons are not API endpoints.
+    visibility = "public" if tab.mode == "txt2img" else "private"
+    tab.interrupt.click(on_interrupt, None, None, queue=False, api_name="interrupt", api_visibility=visibility)
+    tab.skip.click(on_skip, None, None, queue=False, api_name="skip", api_visibility=visibility)
 
     def on_select(results: dict, event: gr.SelectData):
         index = int(event.index) if isinstance(event.index, int) else 0
@@ -252,7 +255,7 @@ def _wire_generation(ctx: AppContext, tab: ModeTab, top: TopBar, styles: Any) ->
         text = texts[index] if 0 <= index < len(texts) else ""
         return results, info_html(text, [], False)
 
-    tab.gallery.select(on_select, [tab.results], [tab.results, tab.info], api_name=False, queue=False)
+    tab.gallery.select(on_select, [tab.results], [tab.results, tab.info], api_visibility="private", queue=False)
 
 
 def _wire_helpers(ctx: AppContext, tab: ModeTab, styles: Any, tokenizer: Any, token_count: gr.HTML,
@@ -264,7 +267,7 @@ def _wire_helpers(ctx: AppContext, tab: ModeTab, styles: Any, tokenizer: Any, to
         # Emphasis and editing syntax cost no tokens; BREAK and the chunking follow the encoder's rules.
         return forms.token_count_label(count_tokens(tokenizer.get(), text or ""))
 
-    f["prompt"].change(on_prompt, [f["prompt"]], [token_count], queue=False, api_name=False,
+    f["prompt"].change(on_prompt, [f["prompt"]], [token_count], queue=False, api_visibility="private",
                        show_progress="hidden")
 
     def on_apply(selected: list[str], prompt: str, negative: str):
@@ -272,7 +275,7 @@ def _wire_helpers(ctx: AppContext, tab: ModeTab, styles: Any, tokenizer: Any, to
         return prompt, negative, gr.update(value=[])
 
     apply_styles.click(on_apply, [f["styles"], f["prompt"], f["negative_prompt"]],
-                       [f["prompt"], f["negative_prompt"], f["styles"]], queue=False, api_name=False)
+                       [f["prompt"], f["negative_prompt"], f["styles"]], queue=False, api_visibility="private")
 
     def on_save_style(name: str, prompt: str, negative: str):
         from ..styles import Style
@@ -284,9 +287,10 @@ def _wire_helpers(ctx: AppContext, tab: ModeTab, styles: Any, tokenizer: Any, to
         return gr.update(choices=styles.names()), ""
 
     save_style.click(on_save_style, [style_name, f["prompt"], f["negative_prompt"]], [f["styles"], style_name],
-                     queue=False, api_name=False)
-    swap.click(lambda w, h: (h, w), [f["width"], f["height"]], [f["width"], f["height"]], queue=False, api_name=False)
-    random_seed.click(lambda: -1, None, [f["seed"]], queue=False, api_name=False)
+                     queue=False, api_visibility="private")
+    swap.click(lambda w, h: (h, w), [f["width"], f["height"]], [f["width"], f["height"]], queue=False,
+               api_visibility="private")
+    random_seed.click(lambda: -1, None, [f["seed"]], queue=False, api_visibility="private")
 
     def on_reuse(results: dict, current: Any):
         texts = results.get("infotexts") or []
@@ -296,11 +300,11 @@ def _wire_helpers(ctx: AppContext, tab: ModeTab, styles: Any, tokenizer: Any, to
         seed = forms.values_from_infotext(texts[min(index, len(texts) - 1)]).get("seed")
         return current if seed is None else seed
 
-    reuse_seed.click(on_reuse, [tab.results, f["seed"]], [f["seed"]], queue=False, api_name=False)
+    reuse_seed.click(on_reuse, [tab.results, f["seed"]], [f["seed"]], queue=False, api_visibility="private")
     f["sampler"].change(
         lambda name, current: gr.update(choices=schedule_types(name),
                                         value=current if current in schedule_types(name) else "Automatic"),
-        [f["sampler"], f["schedule_type"]], [f["schedule_type"]], queue=False, api_name=False)
+        [f["sampler"], f["schedule_type"]], [f["schedule_type"]], queue=False, api_visibility="private")
 
 
 def fill_targets(tab: ModeTab, top: TopBar) -> list[Any]:

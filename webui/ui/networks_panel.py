@@ -44,7 +44,7 @@ def build_networks_panel(ctx: AppContext, mode: str, prompt: gr.Textbox) -> None
     def add_embedding(sample: list[str], text: str) -> str:
         return forms.insert_into_prompt(text, sample[0]) if sample else text
 
-    loras.click(add_lora, [loras, prompt], [prompt], queue=False, api_name=False)
-    embeddings.click(add_embedding, [embeddings, prompt], [prompt], queue=False, api_name=False)
+    loras.click(add_lora, [loras, prompt], [prompt], queue=False, api_visibility="private")
+    embeddings.click(add_embedding, [embeddings, prompt], [prompt], queue=False, api_visibility="private")
     refresh.click(lambda: (gr.Dataset(samples=lora_samples(ctx)), gr.Dataset(samples=embedding_samples(ctx))),
-                  None, [loras, embeddings], queue=False, api_name=False)
+                  None, [loras, embeddings], queue=False, api_visibility="private")

@@ -94,7 +94,7 @@ class QueueBridge:
             ok, event_id, state = await queue.push(body=body, request=queued_request, username=None)
             if not ok:
                 raise QueueUnavailable(f"the job queue refused the job ({state}): {event_id}")
-            await self._wait(queue, body.session_hash, event_id, turn)
+            await self._wait(queue, str(body.session_hash), str(event_id), turn)
         finally:
             self._forget_session(body.session_hash)
             with self._lock:

@@ -112,8 +112,8 @@ def _without_api_info(send: Send) -> Send:
 
     async def wrapped(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
-            headers = dict(message.get("headers", []))
-            if not headers.get(b"content-type", b"").startswith(b"text/html"):
+            received = dict(message.get("headers", []))
+            if not received.get(b"content-type", b"").startswith(b"text/html"):
                 start["passthrough"] = True
                 await send(message)
                 return

@@ -88,4 +88,4 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
                 f"New defaults show in the tabs after a page reload.{html.escape(note)}</p>", "")
 
     save.click(on_save, [outputs_dir, pattern, save_format, ram_cache, offload, preview_every, sampler, steps, size],
-               [status, notice], api_name=False, queue=False)
+               [status, notice], api_visibility="private", queue=False)

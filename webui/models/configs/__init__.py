@@ -104,10 +104,8 @@ def _vocab_and_merges() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     """Parse the shared BPE files once per process (≈70 ms); later tokenizers reuse the result."""
     vocab = _read_json(TOKENIZER_DIR / "vocab.json")
     lines = (TOKENIZER_DIR / "merges.txt").read_text(encoding="utf-8").splitlines()
-    merges = tuple(
-        tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")
-    )
-    return vocab, merges  # type: ignore[return-value]
+    pairs = (line.split(" ") for line in lines if line and not line.startswith("#version"))
+    return vocab, tuple((first, second) for first, second in pairs)
 
 
 def load_clip_tokenizer(pad_token: str = EOS_TOKEN, *, exclamation_as_pad: bool = False) -> CLIPTokenizer:
@@ -130,7 +128,7 @@ def load_clip_tokenizer(pad_token: str = EOS_TOKEN, *, exclamation_as_pad: bool 
     special_pad = exclamation_as_pad or pad_token == EOS_TOKEN
     tokenizer = CLIPTokenizer(
         vocab=dict(vocab),
-        merges=list(merges),
+        merges=list(merges),  # type: ignore[arg-type]  # the tokenizers backend takes (a, b) pairs, not "a b"
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,
         unk_token=EOS_TOKEN,
