@@ -15,7 +15,6 @@ LoRAs is bit-identical to one that never had them. The base checkpoint is never 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import struct
 import threading
@@ -26,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .hashing import HashCache
+from .hashing import HashCache, sha256_file
 from .ldm_layout import unet_to_ldm
 from .loader import CheckpointLoadError, read_checkpoint_file
 
@@ -48,17 +47,13 @@ _PROCESSOR_NAMES = {"processor.to_q_lora": "to_q", "processor.to_k_lora": "to_k"
 def lora_hash(path: Path) -> str:
     """A1111's LoRA hash: SHA-256 of a safetensors file's bytes after its header (metadata edits do not
     change it); of the whole file for other formats."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        if path.suffix.lower() == ".safetensors":
+    offset = 0
+    if path.suffix.lower() == ".safetensors":
+        with Path(path).open("rb") as fh:
             prefix = fh.read(8)
-            if len(prefix) == 8:
-                fh.seek(8 + struct.unpack("<Q", prefix)[0])
-            else:
-                fh.seek(0)
-        while chunk := fh.read(8 * 2**20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        if len(prefix) == 8:
+            offset = 8 + struct.unpack("<Q", prefix)[0]
+    return sha256_file(path, offset)
 
 
 def module_key(name: str) -> str:
