@@ -85,15 +85,26 @@ class LoraLayer:
         return product.reshape(shape) * scale
 
 
-@dataclass
+FileIdentity = tuple[str, int, int, int]  # resolved path, size, mtime (ns), inode
+
+
+def file_identity(path: Path) -> FileIdentity:
+    """Which file version this is: a file saved again (or replaced by a copy) differs in one of these."""
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino
+
+
+@dataclass(frozen=True)
 class LoraNetwork:
     name: str
     path: Path
     layers: list[LoraLayer]
+    identity: FileIdentity  # the file version the layers were read from
     ignored_keys: int = 0  # keys of kinds we do not apply (LoHa, LoKr, DoRA scales, ...)
 
 
-def parse_lora(name: str, path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> LoraNetwork:
+def parse_lora(name: str, path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+               identity: FileIdentity) -> LoraNetwork:
     layers: dict[tuple[str, str], LoraLayer] = {}
     used: set[str] = set()
     for key, tensor in tensors.items():
@@ -107,7 +118,7 @@ def parse_lora(name: str, path: Path, tensors: dict[str, torch.Tensor], metadata
     if not layers:
         raise CheckpointLoadError(f"{path.name}: no LoRA layers found (not a LoRA, or a kind we cannot use "
                                   "such as LoHa / LoKr)")
-    return LoraNetwork(name, path, list(layers.values()), len(set(tensors) - used))
+    return LoraNetwork(name, path, list(layers.values()), identity, len(set(tensors) - used))
 
 
 def _kohya_layer(key: str, tensors: dict[str, torch.Tensor]) -> tuple[str, str, str, str] | None:
@@ -177,12 +188,14 @@ class LoraPatcher:
     """The LoRA state of one loaded model: which set is applied and the original values it replaced."""
 
     targets: dict[tuple[str, str], torch.nn.Module]
-    applied: tuple = ()
+    # (file version, te weight, unet weight) per LoRA carried. By file, not by object: a parsed network the
+    # library has dropped can have its address reused by another one.
+    applied: tuple[tuple[FileIdentity, float, float], ...] = ()
     _originals: dict[int, tuple[torch.nn.Parameter, torch.Tensor]] = field(default_factory=dict)
 
     def apply(self, uses: list[LoraUse]) -> list[str]:
         """Make the model carry exactly `uses` (an empty list: the base weights). Returns warnings."""
-        wanted = tuple((id(u.network), u.te_weight, u.unet_weight) for u in uses)
+        wanted = tuple((u.network.identity, u.te_weight, u.unet_weight) for u in uses)
         if wanted == self.applied:
             return []
         self.restore()
@@ -234,7 +247,7 @@ class LoraLibrary:
         self.hashes = hashes
         self.keep = keep
         self._lock = threading.Lock()
-        self._parsed: OrderedDict[tuple[str, int], LoraNetwork] = OrderedDict()
+        self._parsed: OrderedDict[FileIdentity, LoraNetwork] = OrderedDict()
 
     def files(self) -> dict[str, Path]:
         """name -> file; the name is the path inside the folder without extension (A1111's LoRA name)."""
@@ -256,12 +269,13 @@ class LoraLibrary:
         return None
 
     def load(self, name: str, path: Path) -> LoraNetwork:
-        key = (str(path), path.stat().st_mtime_ns)
+        # Taken before reading: a file changing meanwhile gets a new identity at its next use.
+        key = file_identity(path)
         with self._lock:
             network = self._parsed.get(key)
             if network is None:
                 tensors, metadata = read_checkpoint_file(path, torch.float32, skip=())
-                network = parse_lora(name, path, tensors, metadata)
+                network = parse_lora(name, path, tensors, metadata, key)
                 self._parsed[key] = network
                 while len(self._parsed) > self.keep:
                     self._parsed.popitem(last=False)
