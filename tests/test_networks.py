@@ -6,6 +6,7 @@ diffusers / PEFT names, A1111's .pt with string_to_param), then used through the
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -146,6 +147,66 @@ def test_sdxl_kohya_lora_with_original_layout_names(make_context):
     assert not sgm.warnings
     assert not np.array_equal(pixels(sgm), base)
     assert np.array_equal(pixels(sgm), pixels(plain)), "both namings reach the same layers"
+
+
+def fresh_pixels(ctx, req: GenerationRequest) -> np.ndarray:
+    """The job on a manager that has never patched anything (as a fresh process would run it)."""
+    from webui.pipelines.manager import PipelineManager
+
+    manager = PipelineManager(ctx.registry, device=torch.device("cpu"), dtype=torch.float32, ram_cache_bytes=2**30,
+                              lora_dir=ctx.settings.loras_dir)
+    try:
+        return pixels(generate(manager, req))
+    finally:
+        manager.shutdown()
+
+
+def test_a_lora_file_saved_again_under_its_name_is_used_with_its_new_weights(sd1):
+    ctx, components = sd1
+    path = ctx.settings.models_dir / "Lora" / "style.safetensors"
+    base = pixels(generate(ctx.manager, request(steps=1)))
+    write_kohya_lora(path, components, seed=1)
+    old = pixels(generate(ctx.manager, request("a red circle <lora:style:1>", steps=1)))
+
+    # Re-trained and saved over the old file, with a later time (file systems may keep coarse times).
+    first = path.stat()
+    write_kohya_lora(path, components, seed=2)
+    os.utime(path, ns=(first.st_atime_ns, first.st_mtime_ns + 10**10))
+    new_job = request("a red circle <lora:style:1>", steps=1)
+    new = pixels(generate(ctx.manager, new_job))
+    assert not np.array_equal(new, old), "the new weights, not the old file's"
+    assert np.array_equal(new, fresh_pixels(ctx, new_job))
+
+    # Replaced again by a copy that kept its source's time (cp -p, rsync -t): only the size tells.
+    second = path.stat()
+    write_kohya_lora(path, components, seed=3, text_encoder=False)
+    os.utime(path, ns=(second.st_atime_ns, second.st_mtime_ns))
+    assert path.stat().st_size != second.st_size
+    third = pixels(generate(ctx.manager, new_job))
+    assert not np.array_equal(third, new)
+    assert np.array_equal(third, fresh_pixels(ctx, new_job))
+
+    assert np.array_equal(pixels(generate(ctx.manager, request(steps=1))), base), "without it: the exact base weights"
+
+
+def test_more_loras_than_the_library_keeps_each_give_their_own_picture(make_context):
+    """Parsed LoRAs beyond the library's last few are dropped while a model may still carry one of them; a
+    LoRA parsed later must never be taken for the one a model carries."""
+    ctx = make_context(["sd1", "sd1b"])
+    components = ctx.manager.load("sd1").components
+    folder = ctx.settings.models_dir / "Lora"
+    for index in range(6):
+        write_kohya_lora(folder / f"l{index}.safetensors", components, seed=10 + index)
+    assert ctx.manager.loras.keep == 4
+    # One model runs a LoRA, the other runs four more (so the parse of the LoRA the first model carries is
+    # dropped), then the first model runs another LoRA.
+    jobs = [request(f"x <lora:l{index}:1>", steps=1, checkpoint=f"{checkpoint}.safetensors") for checkpoint, index in
+            [("sd1", 0), ("sd1b", 1), ("sd1b", 2), ("sd1b", 3), ("sd1b", 4), ("sd1", 5)]]
+    expected = [fresh_pixels(ctx, job) for job in jobs]
+    for _round in range(2):
+        for job, picture in zip(jobs, expected, strict=True):
+            assert np.array_equal(pixels(generate(ctx.manager, job)), picture), (job.checkpoint, job.prompt)
+    assert len({picture.tobytes() for picture in expected}) == len(jobs), "every LoRA gives its own picture"
 
 
 # --------------------------------------------------------------------------- embeddings

@@ -131,13 +131,87 @@ def _model_config(arch: str) -> dict:
     return dict(EulerDiscreteScheduler.from_config(raw).config)
 
 
-def test_table_only_uses_constructor_arguments_diffusers_has():
-    from webui.pipelines.schedulers import accepted_keys
+@pytest.mark.parametrize("name, schedule", COMBINATIONS)
+def test_every_override_reaches_the_scheduler(name, schedule):
+    """diffusers drops keyword arguments a class does not take, so a misspelt option would vanish silently."""
+    from webui.pipelines.schedulers import make_scheduler
 
-    for name, spec in SAMPLERS.items():
-        for schedule in spec.schedule_types:
-            choice = resolve_sampler(name, schedule)
-            assert set(choice.kwargs) <= accepted_keys(choice.scheduler_class), (name, schedule)
+    choice = resolve_sampler(name, schedule)
+    config = make_scheduler(choice, _model_config("sd1")).config
+    assert {k: config.get(k) for k in choice.kwargs} == choice.kwargs
+
+
+_SD1_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+                 "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "steps_offset": 1}
+_SIGMAS_OFF = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False}
+_KARRAS = {**_SIGMAS_OFF, "use_karras_sigmas": True}
+_EXPONENTIAL = {**_SIGMAS_OFF, "use_exponential_sigmas": True}
+
+
+# What each sampler (schedule Automatic) is built as from an SD 1.x checkpoint's scheduler config: its class,
+# the model's noise schedule, A1111's options, and class defaults where the model's config had none.
+@pytest.mark.parametrize("name, cls, expected", [
+    ("DPM++ 2M", "DPMSolverMultistepScheduler",
+     {**_KARRAS, "algorithm_type": "dpmsolver++", "solver_type": "midpoint", "solver_order": 2,
+      "timestep_spacing": "linspace", "final_sigmas_type": "zero", "lower_order_final": True}),
+    ("DPM++ SDE", "DPMSolverSDEScheduler", {**_KARRAS, "timestep_spacing": "linspace", "noise_sampler_seed": None}),
+    ("DPM++ 2M SDE", "DPMSolverMultistepScheduler",
+     {**_EXPONENTIAL, "algorithm_type": "sde-dpmsolver++", "solver_type": "midpoint", "timestep_spacing": "linspace"}),
+    ("DPM++ 2M SDE Heun", "DPMSolverMultistepScheduler",
+     {**_EXPONENTIAL, "algorithm_type": "sde-dpmsolver++", "solver_type": "heun", "timestep_spacing": "linspace"}),
+    ("Euler a", "EulerAncestralDiscreteScheduler", {"timestep_spacing": "linspace", "rescale_betas_zero_snr": False}),
+    ("Euler", "EulerDiscreteScheduler",
+     {**_SIGMAS_OFF, "timestep_spacing": "linspace", "interpolation_type": "linear", "timestep_type": "discrete",
+      "final_sigmas_type": "zero"}),
+    ("LMS", "LMSDiscreteScheduler", {**_SIGMAS_OFF, "timestep_spacing": "linspace"}),
+    ("Heun", "HeunDiscreteScheduler", {**_SIGMAS_OFF, "timestep_spacing": "linspace", "clip_sample": False}),
+    ("DPM2", "KDPM2DiscreteScheduler", {**_KARRAS, "timestep_spacing": "linspace"}),
+    ("DPM2 a", "KDPM2AncestralDiscreteScheduler", {**_KARRAS, "timestep_spacing": "linspace"}),
+    # clip_sample off comes from the checkpoint's config (DDIM's own default is on)
+    ("DDIM", "DDIMScheduler",
+     {"timestep_spacing": "leading", "clip_sample": False, "set_alpha_to_one": False, "thresholding": False}),
+    ("PLMS", "PNDMScheduler", {"timestep_spacing": "leading", "skip_prk_steps": True, "set_alpha_to_one": False}),
+    ("UniPC", "UniPCMultistepScheduler",
+     {**_SIGMAS_OFF, "solver_type": "bh1", "solver_order": 3, "lower_order_final": True, "predict_x0": True,
+      "timestep_spacing": "linspace", "disable_corrector": []}),
+    ("LCM", "LCMScheduler",
+     {"timestep_spacing": "leading", "original_inference_steps": 50, "timestep_scaling": 10.0,
+      "clip_sample": False, "set_alpha_to_one": False}),
+])
+def test_scheduler_settings_per_sampler(name, cls, expected):
+    from webui.pipelines.schedulers import make_scheduler
+
+    scheduler = make_scheduler(resolve_sampler(name), _model_config("sd1"))
+    assert type(scheduler).__name__ == cls
+    wanted = {**_SD1_SCHEDULE, **expected}
+    assert {k: scheduler.config.get(k) for k in wanted} == wanted
+
+
+def test_building_a_scheduler_of_another_class_logs_no_warning():
+    """An LCM job on an SD 1.x model: the model's config holds PNDM keys LCM does not know."""
+    import logging
+
+    from diffusers import LCMScheduler
+
+    from webui.pipelines.schedulers import make_scheduler
+
+    class Collect(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    logger, collect = logging.getLogger("diffusers.configuration_utils"), Collect()
+    logger.addHandler(collect)
+    try:
+        make_scheduler(resolve_sampler("LCM"), _model_config("sd1"))
+        assert collect.messages == []
+        LCMScheduler.from_config(_model_config("sd1"))  # the same call outside make_scheduler does warn
+        assert any("skip_prk_steps" in m for m in collect.messages)
+    finally:
+        logger.removeHandler(collect)
 
 
 @pytest.mark.parametrize("name, schedule", COMBINATIONS)

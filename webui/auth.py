@@ -5,6 +5,8 @@ Pure logic (no gradio): the UI layer hands the resulting list to its one auth ch
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import json
 import secrets
@@ -32,6 +34,25 @@ class Credentials:
             ok |= hmac.compare_digest(user.encode(), known_user.encode()) & hmac.compare_digest(
                 password.encode(), known_password.encode())
         return ok
+
+
+def basic_credentials(header: str) -> tuple[str, str] | None:
+    """(user, password) from an ``Authorization: Basic ...`` header value; None if it is not one.
+
+    UTF-8 as RFC 7617 asks; bytes that are not UTF-8 are read as latin-1, which older clients send."""
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic" or not value.strip():
+        return None
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    user, sep, password = text.partition(":")
+    return (user, password) if sep else None
 
 
 def parse_auth(text: str) -> list[tuple[str, str]]:

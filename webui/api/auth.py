@@ -7,14 +7,12 @@ One dependency covers every /sdapi route. With credentials configured (``--api-a
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
 
-from ..auth import Credentials
+from ..auth import Credentials, basic_credentials
 
 
 @dataclass(frozen=True)
@@ -31,22 +29,6 @@ class Caller:
     def task_owner(self, task_id: str) -> str:
         """One job of this caller, by the task id the client gave it (A1111's force_task_id)."""
         return f"{self.owner}|task:{task_id}"
-
-
-def basic_credentials(header: str) -> tuple[str, str] | None:
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "basic" or not value.strip():
-        return None
-    try:
-        raw = base64.b64decode(value.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    user, sep, password = text.partition(":")
-    return (user, password) if sep else None
 
 
 def caller_dependency(credentials: Credentials | None) -> Callable[[Request], Caller]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+from ..fileio import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +21,11 @@ SHORT_HASH_LEN = 10
 _CHUNK = 8 * 2**20
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, offset: int = 0) -> str:
+    """SHA-256 of a file's bytes from `offset` on, read in chunks (checkpoints are many GB)."""
     digest = hashlib.sha256()
     with Path(path).open("rb") as fh:
+        fh.seek(offset)
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -81,10 +83,6 @@ class HashCache:
         if self._file is None:
             return
         try:
-            self._file.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self._file.parent, prefix=".hashes-", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(self._entries, fh, indent=1, sort_keys=True)
-            os.replace(tmp, self._file)
-        except OSError as exc:
+            write_text_atomic(self._file, json.dumps(self._entries, indent=1, sort_keys=True))
+        except OSError as exc:  # the cache only saves time: a job never fails over it
             log.warning("Could not save hash cache %s: %s", self._file, exc)

@@ -15,7 +15,6 @@ LoRAs is bit-identical to one that never had them. The base checkpoint is never 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import struct
 import threading
@@ -26,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .hashing import HashCache
+from .hashing import HashCache, sha256_file
 from .ldm_layout import unet_to_ldm
 from .loader import CheckpointLoadError, read_checkpoint_file
 
@@ -48,17 +47,13 @@ _PROCESSOR_NAMES = {"processor.to_q_lora": "to_q", "processor.to_k_lora": "to_k"
 def lora_hash(path: Path) -> str:
     """A1111's LoRA hash: SHA-256 of a safetensors file's bytes after its header (metadata edits do not
     change it); of the whole file for other formats."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        if path.suffix.lower() == ".safetensors":
+    offset = 0
+    if path.suffix.lower() == ".safetensors":
+        with Path(path).open("rb") as fh:
             prefix = fh.read(8)
-            if len(prefix) == 8:
-                fh.seek(8 + struct.unpack("<Q", prefix)[0])
-            else:
-                fh.seek(0)
-        while chunk := fh.read(8 * 2**20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        if len(prefix) == 8:
+            offset = 8 + struct.unpack("<Q", prefix)[0]
+    return sha256_file(path, offset)
 
 
 def module_key(name: str) -> str:
@@ -90,15 +85,26 @@ class LoraLayer:
         return product.reshape(shape) * scale
 
 
-@dataclass
+FileIdentity = tuple[str, int, int, int]  # resolved path, size, mtime (ns), inode
+
+
+def file_identity(path: Path) -> FileIdentity:
+    """Which file version this is: a file saved again (or replaced by a copy) differs in one of these."""
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino
+
+
+@dataclass(frozen=True)
 class LoraNetwork:
     name: str
     path: Path
     layers: list[LoraLayer]
+    identity: FileIdentity  # the file version the layers were read from
     ignored_keys: int = 0  # keys of kinds we do not apply (LoHa, LoKr, DoRA scales, ...)
 
 
-def parse_lora(name: str, path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> LoraNetwork:
+def parse_lora(name: str, path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+               identity: FileIdentity) -> LoraNetwork:
     layers: dict[tuple[str, str], LoraLayer] = {}
     used: set[str] = set()
     for key, tensor in tensors.items():
@@ -112,7 +118,7 @@ def parse_lora(name: str, path: Path, tensors: dict[str, torch.Tensor], metadata
     if not layers:
         raise CheckpointLoadError(f"{path.name}: no LoRA layers found (not a LoRA, or a kind we cannot use "
                                   "such as LoHa / LoKr)")
-    return LoraNetwork(name, path, list(layers.values()), len(set(tensors) - used))
+    return LoraNetwork(name, path, list(layers.values()), identity, len(set(tensors) - used))
 
 
 def _kohya_layer(key: str, tensors: dict[str, torch.Tensor]) -> tuple[str, str, str, str] | None:
@@ -182,12 +188,14 @@ class LoraPatcher:
     """The LoRA state of one loaded model: which set is applied and the original values it replaced."""
 
     targets: dict[tuple[str, str], torch.nn.Module]
-    applied: tuple = ()
+    # (file version, te weight, unet weight) per LoRA carried. By file, not by object: a parsed network the
+    # library has dropped can have its address reused by another one.
+    applied: tuple[tuple[FileIdentity, float, float], ...] = ()
     _originals: dict[int, tuple[torch.nn.Parameter, torch.Tensor]] = field(default_factory=dict)
 
     def apply(self, uses: list[LoraUse]) -> list[str]:
         """Make the model carry exactly `uses` (an empty list: the base weights). Returns warnings."""
-        wanted = tuple((id(u.network), u.te_weight, u.unet_weight) for u in uses)
+        wanted = tuple((u.network.identity, u.te_weight, u.unet_weight) for u in uses)
         if wanted == self.applied:
             return []
         self.restore()
@@ -239,7 +247,7 @@ class LoraLibrary:
         self.hashes = hashes
         self.keep = keep
         self._lock = threading.Lock()
-        self._parsed: OrderedDict[tuple[str, int], LoraNetwork] = OrderedDict()
+        self._parsed: OrderedDict[FileIdentity, LoraNetwork] = OrderedDict()
 
     def files(self) -> dict[str, Path]:
         """name -> file; the name is the path inside the folder without extension (A1111's LoRA name)."""
@@ -261,12 +269,13 @@ class LoraLibrary:
         return None
 
     def load(self, name: str, path: Path) -> LoraNetwork:
-        key = (str(path), path.stat().st_mtime_ns)
+        # Taken before reading: a file changing meanwhile gets a new identity at its next use.
+        key = file_identity(path)
         with self._lock:
             network = self._parsed.get(key)
             if network is None:
                 tensors, metadata = read_checkpoint_file(path, torch.float32, skip=())
-                network = parse_lora(name, path, tensors, metadata)
+                network = parse_lora(name, path, tensors, metadata, key)
                 self._parsed[key] = network
                 while len(self._parsed) > self.keep:
                     self._parsed.popitem(last=False)

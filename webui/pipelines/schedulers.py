@@ -7,8 +7,9 @@ thread-safe, so every job gets its own object; nothing here is cached or shared.
 from __future__ import annotations
 
 import copy
-import functools
 import inspect
+import logging
+import threading
 from collections.abc import Mapping, Sequence
 
 import diffusers
@@ -16,13 +17,20 @@ from diffusers import SchedulerMixin
 
 from ..samplers import SamplerChoice
 
+_building = threading.local()
 
-@functools.cache
-def accepted_keys(class_name: str) -> frozenset[str]:
-    """Constructor arguments of a diffusers scheduler class."""
-    cls = getattr(diffusers, class_name)
-    params = inspect.signature(cls.__init__).parameters
-    return frozenset(n for n, p in params.items() if n != "self" and p.kind is p.POSITIONAL_OR_KEYWORD)
+
+class _QuietWhileBuilding(logging.Filter):
+    """The model's config carries keys of the checkpoint's own scheduler class (PNDM's skip_prk_steps, ...),
+    which diffusers keeps for converting back. A class that does not know them (LCM) makes `from_config`
+    warn "not expected and will be ignored" on every job; while this module builds a scheduler that is
+    expected, so it is not logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_building, "active", False)
+
+
+logging.getLogger("diffusers.configuration_utils").addFilter(_QuietWhileBuilding())
 
 
 def make_scheduler(
@@ -32,17 +40,18 @@ def make_scheduler(
 ) -> SchedulerMixin:
     """A new scheduler of `choice`'s class: the model's noise schedule plus the sampler's overrides.
 
-    Keys of `base_config` the class does not take are dropped; keys the config only holds
-    because its own class defaulted them (diffusers' `_use_default_values`) are dropped too,
-    so the target class's defaults apply to them as diffusers' `from_config` would do.
-    `noise_seeds`, one per image of the batch, seed DPM++ SDE's Brownian noise as A1111 does,
-    so its pictures follow the seed; other samplers take their noise from the pipeline.
+    diffusers' `from_config` keeps the keys the class takes and lets the class's own defaults apply
+    to keys the config only holds because its class defaulted them. `noise_seeds`, one per image of
+    the batch, seed DPM++ SDE's Brownian noise as A1111 does, so its pictures follow the seed; other
+    samplers take their noise from the pipeline.
     """
     cls = getattr(diffusers, choice.scheduler_class)
-    accepted = accepted_keys(choice.scheduler_class)
-    defaulted = set(base_config.get("_use_default_values") or ())  # type: ignore[call-overload]
-    kwargs = {k: v for k, v in base_config.items() if k in accepted and k not in defaulted}
-    kwargs.update(choice.kwargs)
-    if noise_seeds is not None and "noise_sampler_seed" in accepted:
-        kwargs["noise_sampler_seed"] = [int(s) for s in noise_seeds]
-    return cls(**copy.deepcopy(kwargs))
+    overrides = dict(choice.kwargs)
+    if noise_seeds is not None and "noise_sampler_seed" in inspect.signature(cls.__init__).parameters:
+        overrides["noise_sampler_seed"] = [int(s) for s in noise_seeds]
+    _building.active = True
+    try:
+        # Copies, so no list in one job's scheduler is shared with the model's config or another job's.
+        return cls.from_config(copy.deepcopy(dict(base_config)), **copy.deepcopy(overrides))
+    finally:
+        _building.active = False

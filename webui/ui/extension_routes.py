@@ -3,24 +3,12 @@ a browser's Gradio session cookie or HTTP Basic credentials, whenever the UI has
 
 from __future__ import annotations
 
-import base64
-import binascii
 import inspect
 from typing import Any
 
 from fastapi import Depends, HTTPException, Request
 
-
-def basic_credentials(request: Request) -> tuple[str, str] | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "basic" or not value:
-        return None
-    try:
-        user, sep, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return (user, password) if sep else None
+from ..auth import basic_credentials
 
 
 def request_user(app: Any, credentials: Any, request: Request) -> str | None:
@@ -30,7 +18,7 @@ def request_user(app: Any, credentials: Any, request: Request) -> str | None:
     user = app.tokens.get(token) if token else None
     if user is not None:
         return user
-    basic = basic_credentials(request)
+    basic = basic_credentials(request.headers.get("authorization", ""))
     if basic is not None and credentials.check(*basic):
         return basic[0]
     return None
