@@ -153,9 +153,12 @@ def _peft_layer(key: str, tensors: dict[str, torch.Tensor]) -> tuple[str, str, s
     return None
 
 
-def target_layers(components: dict[str, Any]) -> dict[tuple[str, str], torch.nn.Module]:
+PatchableLayer = torch.nn.Linear | torch.nn.Conv2d
+
+
+def target_layers(components: dict[str, Any]) -> dict[tuple[str, str], PatchableLayer]:
     """Every Linear / Conv2d a LoRA can patch, under each name a LoRA file may use for it."""
-    found: dict[tuple[str, str], torch.nn.Module] = {}
+    found: dict[tuple[str, str], PatchableLayer] = {}
     for component in (UNET, TE1, TE2):
         model = components.get(component)
         if model is None:
@@ -167,8 +170,8 @@ def target_layers(components: dict[str, Any]) -> dict[tuple[str, str], torch.nn.
     if unet is not None:
         # kohya names SDXL's UNet layers after the original layout (input_blocks_4_1_...).
         keys = {key: key for key in unet.state_dict()}
-        for original, diffusers_key in unet_to_ldm(keys).items():
-            module = found.get((UNET, module_key(diffusers_key.rpartition(".")[0])))
+        for original, diffusers_key in unet_to_ldm(keys).items():  # type: ignore[arg-type]  # renames only
+            module = found.get((UNET, module_key(str(diffusers_key).rpartition(".")[0])))
             if module is not None:
                 found.setdefault((UNET, module_key(original.rpartition(".")[0])), module)
     return found
@@ -187,11 +190,11 @@ class LoraUse:
 class LoraPatcher:
     """The LoRA state of one loaded model: which set is applied and the original values it replaced."""
 
-    targets: dict[tuple[str, str], torch.nn.Module]
+    targets: dict[tuple[str, str], PatchableLayer]
     # (file version, te weight, unet weight) per LoRA carried. By file, not by object: a parsed network the
     # library has dropped can have its address reused by another one.
     applied: tuple[tuple[FileIdentity, float, float], ...] = ()
-    _originals: dict[int, tuple[torch.nn.Parameter, torch.Tensor]] = field(default_factory=dict)
+    _originals: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     def apply(self, uses: list[LoraUse]) -> list[str]:
         """Make the model carry exactly `uses` (an empty list: the base weights). Returns warnings."""
@@ -220,7 +223,7 @@ class LoraPatcher:
         self.applied = wanted
         return warnings
 
-    def _add(self, weight: torch.nn.Parameter, delta: torch.Tensor) -> None:
+    def _add(self, weight: torch.Tensor, delta: torch.Tensor) -> None:
         if id(weight) not in self._originals:
             # Originals wait in RAM, not VRAM; pinned pages let the copies run asynchronously on a GPU
             # (stream order keeps them ahead of the patch below).

@@ -7,11 +7,12 @@ import inspect
 from typing import Any
 
 from fastapi import Depends, HTTPException, Request
+from starlette.requests import HTTPConnection
 
 from ..auth import basic_credentials
 
 
-def request_user(app: Any, credentials: Any, request: Request) -> str | None:
+def request_user(app: Any, credentials: Any, request: HTTPConnection) -> str | None:
     """Who signed in: a Gradio session cookie of ``app``, or valid HTTP Basic credentials; None if neither."""
     token = request.cookies.get(f"access-token-{app.cookie_id}") or \
         request.cookies.get(f"access-token-unsecure-{app.cookie_id}")
