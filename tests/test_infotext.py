@@ -121,6 +121,8 @@ def test_request_fields_from_a1111_text():
         "steps": 28, "sampler": "DPM++ 2M", "schedule_type": "Karras", "cfg_scale": 6.5, "seed": 3456789012,
         "width": 512, "height": 768, "denoising_strength": 0.45, "clip_skip": 2,
         "checkpoint": "v1-5-pruned-emaonly",
+        # A1111's hires-fix fields turn hires fix on with the same second pass
+        "enable_hr": True, "hr_scale": 2.0, "hr_second_pass_steps": 12, "hr_upscaler": "R-ESRGAN 4x+",
     }
     GenerationRequest(**fields).validate()
 

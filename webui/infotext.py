@@ -14,7 +14,7 @@ import json
 import re
 from collections.abc import Mapping
 
-from .pipelines.request import MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE
+from .pipelines.request import MAX_HR_SCALE, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE
 from .samplers import SCHEDULE_TYPES, canonical_sampler_name, resolve_sampler, split_legacy_sampler_name
 
 # A1111's parameter pattern: a key, then a JSON-quoted value or anything up to the next comma.
@@ -37,7 +37,7 @@ INT_KEYS = frozenset({
     "Batch size", "Batch pos",
 })
 FLOAT_KEYS = frozenset({
-    "CFG scale", "Image CFG scale", "Variation seed strength", "Denoising strength", "Hires upscale",
+    "CFG scale", "Image CFG scale", "Variation seed strength", "Denoising strength", "Hires upscale", "Hires CFG Scale",
     "Conditional mask weight", "Token merging ratio", "Eta", "Eta DDIM",
 })
 
@@ -181,6 +181,49 @@ def request_fields_from_infotext(text: str) -> dict[str, object]:
     checkpoint = _checkpoint(parsed.get("Model"), parsed.get("Model hash"))
     if checkpoint:
         fields["checkpoint"] = checkpoint
+    fields.update(_variation_fields(parsed))
+    fields.update(_hires_fields(parsed))
+    return fields
+
+
+def _variation_fields(parsed: Mapping[str, object]) -> dict[str, object]:
+    fields: dict[str, object] = {}
+    subseed, strength = parsed.get("Variation seed"), _number(parsed.get("Variation seed strength"))
+    if _is_int(subseed) and 0 <= subseed <= MAX_SEED and strength is not None and 0.0 <= strength <= 1.0:  # type: ignore[operator]
+        fields.update(subseed=subseed, subseed_strength=strength)
+    width, height = parsed.get("Seed resize from-1"), parsed.get("Seed resize from-2")
+    if _valid_side(width) and _valid_side(height):
+        fields.update(seed_resize_from_w=width, seed_resize_from_h=height)
+    return fields
+
+
+def _hires_fields(parsed: Mapping[str, object]) -> dict[str, object]:
+    """Hires fix is on when the text names its upscale, resize or upscaler, as A1111 reads it."""
+    if not any(key in parsed for key in ("Hires upscale", "Hires resize", "Hires upscaler")):
+        return {}
+    fields: dict[str, object] = {"enable_hr": True}
+    scale = _number(parsed.get("Hires upscale"))
+    if scale is not None and 1.0 <= scale <= MAX_HR_SCALE:
+        fields["hr_scale"] = scale
+    width, height = parsed.get("Hires resize-1"), parsed.get("Hires resize-2")
+    if _is_int(width) and _is_int(height) and 0 <= width <= MAX_SIDE and 0 <= height <= MAX_SIDE:  # type: ignore[operator]
+        fields.update(hr_resize_x=width, hr_resize_y=height)
+    steps = parsed.get("Hires steps")
+    if _is_int(steps) and 0 <= steps <= MAX_STEPS:  # type: ignore[operator]
+        fields["hr_second_pass_steps"] = steps
+    for key, name in (("Hires upscaler", "hr_upscaler"), ("Hires prompt", "hr_prompt"),
+                      ("Hires negative prompt", "hr_negative_prompt")):
+        value = parsed.get(key)
+        if isinstance(value, str) and (value.strip() or name != "hr_upscaler"):
+            fields[name] = value
+    sampler = _sampler_fields(parsed.get("Hires sampler"), parsed.get("Hires schedule type"))
+    if sampler:
+        fields["hr_sampler"] = sampler["sampler"]
+        if "schedule_type" in sampler:
+            fields["hr_schedule_type"] = sampler["schedule_type"]
+    cfg = _number(parsed.get("Hires CFG Scale"))
+    if cfg is not None and 0.0 <= cfg <= 30.0:
+        fields["hr_cfg_scale"] = cfg
     return fields
 
 

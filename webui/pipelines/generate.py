@@ -33,8 +33,11 @@ from ..outputs import OutputLayout, prompt_words, save_image
 from ..samplers import SamplerChoice, resolve_sampler
 from . import images as imgs
 from .conditioning import PromptEncoder, ScheduledConditioning, build_conditioning
+from .hires import SecondPass, crop_image, crop_latents, second_pass, upscale_latents
+from .hires import infotext_params as hires_infotext
 from .manager import PipelineManager
 from .networks import JobNetworks, resolve_networks
+from .noise import variation_noise
 from .previews import latents_to_preview
 from .request import GenerationRequest, InpaintArea, MaskedContent, RequestError, Task
 from .schedulers import make_scheduler
@@ -55,6 +58,7 @@ class GenerationResult:
     request: GenerationRequest
     images: list[Image.Image] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
+    subseeds: list[int] = field(default_factory=list)
     infotexts: list[str] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -145,8 +149,8 @@ def _pipeline_task(req: GenerationRequest, model: LoadedModel) -> Task:
     return Task.INPAINT if model.detection.is_inpaint else req.task
 
 
-def _infotext(req: GenerationRequest, choice: SamplerChoice, seed: int, model_name: str, model_hash: str | None,
-              vae_name: str | None = None, vae_hash: str | None = None,
+def _infotext(req: GenerationRequest, choice: SamplerChoice, seed: int, subseed: int, model_name: str,
+              model_hash: str | None, vae_name: str | None = None, vae_hash: str | None = None,
               extra: dict[str, Any] | None = None) -> str:
     params: dict[str, Any] = {
         "Steps": req.steps,
@@ -162,6 +166,12 @@ def _infotext(req: GenerationRequest, choice: SamplerChoice, seed: int, model_na
         "Denoising strength": req.denoising_strength if req.task is not Task.TXT2IMG else None,
         "Clip skip": req.clip_skip if req.clip_skip > 1 else None,
     }
+    if req.subseed_strength:
+        params["Variation seed"] = subseed
+        params["Variation seed strength"] = req.subseed_strength
+    if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
+        params["Seed resize from"] = f"{req.seed_resize_from_w}x{req.seed_resize_from_h}"
+    params.update(hires_infotext(req))
     if req.task is Task.INPAINT:
         params["Mask blur"] = req.mask_blur
         if req.inpaint_area is InpaintArea.ONLY_MASKED:
@@ -182,9 +192,20 @@ class _StepCallback:
         self.control = control
         self.is_sdxl = is_sdxl
         self.hooks = hooks
-        # Set per pipeline call: the prompt schedule and how many images the call makes.
+        # Set per pipeline call: the prompt schedule, how many images the call makes, and where its steps
+        # sit in the batch's progress: after ``offset`` steps of earlier passes, before ``later`` ones.
         self.conditioning: ScheduledConditioning | None = None
         self.count = 1
+        self.offset = 0
+        self.later = 0
+        self.ran = 0  # steps the current call has run
+
+    def next_pass(self, later: int = 0) -> None:
+        """The batch goes on with another pass (hires fix) after the steps run so far."""
+        self.offset, self.later, self.ran = self.offset + self.ran, later, 0
+
+    def new_batch(self, later: int = 0) -> None:
+        self.offset, self.later, self.ran = 0, later, 0
 
     def tensor_inputs(self) -> list[str]:
         """What the step callback reads and may replace; every SD / SDXL pipeline of diffusers passes these."""
@@ -213,19 +234,114 @@ class _StepCallback:
 
     def __call__(self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         control = self.control
-        total = int(getattr(pipe, "_num_timesteps", 0) or control.progress.steps)
-        changes: dict[str, Any] = {"step": step + 1, "steps": total}
+        self.ran = step + 1
+        done = self.offset + self.ran
+        total = self.offset + int(pipe.num_timesteps) + self.later
+        changes: dict[str, Any] = {"step": done, "steps": total}
         every = control.preview_every
-        if every > 0 and (step + 1) % every == 0 and "latents" in kwargs and step + 1 < total:
+        if every > 0 and done % every == 0 and "latents" in kwargs and done < total:
             changes["preview"] = latents_to_preview(kwargs["latents"], self.is_sdxl)
         control.update(**changes)
         if self.hooks is not None and self.hooks.has("on_step"):
             latents = kwargs.get("latents")
-            self.hooks.on_step(StepState(control.job_id, step + 1, total, control.progress.batch,
+            self.hooks.on_step(StepState(control.job_id, done, total, control.progress.batch,
                                          None if latents is None else latents.detach().clone()), control)
         if control.interrupted or control.skipped:
             pipe._interrupt = True  # diffusers stops after this step and still decodes what it has
         return self._switch_prompts(pipe, step)
+
+
+def _image_seeds(req: GenerationRequest, batch: int) -> tuple[list[int], list[int]]:
+    """Seeds and variation seeds of a batch's images, as A1111 counts them: with a variation strength every
+    image keeps the seed and the variation seeds count up; without one the seeds count up."""
+    first = batch * req.batch_size
+    indices = range(first, first + req.batch_size)
+    return ([req.seed + (0 if req.subseed_strength else k) for k in indices], [req.subseed + k for k in indices])
+
+
+def _starting_noise(req: GenerationRequest, model: LoadedModel, seeds: list[int],
+                    subseeds: list[int]) -> torch.Tensor | None:
+    """The starting latents when variation seeds or "resize seed from" change them (None: the pipeline draws
+    them from each image's seed, as always)."""
+    resize = (req.seed_resize_from_w, req.seed_resize_from_h)
+    resized = min(resize) > 0 and resize != (req.width, req.height)
+    if req.task is not Task.TXT2IMG or not (req.subseed_strength or resized):
+        return None
+    channels = int(model.components["vae"].config.latent_channels)
+    shape = (channels, req.height // 8, req.width // 8)
+    noise = [variation_noise(shape, seed, subseed, req.subseed_strength, resize if resized else None, model.dtype)
+             for seed, subseed in zip(seeds, subseeds, strict=True)]
+    return torch.stack(noise)
+
+
+def _decode_latents(pipe: Any, latents: torch.Tensor) -> list[Image.Image]:
+    """Pictures from a pass that stopped in latent space (a hires-fix first pass interrupted or skipped)."""
+    vae = pipe.vae
+    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))  # SDXL's fp16 VAE
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        with torch.inference_mode():
+            decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+    return list(pipe.image_processor.postprocess(decoded, output_type="pil"))
+
+
+@dataclass
+class _SecondPassRun:
+    """A job's hires-fix pass with what it needs ready: its sampler, prompts (and their LoRAs and embeddings),
+    encoder, pipeline task and offload plan at the target size."""
+
+    pass_: SecondPass
+    choice: SamplerChoice
+    task: Task
+    networks: JobNetworks
+    encoder: PromptEncoder
+    plan: Any
+
+    @property
+    def steps_run(self) -> int:
+        return self.pass_.steps_run
+
+    @classmethod
+    def prepare(cls, manager: PipelineManager, model: LoadedModel, req: GenerationRequest, hires: SecondPass,
+                choice: SamplerChoice, networks: JobNetworks, encoder: PromptEncoder,
+                result: GenerationResult) -> _SecondPassRun:
+        hr = hires.request
+        if (hr.prompt, hr.negative_prompt) != (req.prompt, req.negative_prompt):
+            networks = resolve_networks(hr.prompt, hr.negative_prompt, model.components, manager.loras,
+                                        manager.embeddings)
+            result.warnings.extend(w for w in networks.warnings if w not in result.warnings)
+            encoder = PromptEncoder(model.components, model.is_sdxl, req.clip_skip, manager.execution_device,
+                                    networks.embeddings)
+        if req.hr_checkpoint and manager.resolve(req.hr_checkpoint).name != model.name:
+            result.warnings.append("A hires checkpoint is not supported yet: the second pass used "
+                                   f"{model.display_name}")
+        task = Task.INPAINT if model.detection.is_inpaint else Task.IMG2IMG
+        if task is Task.INPAINT and hires.latent:  # an inpainting UNet takes pictures, not latents
+            result.warnings.append(f"{hires.upscaler} needs a non-inpainting model: the hires pass upscaled "
+                                   "with Lanczos")
+            hires = SecondPass(hr, "Lanczos", False, hires.crop)
+        plan = manager.plan_offload(model, hr.width, hr.height, req.batch_size)
+        return cls(hires, choice, task, networks, encoder, plan)
+
+    def run(self, manager: PipelineManager, model: LoadedModel, first: Any, seeds: list[int],
+            callback: _StepCallback, result: GenerationResult, vae: Any) -> list[Image.Image]:
+        """The second pass over a first pass's output (latents, or pictures)."""
+        hires, hr = self.pass_, self.pass_.request
+        width, height = hr.width + 8 * hires.crop[0], hr.height + 8 * hires.crop[1]
+        if hires.latent:
+            source: Any = crop_latents(upscale_latents(first, hires.upscaler, width, height), hires.crop)
+        else:
+            source = [crop_image(manager.upscalers.upscale(picture, width, height, hires.upscaler), hires.crop)
+                      for picture in first]
+        prepared = _Prepared(mask=Image.new("L", (hr.width, hr.height), 255)) if self.task is Task.INPAINT \
+            else _Prepared()
+        images, self.plan, _ = _run_batch(manager, model, self.task, hr, self.choice, prepared, seeds, callback,
+                                          self.plan, result, vae, self.encoder, self.networks, images=source)
+        return images
 
 
 def generate(
@@ -245,7 +361,10 @@ def generate(
     request.validate()
     choice = resolve_sampler(request.sampler, request.schedule_type)
     first_seed = resolve_seed(request.seed)
-    req = request.replace(seed=first_seed, sampler=choice.name, schedule_type=choice.schedule_type)
+    req = request.replace(seed=first_seed, subseed=resolve_seed(request.subseed), sampler=choice.name,
+                          schedule_type=choice.schedule_type)
+    hires = second_pass(req) if req.hires else None
+    hr_choice = resolve_sampler(hires.request.sampler, hires.request.schedule_type) if hires else None
     result = GenerationResult(req)
     if control.interrupted:
         result.interrupted = True
@@ -268,8 +387,10 @@ def generate(
         prepared = _prepare_inputs(req, model, first_seed)
         task = _pipeline_task(req, model)
         plan = manager.plan_offload(model, req.width, req.height, req.batch_size)
+        second = _SecondPassRun.prepare(manager, model, req, hires, hr_choice, networks, encoder, result) \
+            if hires is not None and hr_choice is not None else None
 
-        # 4. per batch: fresh scheduler, one generator per image, denoise
+        # 4. per batch: fresh scheduler, one generator per image, denoise (then the hires pass)
         callback = _StepCallback(control, model.is_sdxl, hooks)
         for batch in range(req.batch_count):
             if control.interrupted:
@@ -277,17 +398,27 @@ def generate(
                 break
             control.clear_skip()
             control.update(batch=batch, step=0)
-            seeds = [first_seed + batch * req.batch_size + i for i in range(req.batch_size)]
+            seeds, subseeds = _image_seeds(req, batch)
             # Exact mode denoises the images of a batch one by one: batched kernels round differently,
             # and image i must equal a single run with seed + i. Fast mode makes one batched call.
-            groups = [[s] for s in seeds] if manager.exact_batches else [seeds]
-            for group in groups:
+            indices = [[i] for i in range(len(seeds))] if manager.exact_batches else [list(range(len(seeds)))]
+            for members in indices:
                 if control.interrupted or control.skipped:
                     break
+                group, subgroup = [seeds[i] for i in members], [subseeds[i] for i in members]
                 if req.masked_content is MaskedContent.LATENT_NOISE and req.task is Task.INPAINT:
                     prepared = _prepare_inputs(req, model, group[0])  # noise drawn from this image's seed
-                images, plan = _run_batch(manager, model, task, req, choice, prepared, group, callback, plan, result,
-                                          vae, encoder, networks)
+                callback.new_batch(later=second.steps_run if second else 0)
+                noise = _starting_noise(req, model, group, subgroup)
+                latent_out = second is not None and second.pass_.latent
+                output, plan, pipe = _run_batch(manager, model, task, req, choice, prepared, group, callback, plan,
+                                                result, vae, encoder, networks, latents=noise,
+                                                output_type="latent" if latent_out else "pil")
+                if second is not None and not (control.interrupted or control.skipped):
+                    callback.next_pass()
+                    images = second.run(manager, model, output, group, callback, result, vae)
+                else:
+                    images = _decode_latents(pipe, output) if latent_out else output
                 # 5. inpainting: paste into the original through the blurred mask
                 original, paste_mask = prepared.original, prepared.paste_mask
                 if req.task is Task.INPAINT and original is not None and paste_mask is not None:
@@ -295,6 +426,7 @@ def generate(
                               for im in images]
                 result.images.extend(images)
                 result.seeds.extend(group)
+                result.subseeds.extend(subgroup)
             if control.interrupted:
                 result.interrupted = True
 
@@ -302,8 +434,9 @@ def generate(
         result.model_hash = manager.short_hash(model)
         vae_name = vae_file.name if vae_file is not None else None
         vae_hash = manager.vae_hash(vae_file) if vae_file is not None else None
-        for index, (image, seed) in enumerate(zip(result.images, result.seeds, strict=True)):
-            text = _infotext(req, choice, seed, result.model_name, result.model_hash, vae_name, vae_hash,
+        for index, (image, seed, subseed) in enumerate(zip(result.images, result.seeds, result.subseeds,
+                                                           strict=True)):
+            text = _infotext(req, choice, seed, subseed, result.model_name, result.model_hash, vae_name, vae_hash,
                              networks.infotext_params())
             if hooks is not None:
                 info = ImageInfo(text, seed, index, req)
@@ -339,9 +472,14 @@ def _run_batch(
     vae: Any,
     encoder: PromptEncoder,
     networks: JobNetworks,
-) -> tuple[list[Image.Image], Any]:
-    """One batch; on out-of-memory, free memory, step the offload plan up and retry until no more
-    frugal plan is left; then a clear error instead of the allocator's."""
+    images: Any = None,
+    latents: torch.Tensor | None = None,
+    output_type: str = "pil",
+) -> tuple[Any, Any, Any]:
+    """One pass over a batch: (its pictures, or latents when ``output_type`` is "latent"; the offload plan it
+    ended with; the pipeline). ``images`` replaces the prepared source (a hires pass: one per image);
+    ``latents`` is the starting noise (variation seeds). On out-of-memory, free memory, step the offload plan
+    up and retry until no more frugal plan is left; then a clear error instead of the allocator's."""
     while True:
         scheduler = make_scheduler(choice, model.components["scheduler"].config, noise_seeds=seeds)
         pipe = manager.pipeline(model, task, scheduler, vae)
@@ -349,7 +487,9 @@ def _run_batch(
             for warning in manager.place(model, pipe, plan, networks.loras):
                 if warning not in result.warnings:
                     result.warnings.append(warning)
-            return _call_pipeline(pipe, task, req, prepared, seeds, callback, encoder, networks), plan
+            output = _call_pipeline(pipe, task, req, prepared, seeds, callback, encoder, networks, images=images,
+                                    latents=latents, output_type=output_type)
+            return output, plan, pipe
         except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
             if not devices.is_out_of_memory(exc):
                 raise
@@ -357,27 +497,33 @@ def _run_batch(
         devices.release_memory(manager.device)
         bigger = step_up(plan)
         if bigger is None:
-            raise RequestError("width", f"out of GPU memory at {req.width}x{req.height} (batch of {len(seeds)}) even "
-                               "with sequential offload and VAE tiling: choose a smaller size or batch")
+            what = "the hires fix pass" if images is not None else "a batch"
+            raise RequestError("width", f"out of GPU memory at {req.width}x{req.height} ({what} of {len(seeds)}) "
+                               "even with sequential offload and VAE tiling: choose a smaller size or batch")
         message = f"Out of GPU memory; retried with {bigger.mode.value} offload and VAE tiling"
         log.warning(message)
         result.warnings.append(message)
         plan = bigger
 
 
-def _strength(req: GenerationRequest) -> float:
-    return req.denoising_strength if req.task is not Task.TXT2IMG else 1.0
+def _strength(req: GenerationRequest, images: Any) -> float:
+    """img2img's strength; 1 for txt2img (also on an inpainting model, which gets a blank image and full mask)."""
+    return req.denoising_strength if req.task is not Task.TXT2IMG or images is not None else 1.0
 
 
 def _call_pipeline(
     pipe: Any, task: Task, req: GenerationRequest, prepared: _Prepared, seeds: list[int], callback: _StepCallback,
     encoder: PromptEncoder,
     networks: JobNetworks,
-) -> list[Image.Image]:
+    images: Any = None,
+    latents: torch.Tensor | None = None,
+    output_type: str = "pil",
+) -> Any:
     count = len(seeds)
     # One generator per image on the CPU: image i of a batch equals a single run with seed + i, on any device.
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    steps_run = req.steps if task is Task.TXT2IMG else min(req.steps, int(req.steps * _strength(req)))
+    strength = _strength(req, images)
+    steps_run = req.steps if strength >= 1.0 else min(req.steps, int(req.steps * strength))
     schedule = build_conditioning(encoder, networks.prompt, networks.negative_prompt, steps_run,
                                   zero_empty_negative=bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False)))
     positive, negative = schedule.at(1)
@@ -390,7 +536,7 @@ def _call_pipeline(
         "generator": generators,
         "callback_on_step_end": callback,
         "callback_on_step_end_tensor_inputs": callback.tensor_inputs(),
-        "output_type": "pil",
+        "output_type": output_type,
     }
     if positive.pooled is not None and negative.pooled is not None:
         kwargs["pooled_prompt_embeds"] = positive.pooled.repeat(count, 1)
@@ -398,10 +544,12 @@ def _call_pipeline(
     if task is not Task.IMG2IMG:  # img2img takes its size from the (already fitted) init image
         kwargs.update(width=req.width, height=req.height)
     if task is not Task.TXT2IMG:
-        kwargs["image"] = [prepared.source] * count
-        kwargs["strength"] = _strength(req)
+        kwargs["image"] = images if images is not None else [prepared.source] * count
+        kwargs["strength"] = strength
     if task is Task.INPAINT:
         kwargs["mask_image"] = [prepared.mask] * count
+    if latents is not None:
+        kwargs["latents"] = latents
     with torch.inference_mode():
         output = pipe(**kwargs)
-    return list(output.images)
+    return output.images if output_type == "latent" else list(output.images)

@@ -51,6 +51,7 @@ MIN_SIDE = 64
 MAX_BATCH_SIZE = 16
 MAX_BATCH_COUNT = 100
 MAX_SEED = 2**32 - 1
+MAX_HR_SCALE = 8.0
 
 
 class RequestError(AtelierError, ValueError):
@@ -79,6 +80,24 @@ class GenerationRequest:
     batch_size: int = 1
     clip_skip: int = 1
     vae: str = "Automatic"  # "Automatic", "None" or a file in models/VAE/
+    # variation seeds (A1111's subseed): noise slerped toward the variation seed's by subseed_strength
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_w: int = 0  # 0: off; else the noise is drawn at this size and centred
+    seed_resize_from_h: int = 0
+    # hires fix (txt2img): a second pass as img2img at a larger size; denoising_strength is its strength
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_resize_x: int = 0  # 0 and 0: scale by hr_scale
+    hr_resize_y: int = 0
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = 0  # 0: as many as the first pass
+    hr_sampler: str | None = None  # None: the first pass's
+    hr_schedule_type: str | None = None
+    hr_prompt: str = ""  # "": the first pass's
+    hr_negative_prompt: str = ""
+    hr_cfg_scale: float | None = None
+    hr_checkpoint: str | None = None
     # img2img / inpaint
     init_image: Image.Image | None = None
     denoising_strength: float = 0.75
@@ -103,6 +122,37 @@ class GenerationRequest:
     @property
     def image_count(self) -> int:
         return self.batch_count * self.batch_size
+
+    @property
+    def hires(self) -> bool:
+        """Whether this job makes a hires-fix second pass (txt2img only)."""
+        return self.enable_hr and self.task is Task.TXT2IMG
+
+    @property
+    def hr_size(self) -> tuple[int, int]:
+        """The hires pass's size, by A1111's rules: by hr_scale, or to hr_resize_x / hr_resize_y (one of them
+        0 keeps the aspect ratio; both set: the larger fit, later cropped by ``hr_crop``), to a multiple of 8."""
+        w, h, x, y = self.width, self.height, self.hr_resize_x, self.hr_resize_y
+        if x == 0 and y == 0:
+            to_w, to_h = int(w * self.hr_scale), int(h * self.hr_scale)
+        elif y == 0:
+            to_w, to_h = x, x * h // w
+        elif x == 0:
+            to_w, to_h = y * w // h, y
+        elif w / h < x / y:
+            to_w, to_h = x, x * h // w
+        else:
+            to_w, to_h = y * w // h, y
+        return to_w // 8 * 8, to_h // 8 * 8
+
+    @property
+    def hr_crop(self) -> tuple[int, int]:
+        """Latent columns and rows the hires pass trims (both hr_resize_x and hr_resize_y given, another
+        aspect ratio): the picture is scaled to cover that size and the excess is cut evenly."""
+        if not (self.hr_resize_x and self.hr_resize_y):
+            return 0, 0
+        to_w, to_h = self.hr_size
+        return (to_w - self.hr_resize_x) // 8, (to_h - self.hr_resize_y) // 8
 
     def replace(self, **changes: Any) -> GenerationRequest:
         return dataclasses.replace(self, **changes)
@@ -129,6 +179,41 @@ class GenerationRequest:
             raise RequestError("mask", "a mask needs an init image")
         if self.task is not Task.TXT2IMG and int(self.steps * self.denoising_strength) < 1:
             raise RequestError("denoising_strength", f"too low for {self.steps} steps: no denoising step would run")
+        self._validate_variation()
+        if self.enable_hr:
+            self._validate_hires()
+
+    def _validate_variation(self) -> None:
+        if not isinstance(self.subseed, int) or not (self.subseed == -1 or 0 <= self.subseed <= MAX_SEED):
+            raise RequestError("subseed", f"must be -1 (random) or between 0 and {MAX_SEED}")
+        if not _finite(self.subseed_strength) or not 0.0 <= self.subseed_strength <= 1.0:
+            raise RequestError("subseed_strength", "must be between 0 and 1")
+        for name in ("seed_resize_from_w", "seed_resize_from_h"):
+            value = getattr(self, name)
+            if value not in (0, -1):
+                _check_int_range(name, value, MIN_SIDE, MAX_SIDE)
+
+    def _validate_hires(self) -> None:
+        if not _finite(self.hr_scale) or not 1.0 <= self.hr_scale <= MAX_HR_SCALE:
+            raise RequestError("hr_scale", f"must be a number between 1 and {MAX_HR_SCALE:g}")
+        for name in ("hr_resize_x", "hr_resize_y"):
+            value = getattr(self, name)
+            if value != 0:
+                _check_int_range(name, value, MIN_SIDE, MAX_SIDE)
+        _check_int_range("hr_second_pass_steps", self.hr_second_pass_steps, 0, MAX_STEPS)
+        if self.hr_cfg_scale is not None and (not _finite(self.hr_cfg_scale) or not 0.0 <= self.hr_cfg_scale <= 30.0):
+            raise RequestError("hr_cfg_scale", "must be a number between 0 and 30")
+        if not isinstance(self.hr_upscaler, str) or not self.hr_upscaler.strip():
+            raise RequestError("hr_upscaler", "name an upscaler, e.g. \"Latent\" or \"Lanczos\"")
+        width, height = self.hr_size
+        if max(width, height) > MAX_SIDE:
+            raise RequestError("hr_scale", f"the hires size {width}x{height} is over {MAX_SIDE} pixels")
+        if min(width, height) < MIN_SIDE:
+            raise RequestError("hr_resize_x", f"the hires size {width}x{height} is under {MIN_SIDE} pixels")
+        hires_steps = self.hr_second_pass_steps or self.steps
+        if int(hires_steps * self.denoising_strength) < 1:
+            raise RequestError("denoising_strength",
+                               f"too low for {hires_steps} hires steps: the second pass would not change anything")
 
 
 def _finite(value: object) -> bool:

@@ -1,0 +1,60 @@
+"""The starting noise of a picture, with AUTOMATIC1111's variation-seed semantics, in one place.
+
+Every image draws its noise from a CPU generator seeded with its own seed, so a picture does not depend
+on the device or on the other images of its batch. With a variation seed (A1111's "subseed") the noise is
+spherically interpolated between the seed's and the variation seed's: strength 0 is the seed's picture,
+1 the variation seed's. "Resize seed from" draws the noise at another size and places it centred, so a
+seed found at 512x512 keeps its composition at 512x768 (the rest is the seed's noise at the new size).
+"""
+
+from __future__ import annotations
+
+import torch
+
+# A1111's seed range: -1 means a random seed in [0, 4294967294).
+MAX_SEED = 2**32 - 1
+
+
+def seed_noise(seed: int, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """One image's noise (channels, height, width), exactly what diffusers draws from a CPU generator with
+    this seed for a model of this dtype."""
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    return torch.randn((1, *shape), generator=generator, dtype=dtype)[0]
+
+
+def slerp(strength: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """A1111's spherical interpolation between two noise tensors (norms taken along dim 1, as it does;
+    nearly parallel inputs fall back to its linear blend)."""
+    low_norm = low / torch.norm(low, dim=1, keepdim=True)
+    high_norm = high / torch.norm(high, dim=1, keepdim=True)
+    dot = (low_norm * high_norm).sum(1)
+    if dot.mean() > 0.9995:
+        return low * strength + high * (1 - strength)
+    omega = torch.acos(dot)
+    sine = torch.sin(omega)
+    return (torch.sin((1.0 - strength) * omega) / sine).unsqueeze(1) * low \
+        + (torch.sin(strength * omega) / sine).unsqueeze(1) * high
+
+
+def variation_noise(shape: tuple[int, int, int], seed: int, subseed: int, strength: float,
+                    resize_from: tuple[int, int] | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The starting noise (latent channels, height/8, width/8) of one image, in ``dtype``.
+
+    ``resize_from``: (width, height) in pixels to draw the noise at, or None for the picture's own size.
+    """
+    channels, height, width = shape
+    noise_shape = shape if resize_from is None else (channels, resize_from[1] // 8, resize_from[0] // 8)
+    noise = seed_noise(seed, noise_shape, dtype)
+    if strength:
+        mixed = slerp(strength, noise.float(), seed_noise(subseed, noise_shape, dtype).float())
+        noise = mixed.to(dtype)
+    if noise_shape == shape:
+        return noise
+    # Centre the resized noise in the seed's noise at the real size; crop it where it is larger.
+    placed = seed_noise(seed, shape, dtype)
+    dx, dy = (width - noise_shape[2]) // 2, (height - noise_shape[1]) // 2
+    w = noise_shape[2] if dx >= 0 else noise_shape[2] + 2 * dx
+    h = noise_shape[1] if dy >= 0 else noise_shape[1] + 2 * dy
+    tx, ty, sx, sy = max(dx, 0), max(dy, 0), max(-dx, 0), max(-dy, 0)
+    placed[:, ty:ty + h, tx:tx + w] = noise[:, sy:sy + h, sx:sx + w]
+    return placed
