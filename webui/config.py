@@ -75,6 +75,7 @@ class Settings:
     save_images: bool = True  # UI jobs save their pictures (A1111's samples_save)
     default_clip_skip: int = 1  # the top bar's clip skip at start, and API jobs' (A1111's CLIP_stop_at_last_layers)
     default_vae: str = "Automatic"  # likewise for the VAE (A1111's sd_vae)
+    upscaler_tile_size: int = 192  # upscaler models run on tiles this big (pixels); 0 = the whole picture at once
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -181,7 +182,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, env: Mapping[str, 
 # What the Settings tab may change and save; folders and the server address stay with flags and the file.
 EDITABLE = ("outputs_dir", "ram_cache_bytes", "offload", "preview_every_n_steps", "default_sampler",
             "default_steps", "default_size", "save_format", "filename_pattern", "save_images", "default_clip_skip",
-            "default_vae")
+            "default_vae", "upscaler_tile_size")
 
 
 def check_changes(settings: Settings, changes: Mapping[str, Any]) -> tuple[Settings, dict[str, Any]]:
@@ -226,6 +227,8 @@ def _validate(settings: Settings) -> None:
         raise ValueError('default_vae must be "Automatic", "None" or a file name in models/VAE')
     if settings.preview_every_n_steps < 0:
         raise ValueError("preview_every_n_steps must be 0 (off) or more")
+    if settings.upscaler_tile_size != 0 and not 32 <= settings.upscaler_tile_size <= 4096:
+        raise ValueError("upscaler_tile_size must be 0 (no tiles) or between 32 and 4096")
     if settings.ram_cache_bytes < 0:
         raise ValueError("ram_cache_bytes must not be negative")
     if not settings.filename_pattern.strip() or "/" in settings.filename_pattern:

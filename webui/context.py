@@ -60,6 +60,7 @@ class AppContext:
     def create(cls, settings: Settings) -> AppContext:
         from . import devices
         from .pipelines.manager import PipelineManager, import_model_libraries
+        from .upscalers import BUILTIN_UPSCALER_DIR, default_upscaler_dirs
 
         import_model_libraries()
 
@@ -80,6 +81,9 @@ class AppContext:
             vae_dir=settings.models_dir / "VAE",
             lora_dir=settings.loras_dir,
             embedding_dirs=settings.embedding_dirs,
+            upscaler_dirs=default_upscaler_dirs(settings.models_dir),
+            upscaler_builtin_dir=BUILTIN_UPSCALER_DIR if settings.include_builtin else None,
+            upscaler_tile_size=settings.upscaler_tile_size,
         )
         outputs = OutputLayout(settings.outputs_dir, settings.filename_pattern)
         remove_stale_temp_files(settings.outputs_dir, settings.settings_file.parent)
@@ -115,6 +119,7 @@ class AppContext:
         self.outputs = OutputLayout(self.settings.outputs_dir, settings.filename_pattern)
         self.manager.cache.set_budget(settings.ram_cache_bytes)
         self.manager.offload_setting = settings.offload
+        self.manager.upscalers.tile_size = settings.upscaler_tile_size
 
     def close(self) -> None:
         self.extensions.close()

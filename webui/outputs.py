@@ -2,6 +2,7 @@
 
     outputs/txt2img-images/2024-05-31/00042-1234567890.png
     outputs/img2img-images/...   (inpainting too)   outputs/txt2img-grids/... img2img-grids/...
+    outputs/extras-images/...    (the Extras tab's upscaled pictures)
 
 Files are written to a hidden temp file in the target folder, synced, then hard-linked to
 their final name: the link fails instead of replacing when the name exists, so a saved image
@@ -33,7 +34,7 @@ _TEMP_PREFIX = TEMP_PREFIX  # leading dot: hidden, and no leading digit, so neve
 _FORMATS = {"png": ("PNG", "png"), "jpg": ("JPEG", "jpg"), "jpeg": ("JPEG", "jpg"), "webp": ("WEBP", "webp")}
 _LEADING_DIGITS = re.compile(r"^(\d+)")
 
-_FOLDERS = {"txt2img": "txt2img", "img2img": "img2img", "inpaint": "img2img"}
+_FOLDERS = {"txt2img": "txt2img", "img2img": "img2img", "inpaint": "img2img", "extras": "extras"}
 _save_lock = threading.Lock()  # one counter pick-and-link at a time within this process
 
 
@@ -43,7 +44,7 @@ class OutputLayout:
     pattern: str = "[number]-[seed]"  # file name pattern (see file_stem)
 
     def folder_for(self, task: str, day: datetime.date | None = None, grid: bool = False) -> Path:
-        """`<root>/<txt2img|img2img>-<images|grids>/YYYY-MM-DD`; inpainting shares img2img's folders."""
+        """`<root>/<txt2img|img2img|extras>-<images|grids>/YYYY-MM-DD`; inpainting shares img2img's folders."""
         name = _FOLDERS.get(str(getattr(task, "value", task)))
         if name is None:
             raise ValueError(f"unknown task {task!r}; expected one of {', '.join(_FOLDERS)}")

@@ -160,8 +160,10 @@ def _read_pickled(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise CheckpointLoadError(f"{path.name}: does not contain a state dict")
     raw_meta = data.get("__metadata__")
     metadata = {str(k): str(v) for k, v in raw_meta.items()} if isinstance(raw_meta, dict) else {}
-    if isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
+    for wrapper in ("state_dict", "params_ema", "params"):  # A1111/ldm, then BasicSR's (Real-ESRGAN) wrappers
+        if isinstance(data.get(wrapper), dict):
+            data = data[wrapper]
+            break
     tensors = {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     return tensors, metadata
 

@@ -36,6 +36,8 @@ from ..models.lora import LoraLibrary, LoraPatcher, LoraUse, target_layers
 from ..models.offload import MemoryNeeds, OffloadMode, OffloadPlan, choose_offload
 from ..models.registry import CheckpointEntry, CheckpointRegistry
 from ..models.vae import VaeFile, load_vae, resolve_vae
+from ..upscalers import default_upscaler_dirs
+from ..upscalers.library import UpscalerLibrary
 from .request import Task
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,9 @@ class PipelineManager:
         vae_dir: Path | None = None,
         lora_dir: Path | None = None,
         embedding_dirs: list[Path] | None = None,
+        upscaler_dirs: list[Path] | None = None,
+        upscaler_builtin_dir: Path | None = None,
+        upscaler_tile_size: int = 192,
     ) -> None:
         self.registry = registry
         models_dir = registry.checkpoints_dir.parent
@@ -106,6 +111,9 @@ class PipelineManager:
         self._lora_patchers: dict[str, LoraPatcher] = {}
         self.device = device
         self.dtype = dtype
+        # Upscalers for hires fix and the Extras tab; their models are not in the checkpoint cache's budget.
+        self.upscalers = UpscalerLibrary(upscaler_dirs or default_upscaler_dirs(models_dir), upscaler_builtin_dir,
+                                         device, dtype, tile_size=upscaler_tile_size)
         self.offload_setting = offload
         self.default_checkpoint = default_checkpoint
         # "exact": image i of a batch is pixel-identical to a single run with seed + i (images denoised one
