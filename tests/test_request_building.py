@@ -66,3 +66,9 @@ def test_the_request_is_checked_once_here_with_the_denoising_rule():
     assert caught.value.field == "denoising_strength" and "too low for 4 steps" in str(caught.value)
     with pytest.raises(RequestError, match="steps"):
         build_request(SETTINGS, {"steps": 0}, lambda: 64)
+
+
+def test_hires_fix_defaults_to_a1111s_second_pass_strength():
+    assert build_request(SETTINGS, {"enable_hr": True}, lambda: 64).denoising_strength == 0.7
+    assert build_request(SETTINGS, {"enable_hr": True, "denoising_strength": 0.4}, lambda: 64).denoising_strength == 0.4
+    assert build_request(SETTINGS, {}, lambda: 64).denoising_strength == 0.75

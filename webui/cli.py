@@ -88,7 +88,7 @@ def _generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae", help='"Automatic", "None" or a file in MODELS_DIR/VAE/ (default: the settings\')')
     p.add_argument("--init-image", type=Path, help="img2img / inpainting source image (default size: its own)")
     p.add_argument("--mask", type=Path, help="inpainting mask (white = repaint)")
-    p.add_argument("--denoising-strength", type=float, help="default 0.75")
+    p.add_argument("--denoising-strength", type=float, help="img2img's (default 0.75) or hires fix's (default 0.7)")
     p.add_argument("--resize-mode", choices=[m.value for m in ResizeMode])
     p.add_argument("--mask-blur", type=int, help="default 4")
     p.add_argument("--masked-content", choices=[m.value for m in MaskedContent])
@@ -96,13 +96,33 @@ def _generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--inpaint-padding", type=int, help="default 32")
     p.add_argument("--mask-invert", action="store_true", default=None)
     p.add_argument("--no-save", action="store_true", help="do not save (prints nothing)")
+    v = p.add_argument_group("variation seed")
+    v.add_argument("--subseed", type=int, help="variation seed (-1 = random)")
+    v.add_argument("--subseed-strength", type=float, help="0 = the seed's picture, 1 = the variation seed's")
+    v.add_argument("--seed-resize-from-w", type=int, help="draw the noise at this width and centre it")
+    v.add_argument("--seed-resize-from-h", type=int, help="draw the noise at this height and centre it")
+    h = p.add_argument_group("hires fix (txt2img)")
+    h.add_argument("--enable-hr", action="store_true", default=None, help="a second pass at a larger size")
+    h.add_argument("--hr-scale", type=float, help="upscale by (default 2)")
+    h.add_argument("--hr-resize-x", type=int, help="resize width to (instead of the scale)")
+    h.add_argument("--hr-resize-y", type=int, help="resize height to (instead of the scale)")
+    h.add_argument("--hr-upscaler", help='"Latent" (default), "Lanczos", an upscaler model, ...')
+    h.add_argument("--hr-steps", dest="hr_second_pass_steps", type=int, help="hires steps (0 = same)")
+    h.add_argument("--hr-sampler", help="the hires pass's sampler (default: the same)")
+    h.add_argument("--hr-schedule-type", help="the hires pass's schedule type (default: the same)")
+    h.add_argument("--hr-prompt", help="the hires pass's prompt (default: the same)")
+    h.add_argument("--hr-negative-prompt", help="the hires pass's negative prompt (default: the same)")
+    h.add_argument("--hr-cfg-scale", type=float, help="the hires pass's CFG scale (default: the same)")
     return p
 
 
 # generate's options that are GenerationRequest fields of the same name ("checkpoint" comes from --ckpt).
 REQUEST_OPTIONS = ("prompt", "negative_prompt", "sampler", "schedule_type", "steps", "cfg_scale", "width", "height",
                    "seed", "batch_count", "batch_size", "clip_skip", "vae", "denoising_strength", "resize_mode",
-                   "mask_blur", "masked_content", "inpaint_area", "inpaint_padding", "mask_invert", "checkpoint")
+                   "mask_blur", "masked_content", "inpaint_area", "inpaint_padding", "mask_invert", "checkpoint",
+                   "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "enable_hr", "hr_scale",
+                   "hr_resize_x", "hr_resize_y", "hr_upscaler", "hr_second_pass_steps", "hr_sampler",
+                   "hr_schedule_type", "hr_prompt", "hr_negative_prompt", "hr_cfg_scale")
 
 
 def _models_parser() -> argparse.ArgumentParser:

@@ -84,6 +84,10 @@ AXES: dict[str, AxisType] = {axis.label: axis for axis in (
     AxisType("Checkpoint name", str, lambda r, v, vs: r.replace(checkpoint=v)),
     AxisType("Prompt S/R", str, _replace),
     AxisType("Denoising", float, lambda r, v, vs: r.replace(denoising_strength=v)),
+    AxisType("Var. seed", int, lambda r, v, vs: r.replace(subseed=v)),
+    AxisType("Var. strength", float, lambda r, v, vs: r.replace(subseed_strength=v)),
+    AxisType("Hires steps", int, lambda r, v, vs: r.replace(hr_second_pass_steps=v)),
+    AxisType("Hires upscaler", str, lambda r, v, vs: r.replace(hr_upscaler=v)),
 )}
 
 

@@ -39,6 +39,10 @@ API_FIELDS = {
     "inpaint_area": "inpaint_full_res",
     "inpaint_padding": "inpaint_full_res_padding",
     "mask_invert": "inpainting_mask_invert",
+    "hr_sampler": "hr_sampler_name",
+    "hr_schedule_type": "hr_scheduler",
+    "hr_cfg_scale": "hr_cfg",
+    "hr_checkpoint": "hr_checkpoint_name",
 }
 
 RESIZE_MODES = {0: ResizeMode.JUST_RESIZE, 1: ResizeMode.CROP_AND_RESIZE, 2: ResizeMode.RESIZE_AND_FILL,
@@ -157,7 +161,13 @@ def _common(body: Txt2ImgRequest, ctx: AppContext, styles: StyleStore) -> tuple[
         "clip_skip": clip_skip,
         "vae": vae or None,
         "save_images": body.save_images,
+        "subseed": body.subseed,
+        "subseed_strength": body.subseed_strength,
+        "seed_resize_from_w": max(body.seed_resize_from_w, 0),
+        "seed_resize_from_h": max(body.seed_resize_from_h, 0),
     }
+    if body.enable_hr:
+        given.update(_hires_fields(body))
     keep: dict[str, Any] = {} if restore else \
         {k: overrides[k] for k in ("CLIP_stop_at_last_layers", "sd_vae") if k in overrides}
     job = ApiJob(GenerationRequest(), body.model_dump(), body.send_images, body.force_task_id,
@@ -165,12 +175,31 @@ def _common(body: Txt2ImgRequest, ctx: AppContext, styles: StyleStore) -> tuple[
     return job, given
 
 
+def _hires_fields(body: Txt2ImgRequest) -> dict[str, Any]:
+    """A1111's hires-fix fields as request fields; firstphase_width/height (A1111's old API) set the first pass."""
+    fields: dict[str, Any] = {
+        "enable_hr": True,
+        "hr_scale": body.hr_scale,
+        "hr_resize_x": body.hr_resize_x,
+        "hr_resize_y": body.hr_resize_y,
+        "hr_upscaler": body.hr_upscaler or None,
+        "hr_second_pass_steps": body.hr_second_pass_steps,
+        "hr_sampler": body.hr_sampler_name or None,
+        "hr_schedule_type": body.hr_scheduler or None,
+        "hr_prompt": body.hr_prompt,
+        "hr_negative_prompt": body.hr_negative_prompt,
+        "hr_cfg_scale": body.hr_cfg,
+        "hr_checkpoint": body.hr_checkpoint_name or None,
+        "denoising_strength": body.denoising_strength,
+    }
+    if body.firstphase_width and body.firstphase_height:
+        fields.update(width=body.firstphase_width, height=body.firstphase_height, hr_resize_x=body.width or 0,
+                      hr_resize_y=body.height or 0)
+    return fields
+
+
 def _unsupported(body: Txt2ImgRequest) -> list[str]:
     notes = []
-    if body.enable_hr:
-        notes.append("hires fix (enable_hr) is not available: pictures were made at width x height")
-    if body.subseed_strength:
-        notes.append("variation seeds (subseed_strength) are not available: ignored")
     if body.restore_faces:
         notes.append("face restoration is not available: ignored")
     if body.tiling:
@@ -217,11 +246,11 @@ def info(job: ApiJob, result: Any) -> dict[str, Any]:
     req = result.request
     count = len(result.seeds)
     data.update(
-        all_subseeds=list(result.seeds),
-        subseed=data.get("seed"),
-        subseed_strength=0,
-        seed_resize_from_w=-1,
-        seed_resize_from_h=-1,
+        all_subseeds=list(result.subseeds),
+        subseed=result.subseeds[0] if result.subseeds else req.subseed,
+        subseed_strength=req.subseed_strength,
+        seed_resize_from_w=req.seed_resize_from_w or -1,
+        seed_resize_from_h=req.seed_resize_from_h or -1,
         styles=job.parameters.get("styles") or [],
         index_of_first_image=0,
         job_timestamp=time.strftime("%Y%m%d%H%M%S"),

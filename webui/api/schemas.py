@@ -69,6 +69,7 @@ class Txt2ImgRequest(_Lenient):
     hr_scheduler: str | None = None
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
+    hr_cfg: float | None = Field(None, description="the hires pass's CFG scale (default: cfg_scale)")
     force_task_id: str | None = Field(None, description="your id for this job; /interrupt and /skip accept it")
     script_name: str | None = None
     script_args: list[Any] = Field(default_factory=list)

@@ -22,6 +22,7 @@ from .request import GenerationRequest, InpaintArea, MaskedContent, RequestError
 _ENUMS: dict[str, type[enum.Enum]] = {"resize_mode": ResizeMode, "masked_content": MaskedContent,
                                       "inpaint_area": InpaintArea}
 _KNOWN = frozenset(f.name for f in dataclasses.fields(GenerationRequest))
+HIRES_DENOISING_STRENGTH = 0.7  # A1111's default for the hires pass (img2img's is 0.75)
 
 
 def settings_defaults(settings: Settings) -> dict[str, Any]:
@@ -47,6 +48,8 @@ def build_request(settings: Settings, given: Mapping[str, Any], native_size: Cal
     if unknown:
         raise ValueError(f"not request fields: {', '.join(unknown)}")  # a front end's bug, not the user's
     fields = settings_defaults(settings)
+    if given.get("enable_hr") and given.get("init_image") is None:
+        fields["denoising_strength"] = HIRES_DENOISING_STRENGTH
     fields.update({name: value for name, value in given.items() if value is not None})
     for name, kind in _ENUMS.items():
         if name in fields:

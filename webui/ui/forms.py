@@ -21,8 +21,12 @@ COMMON_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule_type", "steps
 IMG2IMG_FIELDS = ("init_image", "denoising_strength", "resize_mode")
 INPAINT_FIELDS = ("mask_editor", "mask_upload", "mask_blur", "masked_content", "inpaint_area", "inpaint_padding",
                   "mask_invert")
+VARIATION_FIELDS = ("subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h")
+HIRES_FIELDS = ("enable_hr", "hr_upscaler", "hr_second_pass_steps", "denoising_strength", "hr_scale", "hr_resize_x",
+                "hr_resize_y", "hr_sampler", "hr_schedule_type", "hr_cfg_scale", "hr_prompt", "hr_negative_prompt")
+SAME = "Use same"  # a hires dropdown's "like the first pass"
 MODE_FIELDS = {
-    "txt2img": COMMON_FIELDS,
+    "txt2img": COMMON_FIELDS + VARIATION_FIELDS + HIRES_FIELDS,
     "img2img": COMMON_FIELDS + IMG2IMG_FIELDS,
     "inpaint": COMMON_FIELDS + ("denoising_strength", "resize_mode") + INPAINT_FIELDS,
 }
@@ -103,6 +107,8 @@ def form_fields(mode: str, checkpoint: str | None, values: Mapping[str, Any],
                                                  "clip_skip")},
         "cfg_scale": _float(values, "cfg_scale"),
     }
+    if mode == "txt2img":
+        fields.update(_second_pass_fields(values))
     if mode in ("img2img", "inpaint"):
         fields["denoising_strength"] = _float(values, "denoising_strength")
         fields["resize_mode"] = _text(values, "resize_mode")
@@ -132,17 +138,49 @@ def form_fields(mode: str, checkpoint: str | None, values: Mapping[str, Any],
     return fields
 
 
+def _second_pass_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    """txt2img's variation seed and hires-fix fields (the hires ones only when hires fix is ticked)."""
+    fields: dict[str, Any] = {name: _int(values, name) for name in ("subseed", "seed_resize_from_w",
+                                                                    "seed_resize_from_h")}
+    fields["subseed_strength"] = _float(values, "subseed_strength")
+    if not values.get("enable_hr"):
+        return fields
+    same = (None, "", SAME)
+    cfg = _float(values, "hr_cfg_scale")
+    fields.update(
+        enable_hr=True,
+        hr_upscaler=_text(values, "hr_upscaler"),
+        hr_second_pass_steps=_int(values, "hr_second_pass_steps"),
+        denoising_strength=_float(values, "denoising_strength"),
+        hr_scale=_float(values, "hr_scale"),
+        hr_resize_x=_int(values, "hr_resize_x"),
+        hr_resize_y=_int(values, "hr_resize_y"),
+        hr_sampler=None if values.get("hr_sampler") in same else str(values["hr_sampler"]),
+        hr_schedule_type=None if values.get("hr_schedule_type") in same else str(values["hr_schedule_type"]),
+        hr_cfg_scale=cfg or None,  # 0: the first pass's CFG scale
+        hr_prompt=str(values.get("hr_prompt") or ""),
+        hr_negative_prompt=str(values.get("hr_negative_prompt") or ""),
+    )
+    return fields
+
+
 # Infotext request fields -> the form field that shows them ("checkpoint" lives in the top bar).
 _FORM_NAMES = {"prompt": "prompt", "negative_prompt": "negative_prompt", "steps": "steps", "cfg_scale": "cfg_scale",
                "seed": "seed", "width": "width", "height": "height", "sampler": "sampler",
                "schedule_type": "schedule_type", "denoising_strength": "denoising_strength",
-               "clip_skip": "clip_skip", "checkpoint": "checkpoint", "vae": "vae"}
+               "clip_skip": "clip_skip", "checkpoint": "checkpoint", "vae": "vae",
+               **{name: name for name in VARIATION_FIELDS + HIRES_FIELDS}}
 
 
 def values_from_infotext(text: str) -> dict[str, Any]:
-    """Form values read from a pasted or embedded infotext; what does not parse is left out."""
-    fields = request_fields_from_infotext(text)
-    return {_FORM_NAMES[k]: v for k, v in fields.items() if k in _FORM_NAMES}
+    """Form values read from a pasted or embedded infotext; what does not parse is left out. A text without
+    hires fix or variation seed switches them off, so the form makes the picture the text describes."""
+    fields = {"enable_hr": False, "subseed_strength": 0.0, **request_fields_from_infotext(text)}
+    values = {_FORM_NAMES[k]: v for k, v in fields.items() if k in _FORM_NAMES}
+    for name in ("hr_sampler", "hr_schedule_type"):
+        if fields.get("enable_hr") and name not in values:
+            values[name] = SAME
+    return values
 
 
 def token_count_label(token_count: int) -> str:

@@ -23,6 +23,7 @@ from . import forms
 from .extension_controls import ExtensionControls, build_extension_controls
 from .networks_panel import build_networks_panel
 from .runner import info_html, owner_of, progress_text, run_job
+from .second_pass_controls import build_hires_section, build_variation_row
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -150,6 +151,10 @@ def build_mode_tab(ctx: AppContext, mode: str, top: TopBar, size: int, styles: A
                 fields["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", elem_id=f"{prefix}-seed")
                 random_seed = gr.Button("🎲", elem_id=f"{prefix}-random-seed", size="sm", scale=0, min_width=40)
                 reuse_seed = gr.Button("♻️", elem_id=f"{prefix}-reuse-seed", size="sm", scale=0, min_width=40)
+            seed_buttons = {"seed": (random_seed, reuse_seed)}
+            if mode == "txt2img":
+                seed_buttons["subseed"] = build_variation_row(fields, prefix)
+                build_hires_section(ctx, fields, prefix)
             extension_controls = build_extension_controls(ctx, mode)
         with gr.Column(scale=2):
             with gr.Row():
@@ -175,8 +180,7 @@ def build_mode_tab(ctx: AppContext, mode: str, top: TopBar, size: int, styles: A
     tab = ModeTab(mode, fields, generate, interrupt, skip, gallery, info, preview, progress, results, read_params,
                   send, extension_controls)
     _wire_generation(ctx, tab, top, styles)
-    _wire_helpers(ctx, tab, styles, tokenizer, token_count, apply_styles, style_name, save_style, swap, random_seed,
-                  reuse_seed)
+    _wire_helpers(ctx, tab, styles, tokenizer, token_count, apply_styles, style_name, save_style, swap, seed_buttons)
     return tab
 
 
@@ -260,7 +264,7 @@ def _wire_generation(ctx: AppContext, tab: ModeTab, top: TopBar, styles: Any) ->
 
 def _wire_helpers(ctx: AppContext, tab: ModeTab, styles: Any, tokenizer: Any, token_count: gr.HTML,
                   apply_styles: gr.Button, style_name: gr.Textbox, save_style: gr.Button, swap: gr.Button,
-                  random_seed: gr.Button, reuse_seed: gr.Button) -> None:
+                  seed_buttons: dict[str, tuple[gr.Button, gr.Button]]) -> None:
     f = tab.fields
 
     def on_prompt(text: str) -> str:
@@ -290,21 +294,26 @@ def _wire_helpers(ctx: AppContext, tab: ModeTab, styles: Any, tokenizer: Any, to
                      queue=False, api_visibility="private")
     swap.click(lambda w, h: (h, w), [f["width"], f["height"]], [f["width"], f["height"]], queue=False,
                api_visibility="private")
-    random_seed.click(lambda: -1, None, [f["seed"]], queue=False, api_visibility="private")
-
-    def on_reuse(results: dict, current: Any):
-        texts = results.get("infotexts") or []
-        index = results.get("selected", 0)
-        if not texts:
-            return current
-        seed = forms.values_from_infotext(texts[min(index, len(texts) - 1)]).get("seed")
-        return current if seed is None else seed
-
-    reuse_seed.click(on_reuse, [tab.results, f["seed"]], [f["seed"]], queue=False, api_visibility="private")
+    for name, (random_button, reuse_button) in seed_buttons.items():
+        random_button.click(lambda: -1, None, [f[name]], queue=False, api_visibility="private")
+        reuse_button.click(_reuse(name), [tab.results, f[name]], [f[name]], queue=False, api_visibility="private")
     f["sampler"].change(
         lambda name, current: gr.update(choices=schedule_types(name),
                                         value=current if current in schedule_types(name) else "Automatic"),
         [f["sampler"], f["schedule_type"]], [f["schedule_type"]], queue=False, api_visibility="private")
+
+
+def _reuse(name: str) -> Any:
+    """♻️: the selected picture's seed (or variation seed) into the box."""
+
+    def reuse(results: dict, current: Any) -> Any:
+        texts = results.get("infotexts") or []
+        if not texts:
+            return current
+        value = forms.values_from_infotext(texts[min(results.get("selected", 0), len(texts) - 1)]).get(name)
+        return current if value is None else value
+
+    return reuse
 
 
 def fill_targets(tab: ModeTab, top: TopBar) -> list[Any]:
@@ -314,7 +323,8 @@ def fill_targets(tab: ModeTab, top: TopBar) -> list[Any]:
 
 
 FILL_ORDER = ("prompt", "negative_prompt", "sampler", "schedule_type", "steps", "cfg_scale", "seed", "width", "height",
-              "denoising_strength", "clip_skip", "vae", "checkpoint")
+              "denoising_strength", "clip_skip", "vae", "checkpoint", *forms.VARIATION_FIELDS,
+              *(name for name in forms.HIRES_FIELDS if name != "denoising_strength"))
 
 
 def fill_updates(tab: ModeTab, top: TopBar, values: dict[str, Any], resolvers: dict[str, Any]) -> list[Any]:
