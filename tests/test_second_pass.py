@@ -152,3 +152,14 @@ def test_hires_and_variation_infotext_reads_back_as_the_same_request(make_contex
     again = generate(ctx.manager, GenerationRequest(**{**fields, "checkpoint": "sd1.safetensors",
                                                        "save_images": False}))
     assert np.array_equal(pixels(again.images[0]), pixels(result.images[0])), "pasted parameters repeat the picture"
+
+
+def test_hires_with_a_pixel_upscaler_decodes_enlarges_and_encodes_again(make_context):
+    ctx = make_context(["sd1"])
+    result = generate(ctx.manager, req(enable_hr=True, hr_upscaler="Lanczos", denoising_strength=0.5))
+    latent = generate(ctx.manager, req(enable_hr=True, hr_upscaler="Latent", denoising_strength=0.5))
+    assert result.images[0].size == (128, 128) and parse_infotext(result.infotexts[0])["Hires upscaler"] == "Lanczos"
+    assert distance(result.images[0], latent.images[0]) > 0.5, "the upscaler is part of the picture"
+    with pytest.raises(RequestError) as caught:
+        generate(ctx.manager, req(enable_hr=True, hr_upscaler="Magic 16x"))
+    assert caught.value.field == "hr_upscaler" and "Lanczos" in str(caught.value)

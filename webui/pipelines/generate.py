@@ -33,7 +33,7 @@ from ..outputs import OutputLayout, prompt_words, save_image
 from ..samplers import SamplerChoice, resolve_sampler
 from . import images as imgs
 from .conditioning import PromptEncoder, ScheduledConditioning, build_conditioning
-from .hires import SecondPass, crop_image, crop_latents, second_pass, upscale_latents
+from .hires import LATENT_UPSCALERS, SecondPass, crop_image, crop_latents, second_pass, upscale_latents
 from .hires import infotext_params as hires_infotext
 from .manager import PipelineManager
 from .networks import JobNetworks, resolve_networks
@@ -310,6 +310,9 @@ class _SecondPassRun:
                 choice: SamplerChoice, networks: JobNetworks, encoder: PromptEncoder,
                 result: GenerationResult) -> _SecondPassRun:
         hr = hires.request
+        if not hires.latent and manager.upscalers.find(hires.upscaler) is None:
+            known = ", ".join([*LATENT_UPSCALERS, *manager.upscalers.names()])
+            raise RequestError("hr_upscaler", f"unknown upscaler {hires.upscaler!r} (available: {known})")
         if (hr.prompt, hr.negative_prompt) != (req.prompt, req.negative_prompt):
             networks = resolve_networks(hr.prompt, hr.negative_prompt, model.components, manager.loras,
                                         manager.embeddings)
@@ -335,8 +338,8 @@ class _SecondPassRun:
         if hires.latent:
             source: Any = crop_latents(upscale_latents(first, hires.upscaler, width, height), hires.crop)
         else:
-            source = [crop_image(manager.upscalers.upscale(picture, width, height, hires.upscaler), hires.crop)
-                      for picture in first]
+            source = [crop_image(manager.upscalers.upscale(picture, width, height, hires.upscaler, "hr_upscaler"),
+                                 hires.crop) for picture in first]
         prepared = _Prepared(mask=Image.new("L", (hr.width, hr.height), 255)) if self.task is Task.INPAINT \
             else _Prepared()
         images, self.plan, _ = _run_batch(manager, model, self.task, hr, self.choice, prepared, seeds, callback,
