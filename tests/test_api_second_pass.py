@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.test_api import _start, decode
+from tests.test_api import _start, b64, decode
 
 pytestmark = pytest.mark.slow
 
@@ -76,3 +76,19 @@ def test_bad_hires_and_variation_fields_get_422_naming_them(api, fields, field):
     assert reply.status_code == 422, reply.text
     assert reply.json()["field"] == field
     assert api.post("/txt2img", json=BASE).status_code == 200, "the server goes on"
+
+
+def test_a1111s_outpainting_scripts_extend_the_picture(api):
+    start = decode(txt2img(api)["images"][0])
+    body = {**BASE, "init_images": [b64(start)], "denoising_strength": 1.0, "script_name": "Poor man's outpainting",
+            "script_args": [32, 4, 0, ["right", "down"]]}
+    reply = api.post("/img2img", json=body)
+    assert reply.status_code == 200, reply.text
+    grown = decode(reply.json()["images"][0])
+    assert grown.size == (96, 96)
+    kept = np.asarray(grown.convert("RGB"))[:64 - 28, :64 - 28]
+    assert np.array_equal(kept, np.asarray(start.convert("RGB"))[:64 - 28, :64 - 28])
+    mk2 = api.post("/img2img", json={**body, "script_name": "Outpainting mk2", "script_args": ["", 16, 4, ["left"]]})
+    assert mk2.status_code == 200 and decode(mk2.json()["images"][0]).size == (80, 64)
+    bad = api.post("/img2img", json={**body, "script_args": [32, 4, 0, ["sideways"]]})
+    assert bad.status_code == 422 and bad.json()["field"] == "script_args"

@@ -43,6 +43,7 @@ API_FIELDS = {
     "hr_schedule_type": "hr_scheduler",
     "hr_cfg_scale": "hr_cfg",
     "hr_checkpoint": "hr_checkpoint_name",
+    **{f"outpaint_{side}": "script_args" for side in ("left", "right", "top", "bottom")},
 }
 
 RESIZE_MODES = {0: ResizeMode.JUST_RESIZE, 1: ResizeMode.CROP_AND_RESIZE, 2: ResizeMode.RESIZE_AND_FILL,
@@ -77,11 +78,14 @@ def engine_error(exc: AtelierError) -> ApiError:
 
 
 def txt2img_job(body: Txt2ImgRequest, ctx: AppContext, styles: StyleStore) -> ApiJob:
+    if body.script_name:
+        raise invalid("script_name", f"script {body.script_name!r} is not available in Atelier")
     job, given = _common(body, ctx, styles)
     return _built(job, given, ctx)
 
 
 def img2img_job(body: Img2ImgRequest, ctx: AppContext, styles: StyleStore) -> ApiJob:
+    outpaint = _outpainting_script(body)
     job, given = _common(body, ctx, styles)
     if not body.init_images:
         raise invalid("init_images", "img2img needs at least one init image (base64)")
@@ -104,9 +108,42 @@ def img2img_job(body: Img2ImgRequest, ctx: AppContext, styles: StyleStore) -> Ap
         )
         if body.mask_blur is None and body.mask_blur_x != body.mask_blur_y:
             job.warnings.append("mask_blur_x and mask_blur_y differ: both were blurred by the larger")
+    given.update(outpaint)
     if not body.include_init_images:
         job.parameters.update(init_images=None, mask=None)
     return _built(job, given, ctx)
+
+
+OUTPAINT_SCRIPTS = ("poor man's outpainting", "outpainting mk2")
+_SIDES = {"left": "outpaint_left", "right": "outpaint_right", "up": "outpaint_top", "down": "outpaint_bottom"}
+
+
+def _outpainting_script(body: Img2ImgRequest) -> dict[str, Any]:
+    """A1111's outpainting scripts as request fields: "Poor man's outpainting" takes script_args [pixels,
+    mask_blur, inpainting_fill, directions], "Outpainting mk2" [info, pixels, mask_blur, directions, ...]."""
+    if not body.script_name:
+        return {}
+    name = body.script_name.strip().lower()
+    if name not in OUTPAINT_SCRIPTS:
+        raise invalid("script_name", f"script {body.script_name!r} is not available in Atelier "
+                                     "(img2img takes \"Poor man's outpainting\" and \"Outpainting mk2\")")
+    args = list(body.script_args)
+    if name == "outpainting mk2":
+        args = args[1:]
+    try:
+        pixels, blur, directions = int(args[0]), int(args[1]), args[3 if name == "poor man's outpainting" else 2]
+    except (IndexError, TypeError, ValueError):
+        raise invalid("script_args", "expected [pixels, mask_blur, inpainting_fill, [directions]]") from None
+    if isinstance(directions, str):
+        directions = [directions]
+    unknown = [d for d in directions if str(d).lower() not in _SIDES]
+    if unknown or not directions:
+        raise invalid("script_args", f"directions must be some of left, right, up, down (got {directions!r})")
+    fields: dict[str, Any] = {_SIDES[str(d).lower()]: (pixels + 7) // 8 * 8 for d in directions}
+    fields["mask_blur"] = blur
+    if name == "poor man's outpainting" and len(args) > 2 and args[2] in FILLS:
+        fields["masked_content"] = FILLS[args[2]]
+    return fields
 
 
 def _built(job: ApiJob, given: dict[str, Any], ctx: AppContext) -> ApiJob:
@@ -127,8 +164,6 @@ def _built(job: ApiJob, given: dict[str, Any], ctx: AppContext) -> ApiJob:
 
 def _common(body: Txt2ImgRequest, ctx: AppContext, styles: StyleStore) -> tuple[ApiJob, dict[str, Any]]:
     """The job and the request fields txt2img and img2img share (None: the settings' default)."""
-    if body.script_name:
-        raise invalid("script_name", f"script {body.script_name!r} is not available in Atelier")
     if body.alwayson_scripts:
         names = ", ".join(sorted(body.alwayson_scripts))
         raise invalid("alwayson_scripts", f"always-on scripts are not available in Atelier: {names}")

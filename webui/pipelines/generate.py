@@ -145,6 +145,22 @@ def _prepare_inputs(req: GenerationRequest, model: LoadedModel, first_seed: int)
     return _Prepared(source, blurred, original, blurred)
 
 
+OUTPAINT_SEAM = 16  # pixels of the old picture repainted along each extended side, so old and new join
+
+
+def _outpainting(req: GenerationRequest) -> GenerationRequest:
+    """An outpainting request as the inpainting request it is: the picture (fitted to width x height) on the
+    larger canvas, the new area (and any painted mask) to repaint, over the whole picture."""
+    fitted = imgs.fit_image(req.init_image, req.width, req.height, req.resize_mode)  # type: ignore[arg-type]
+    mask = None
+    if req.mask is not None:
+        mask, _ = imgs.prepare_mask(req.mask, fitted.size, req.mask_invert, 0)
+    canvas, repaint = imgs.extend_canvas(fitted, mask, req.outpaint, OUTPAINT_SEAM)
+    return req.replace(init_image=canvas, mask=repaint, width=canvas.width, height=canvas.height, mask_invert=False,
+                       inpaint_area=InpaintArea.WHOLE_PICTURE, outpaint_left=0, outpaint_right=0, outpaint_top=0,
+                       outpaint_bottom=0)
+
+
 def _pipeline_task(req: GenerationRequest, model: LoadedModel) -> Task:
     return Task.INPAINT if model.detection.is_inpaint else req.task
 
@@ -362,6 +378,8 @@ def generate(
     if hooks is not None:
         request = hooks.before_generate(request)
     request.validate()
+    if any(request.outpaint):
+        request = _outpainting(request)
     choice = resolve_sampler(request.sampler, request.schedule_type)
     first_seed = resolve_seed(request.seed)
     req = request.replace(seed=first_seed, subseed=resolve_seed(request.subseed), sampler=choice.name,

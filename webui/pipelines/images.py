@@ -113,3 +113,22 @@ def paste_back(original: Image.Image, generated: Image.Image, blurred_mask: Imag
     elif generated.size != original.size:
         generated = generated.resize(original.size, _LANCZOS)
     return Image.composite(generated.convert("RGB"), original, blurred_mask)
+
+
+def extend_canvas(image: Image.Image, mask: Image.Image | None, sides: tuple[int, int, int, int],
+                  seam: int) -> tuple[Image.Image, Image.Image]:
+    """Outpainting's starting point: the picture on a canvas larger by (left, right, top, bottom) pixels, its
+    edge pixels stretched outward, and the mask to repaint: the new area, ``seam`` pixels into the picture on
+    each extended side (so the two join), and what ``mask`` (white = repaint) already marks."""
+    left, right, top, bottom = sides
+    pixels = np.asarray(image.convert("RGB"))
+    height, width = pixels.shape[:2]
+    canvas = np.pad(pixels, ((top, bottom), (left, right), (0, 0)), mode="edge")
+    repaint = np.ones(canvas.shape[:2], dtype=bool)
+    x0, x1 = left + (seam if left else 0), left + width - (seam if right else 0)
+    y0, y1 = top + (seam if top else 0), top + height - (seam if bottom else 0)
+    repaint[y0:y1, x0:x1] = False
+    if mask is not None:
+        painted = np.asarray(mask.convert("L").resize((width, height), Image.Resampling.NEAREST)) >= 128
+        repaint[top:top + height, left:left + width] |= painted
+    return Image.fromarray(canvas, "RGB"), Image.fromarray(repaint.astype(np.uint8) * 255, "L")

@@ -52,6 +52,7 @@ MAX_BATCH_SIZE = 16
 MAX_BATCH_COUNT = 100
 MAX_SEED = 2**32 - 1
 MAX_HR_SCALE = 8.0
+MAX_OUTPAINT = 1024
 
 
 class RequestError(AtelierError, ValueError):
@@ -109,6 +110,11 @@ class GenerationRequest:
     inpaint_area: InpaintArea = InpaintArea.WHOLE_PICTURE
     inpaint_padding: int = 32
     mask_invert: bool = False
+    # outpainting (img2img / inpaint): extend the canvas by this many pixels on each side and paint them
+    outpaint_left: int = 0
+    outpaint_right: int = 0
+    outpaint_top: int = 0
+    outpaint_bottom: int = 0
     # output
     save_images: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -122,6 +128,11 @@ class GenerationRequest:
     @property
     def image_count(self) -> int:
         return self.batch_count * self.batch_size
+
+    @property
+    def outpaint(self) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) pixels to add around the picture."""
+        return self.outpaint_left, self.outpaint_right, self.outpaint_top, self.outpaint_bottom
 
     @property
     def hires(self) -> bool:
@@ -182,6 +193,21 @@ class GenerationRequest:
         self._validate_variation()
         if self.enable_hr:
             self._validate_hires()
+        if any(self.outpaint):
+            self._validate_outpaint()
+
+    def _validate_outpaint(self) -> None:
+        for name in ("outpaint_left", "outpaint_right", "outpaint_top", "outpaint_bottom"):
+            value = getattr(self, name)
+            _check_int_range(name, value, 0, MAX_OUTPAINT)
+            if value % 8:
+                raise RequestError(name, "must be a multiple of 8")
+        if self.init_image is None:
+            raise RequestError("init_image", "outpainting extends a picture: give one")
+        left, right, top, bottom = self.outpaint
+        if self.width + left + right > MAX_SIDE or self.height + top + bottom > MAX_SIDE:
+            raise RequestError("outpaint_left" if left + right else "outpaint_top",
+                               f"the extended picture would be over {MAX_SIDE} pixels")
 
     def _validate_variation(self) -> None:
         if not isinstance(self.subseed, int) or not (self.subseed == -1 or 0 <= self.subseed <= MAX_SEED):

@@ -19,8 +19,9 @@ from ..pipelines.request import RequestError
 COMMON_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule_type", "steps", "width", "height", "batch_count",
                  "batch_size", "cfg_scale", "seed", "clip_skip", "styles", "vae")
 IMG2IMG_FIELDS = ("init_image", "denoising_strength", "resize_mode")
+OUTPAINT_FIELDS = ("outpaint_left", "outpaint_right", "outpaint_top", "outpaint_bottom")
 INPAINT_FIELDS = ("mask_editor", "mask_upload", "mask_blur", "masked_content", "inpaint_area", "inpaint_padding",
-                  "mask_invert")
+                  "mask_invert", *OUTPAINT_FIELDS)
 VARIATION_FIELDS = ("subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h")
 HIRES_FIELDS = ("enable_hr", "hr_upscaler", "hr_second_pass_steps", "denoising_strength", "hr_scale", "hr_resize_x",
                 "hr_resize_y", "hr_sampler", "hr_schedule_type", "hr_cfg_scale", "hr_prompt", "hr_negative_prompt")
@@ -122,8 +123,11 @@ def form_fields(mode: str, checkpoint: str | None, values: Mapping[str, Any],
         if picture is None:
             raise RequestError("init_image", "drop or paste a picture to inpaint, then paint over what should change")
         mask = _uploaded_mask(values.get("mask_upload"), picture.size) or painted
-        if mask is None:
-            raise RequestError("mask", "paint over the part to change, or upload a mask")
+        outpaint = {name: _int(values, name) or 0 for name in OUTPAINT_FIELDS}
+        if mask is None and not any(outpaint.values()):
+            raise RequestError("mask", "paint over the part to change, upload a mask, or extend the picture "
+                                       "(Outpainting)")
+        fields.update(outpaint)
         fields.update(
             init_image=picture,
             mask=mask,

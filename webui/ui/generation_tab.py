@@ -122,6 +122,12 @@ def build_mode_tab(ctx: AppContext, mode: str, top: TopBar, size: int, styles: A
                     fields["inpaint_padding"] = gr.Slider(0, 256, value=32, step=4,
                                                           label="Only masked padding, pixels")
                     fields["mask_invert"] = gr.Checkbox(label="Invert mask (repaint what is not painted)")
+                with gr.Accordion("Outpainting: extend the picture", open=False, elem_id="inpaint-outpaint"):
+                    with gr.Row():
+                        for side in ("left", "right", "top", "bottom"):
+                            fields[f"outpaint_{side}"] = gr.Slider(0, 512, value=0, step=8,
+                                                                   label=f"{side.title()}, pixels",
+                                                                   elem_id=f"inpaint-outpaint-{side}")
             with gr.Row():
                 fields["sampler"] = gr.Dropdown(label="Sampling method", choices=list(SAMPLERS),
                                                 value=settings.default_sampler, elem_id=f"{prefix}-sampler")
