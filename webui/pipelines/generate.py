@@ -283,11 +283,17 @@ def _starting_noise(req: GenerationRequest, model: LoadedModel, seeds: list[int]
     resized = min(resize) > 0 and resize != (req.width, req.height)
     if req.task is not Task.TXT2IMG or not (req.subseed_strength or resized):
         return None
-    channels = int(model.components["vae"].config.latent_channels)
-    shape = (channels, req.height // 8, req.width // 8)
-    noise = [variation_noise(shape, seed, subseed, req.subseed_strength, resize if resized else None, model.dtype)
-             for seed, subseed in zip(seeds, subseeds, strict=True)]
+    vae = model.components["vae"]
+    factor = latent_factor(vae)
+    shape = (int(vae.config.latent_channels), req.height // factor, req.width // factor)
+    noise = [variation_noise(shape, seed, subseed, req.subseed_strength, resize if resized else None, model.dtype,
+                             factor) for seed, subseed in zip(seeds, subseeds, strict=True)]
     return torch.stack(noise)
+
+
+def latent_factor(vae: Any) -> int:
+    """Pixels per latent (8 for SD's VAE; the demo model's smaller VAE has 4), as diffusers computes it."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def _decode_latents(pipe: Any, latents: torch.Tensor) -> list[Image.Image]:
@@ -350,12 +356,14 @@ class _SecondPassRun:
             callback: _StepCallback, result: GenerationResult, vae: Any) -> list[Image.Image]:
         """The second pass over a first pass's output (latents, or pictures)."""
         hires, hr = self.pass_, self.pass_.request
-        width, height = hr.width + 8 * hires.crop[0], hr.height + 8 * hires.crop[1]
+        width, height = hr.width + hires.crop[0], hr.height + hires.crop[1]
+        factor = latent_factor(vae)
         if hires.latent:
-            source: Any = crop_latents(upscale_latents(first, hires.upscaler, width, height), hires.crop)
+            source: Any = crop_latents(upscale_latents(first, hires.upscaler, width, height, factor), hires.crop,
+                                       factor)
         else:
             source = [crop_image(manager.upscalers.upscale(picture, width, height, hires.upscaler, "hr_upscaler"),
-                                 hires.crop) for picture in first]
+                                 hires.crop, factor) for picture in first]
         prepared = _Prepared(mask=Image.new("L", (hr.width, hr.height), 255)) if self.task is Task.INPAINT \
             else _Prepared()
         images, self.plan, _ = _run_batch(manager, model, self.task, hr, self.choice, prepared, seeds, callback,

@@ -32,7 +32,7 @@ class SecondPass:
     request: GenerationRequest  # the pass as a request: target size, its steps, sampler, prompts and CFG
     upscaler: str
     latent: bool  # enlarged in latent space (no decode / encode between the passes)
-    crop: tuple[int, int]  # latent columns and rows to trim (hr_resize_x and _y with another aspect ratio)
+    crop: tuple[int, int]  # pixels to trim in width and height (hr_resize_x and _y with another aspect ratio)
 
     @property
     def steps_run(self) -> int:
@@ -46,7 +46,7 @@ def second_pass(req: GenerationRequest) -> SecondPass:
     width, height = req.hr_size
     crop = req.hr_crop
     request = req.replace(
-        width=width - 8 * crop[0], height=height - 8 * crop[1],
+        width=width - crop[0], height=height - crop[1],
         steps=req.hr_second_pass_steps or req.steps,
         sampler=req.hr_sampler or req.sampler,
         schedule_type=req.hr_schedule_type or req.schedule_type,
@@ -58,15 +58,17 @@ def second_pass(req: GenerationRequest) -> SecondPass:
     return SecondPass(request, req.hr_upscaler, req.hr_upscaler in LATENT_UPSCALERS, crop)
 
 
-def upscale_latents(latents: torch.Tensor, upscaler: str, width: int, height: int) -> torch.Tensor:
-    """Latents interpolated to (height / 8, width / 8) as the named latent upscaler does."""
+def upscale_latents(latents: torch.Tensor, upscaler: str, width: int, height: int, factor: int) -> torch.Tensor:
+    """Latents interpolated to the size of a width x height picture (``factor``: pixels per latent, 8 for SD),
+    as the named latent upscaler does."""
     mode, antialias = LATENT_UPSCALERS[upscaler]
-    return torch.nn.functional.interpolate(latents, size=(height // 8, width // 8), mode=mode, antialias=antialias)
+    size = (height // factor, width // factor)
+    return torch.nn.functional.interpolate(latents, size=size, mode=mode, antialias=antialias)
 
 
-def crop_latents(latents: torch.Tensor, crop: tuple[int, int]) -> torch.Tensor:
-    """Trim ``crop`` (columns, rows) evenly from both sides, the extra one from the end (as A1111 does)."""
-    cols, rows = crop
+def crop_latents(latents: torch.Tensor, crop: tuple[int, int], factor: int) -> torch.Tensor:
+    """Trim ``crop`` pixels (width, height) evenly from both sides, the odd latent from the end (as A1111 does)."""
+    cols, rows = crop[0] // factor, crop[1] // factor
     return latents[:, :, rows // 2:latents.shape[2] - (rows + 1) // 2, cols // 2:latents.shape[3] - (cols + 1) // 2]
 
 
@@ -92,10 +94,10 @@ def infotext_params(req: GenerationRequest) -> dict[str, Any]:
     }
 
 
-def crop_image(image: Image.Image, crop: tuple[int, int]) -> Image.Image:
-    """``crop_latents`` for a picture: the same trim, 8 pixels a latent."""
-    cols, rows = crop
+def crop_image(image: Image.Image, crop: tuple[int, int], factor: int) -> Image.Image:
+    """``crop_latents`` for a picture: the same trim, in whole latents of ``factor`` pixels."""
+    cols, rows = crop[0] // factor, crop[1] // factor
     if not cols and not rows:
         return image
-    left, top = cols // 2 * 8, rows // 2 * 8
-    return image.crop((left, top, image.width - (cols + 1) // 2 * 8, image.height - (rows + 1) // 2 * 8))
+    left, top = cols // 2 * factor, rows // 2 * factor
+    return image.crop((left, top, image.width - (cols + 1) // 2 * factor, image.height - (rows + 1) // 2 * factor))

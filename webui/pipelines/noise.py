@@ -37,13 +37,15 @@ def slerp(strength: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tenso
 
 
 def variation_noise(shape: tuple[int, int, int], seed: int, subseed: int, strength: float,
-                    resize_from: tuple[int, int] | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The starting noise (latent channels, height/8, width/8) of one image, in ``dtype``.
+                    resize_from: tuple[int, int] | None = None, dtype: torch.dtype = torch.float32,
+                    factor: int = 8) -> torch.Tensor:
+    """The starting noise (latent channels, height / factor, width / factor) of one image, in ``dtype``.
 
-    ``resize_from``: (width, height) in pixels to draw the noise at, or None for the picture's own size.
+    ``resize_from``: (width, height) in pixels to draw the noise at, or None for the picture's own size;
+    ``factor``: pixels per latent (8 for SD's VAE).
     """
     channels, height, width = shape
-    noise_shape = shape if resize_from is None else (channels, resize_from[1] // 8, resize_from[0] // 8)
+    noise_shape = shape if resize_from is None else (channels, resize_from[1] // factor, resize_from[0] // factor)
     noise = seed_noise(seed, noise_shape, dtype)
     if strength:
         mixed = slerp(strength, noise.float(), seed_noise(subseed, noise_shape, dtype).float())

@@ -158,12 +158,12 @@ class GenerationRequest:
 
     @property
     def hr_crop(self) -> tuple[int, int]:
-        """Latent columns and rows the hires pass trims (both hr_resize_x and hr_resize_y given, another
+        """Pixels the hires pass trims in width and height (both hr_resize_x and hr_resize_y given, another
         aspect ratio): the picture is scaled to cover that size and the excess is cut evenly."""
         if not (self.hr_resize_x and self.hr_resize_y):
             return 0, 0
         to_w, to_h = self.hr_size
-        return (to_w - self.hr_resize_x) // 8, (to_h - self.hr_resize_y) // 8
+        return to_w - self.hr_resize_x, to_h - self.hr_resize_y
 
     def replace(self, **changes: Any) -> GenerationRequest:
         return dataclasses.replace(self, **changes)
@@ -226,6 +226,8 @@ class GenerationRequest:
             value = getattr(self, name)
             if value != 0:
                 _check_int_range(name, value, MIN_SIDE, MAX_SIDE)
+                if value % 8:
+                    raise RequestError(name, "must be a multiple of 8")
         _check_int_range("hr_second_pass_steps", self.hr_second_pass_steps, 0, MAX_STEPS)
         if self.hr_cfg_scale is not None and (not _finite(self.hr_cfg_scale) or not 0.0 <= self.hr_cfg_scale <= 30.0):
             raise RequestError("hr_cfg_scale", "must be a number between 0 and 30")
