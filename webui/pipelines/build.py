@@ -33,6 +33,7 @@ def settings_defaults(settings: Settings) -> dict[str, Any]:
         "clip_skip": settings.default_clip_skip,
         "vae": settings.default_vae,
         "save_images": settings.save_images,
+        "save_first_pass": settings.save_images_before_highres_fix,
     }
 
 

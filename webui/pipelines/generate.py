@@ -444,6 +444,13 @@ def generate(
                                                 result, vae, encoder, networks, latents=noise,
                                                 output_type="latent" if latent_out else "pil")
                 if second is not None and not (control.interrupted or control.skipped):
+                    if req.save_first_pass and req.save_images and outputs is not None:
+                        firsts = _decode_latents(pipe, output) if latent_out else output
+                        for image, seed, subseed in zip(firsts, group, subgroup, strict=True):
+                            text = _infotext(req.replace(enable_hr=False), choice, seed, subseed, model.display_name,
+                                             manager.short_hash(model, wait=0), extra=networks.infotext_params())
+                            _save(outputs, req, image, seed, text, save_format, model.display_name,
+                                  "-before-highres-fix")
                     callback.next_pass()
                     images = second.run(manager, model, output, group, callback, result, vae)
                 else:
@@ -474,17 +481,22 @@ def generate(
                     text = hooks.before_save(image, info).infotext
             result.infotexts.append(text)
             if req.save_images and outputs is not None:
-                folder = outputs.folder_for(req.task.value)
-                fields = {"prompt_words": prompt_words(req.prompt), "model_name": result.model_name,
-                          "date": datetime.date.today().isoformat()}
-                try:
-                    result.paths.append(save_image(image, folder, seed, text, save_format, outputs.pattern, fields))
-                except OSError as exc:
-                    raise SaveError(f"Could not save the picture in {folder}: {exc.strerror or exc}. Nothing was "
-                                    "written there; free some space or choose another output folder.") from exc
+                result.paths.append(_save(outputs, req, image, seed, text, save_format, result.model_name))
     result.seconds = time.perf_counter() - start
     control.update(state="interrupted" if result.interrupted else "done")
     return result
+
+
+def _save(outputs: OutputLayout, req: GenerationRequest, image: Image.Image, seed: int, text: str, save_format: str,
+          model_name: str, suffix: str = "") -> Path:
+    folder = outputs.folder_for(req.task.value)
+    fields = {"prompt_words": prompt_words(req.prompt), "model_name": model_name,
+              "date": datetime.date.today().isoformat()}
+    try:
+        return save_image(image, folder, seed, text, save_format, outputs.pattern + suffix, fields)
+    except OSError as exc:
+        raise SaveError(f"Could not save the picture in {folder}: {exc.strerror or exc}. Nothing was "
+                        "written there; free some space or choose another output folder.") from exc
 
 
 def _run_batch(

@@ -99,6 +99,7 @@ class GenerationRequest:
     hr_negative_prompt: str = ""
     hr_cfg_scale: float | None = None
     hr_checkpoint: str | None = None
+    save_first_pass: bool = False  # also save the first pass's picture (A1111's save_images_before_highres_fix)
     # img2img / inpaint
     init_image: Image.Image | None = None
     denoising_strength: float = 0.75

@@ -42,6 +42,8 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
                         elem_id="settings-folders-locked")
         save_format = gr.Dropdown(["png", "jpg", "webp"], value=s.save_format, label="Image format",
                                   elem_id="settings-save-format")
+        save_first_pass = gr.Checkbox(s.save_images_before_highres_fix, label="Hires fix: also save the picture "
+                                      "before its second pass", elem_id="settings-save-first-pass")
     with gr.Group():
         ram_cache = gr.Number(round(s.ram_cache_bytes / GIB, 2), label="RAM for cached checkpoints, GiB",
                               elem_id="settings-ram-cache")
@@ -49,6 +51,9 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
                               elem_id="settings-offload")
         preview_every = gr.Slider(0, 50, value=s.preview_every_n_steps, step=1,
                                   label="Live preview every N steps (0 = off)", elem_id="settings-preview-every")
+        tile_size = gr.Slider(0, 1024, value=s.upscaler_tile_size, step=16,
+                              label="Upscaler tile size, pixels (0 = whole picture at once)",
+                              elem_id="settings-upscaler-tile")
     with gr.Group():
         sampler = gr.Dropdown(list(SAMPLERS), value=s.default_sampler, label="Default sampler",
                               elem_id="settings-default-sampler")
@@ -59,7 +64,8 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
     save = gr.Button("Apply settings", variant="primary", elem_id="settings-apply")
     status = gr.HTML(elem_id="settings-status")
 
-    def on_save(out_dir, name_pattern, fmt, ram_gib, offload_mode, every, default_sampler, default_steps, side):
+    def on_save(out_dir, name_pattern, fmt, ram_gib, offload_mode, every, default_sampler, default_steps, side,
+                first_pass, tile):
         current = ctx.settings
         if not allow_folder_changes and (str(out_dir) != str(current.outputs_dir)
                                          or name_pattern != current.filename_pattern):
@@ -73,6 +79,8 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
             "default_sampler": default_sampler,
             "default_steps": default_steps,
             "default_size": side,
+            "save_images_before_highres_fix": bool(first_pass),
+            "upscaler_tile_size": tile,
         }
         if allow_folder_changes:
             changes["outputs_dir"] = out_dir
@@ -87,5 +95,5 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
         return (f"<p class='atelier-ok'>Saved to {html.escape(str(updated.settings_file))} and applied. "
                 f"New defaults show in the tabs after a page reload.{html.escape(note)}</p>", "")
 
-    save.click(on_save, [outputs_dir, pattern, save_format, ram_cache, offload, preview_every, sampler, steps, size],
-               [status, notice], api_visibility="private", queue=False)
+    save.click(on_save, [outputs_dir, pattern, save_format, ram_cache, offload, preview_every, sampler, steps, size,
+                         save_first_pass, tile_size], [status, notice], api_visibility="private", queue=False)
