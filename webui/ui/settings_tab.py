@@ -49,6 +49,8 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
                               elem_id="settings-offload")
         preview_every = gr.Slider(0, 50, value=s.preview_every_n_steps, step=1,
                                   label="Live preview every N steps (0 = off)", elem_id="settings-preview-every")
+        tile_size = gr.Number(s.upscaler_tile_size, precision=0, label="Upscaler tile size, pixels (0 = whole "
+                              "picture at once; smaller uses less memory)", elem_id="settings-upscaler-tile-size")
     with gr.Group():
         sampler = gr.Dropdown(list(SAMPLERS), value=s.default_sampler, label="Default sampler",
                               elem_id="settings-default-sampler")
@@ -59,7 +61,8 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
     save = gr.Button("Apply settings", variant="primary", elem_id="settings-apply")
     status = gr.HTML(elem_id="settings-status")
 
-    def on_save(out_dir, name_pattern, fmt, ram_gib, offload_mode, every, default_sampler, default_steps, side):
+    def on_save(out_dir, name_pattern, fmt, ram_gib, offload_mode, every, default_sampler, default_steps, side,
+                tile=None):
         current = ctx.settings
         if not allow_folder_changes and (str(out_dir) != str(current.outputs_dir)
                                          or name_pattern != current.filename_pattern):
@@ -74,6 +77,8 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
             "default_steps": default_steps,
             "default_size": side,
         }
+        if tile is not None:
+            changes["upscaler_tile_size"] = tile
         if allow_folder_changes:
             changes["outputs_dir"] = out_dir
         try:
@@ -87,5 +92,6 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
         return (f"<p class='atelier-ok'>Saved to {html.escape(str(updated.settings_file))} and applied. "
                 f"New defaults show in the tabs after a page reload.{html.escape(note)}</p>", "")
 
-    save.click(on_save, [outputs_dir, pattern, save_format, ram_cache, offload, preview_every, sampler, steps, size],
+    save.click(on_save, [outputs_dir, pattern, save_format, ram_cache, offload, preview_every, sampler, steps, size,
+                         tile_size],
                [status, notice], api_visibility="private", queue=False)
