@@ -18,7 +18,7 @@ from tests.support.upscaler_files import compact_state, write_hostile_pth, write
 from webui.upscalers import UpscalerError, default_upscaler_dirs
 from webui.upscalers.library import UpscalerLibrary, image_to_tensor, tensor_to_image
 from webui.upscalers.spandrel_import import import_spandrel
-from webui.upscalers.tiling import upscale_tiled
+from webui.upscalers.tiling import tile_layout, upscale_tiled
 
 CPU = torch.device("cpu")
 
@@ -184,14 +184,25 @@ def test_tiles_blend_into_the_untiled_picture(num_conv):
     tiled = upscale_tiled(descriptor, image, 2, 48, 16)
     seamed = upscale_tiled(descriptor, image, 2, 48, 0)
     assert tiled.shape == whole.shape == (1, 3, 200, 260)
-    # Output rows and columns where tiles meet (the tiles start every 32 px of the input, the last flush).
-    borders_y = [2 * s for s in (32, 48, 52, 64)]
-    borders_x = [2 * s for s in (32, 48, 64, 80, 82, 96)]
+    # Output rows and columns where a tile begins or ends.
+    (height, rows), (width, cols) = tile_layout(100, 48, 16), tile_layout(130, 48, 16)
+    assert len(rows) == 3 and len(cols) == 4
+    borders_y = [2 * e for s in rows for e in (s, s + height) if 0 < e < 100]
+    borders_x = [2 * e for s in cols for e in (s, s + width) if 0 < e < 130]
     along_borders = torch.cat([(tiled - whole)[:, :, y - 2:y + 2, :].flatten() for y in borders_y]
                               + [(tiled - whole)[:, :, :, x - 2:x + 2].flatten() for x in borders_x])
     assert float((tiled - whole).abs().max()) < (1e-5 if num_conv == 2 else 1e-3)
     assert float(along_borders.abs().max()) < (1e-5 if num_conv == 2 else 1e-3)
     assert float((seamed - whole).abs().max()) > 0.01, "the test can see a seam"
+
+
+def test_tiles_cover_the_picture_with_the_overlap_asked_for():
+    for size, tile, overlap in ((256, 192, 16), (1000, 192, 16), (193, 192, 16), (100, 48, 16), (77, 32, 0)):
+        length, starts = tile_layout(size, tile, overlap)
+        assert length <= tile and starts[0] == 0 and starts[-1] + length == size
+        assert all(0 < b - a <= length - overlap for a, b in zip(starts, starts[1:], strict=False))
+    assert tile_layout(256, 192, 16) == (136, [0, 120]), "two tiles of 136, not two of 192"
+    assert tile_layout(64, 192, 16) == (64, [0])
 
 
 def test_the_tile_size_setting_changes_nothing_visible(tmp_path):
