@@ -201,6 +201,8 @@ def test_the_tab_upscales_uploads_and_folders_inside_outputs_only(make_context, 
         call("batch", uploads=[str(not_a_picture)])
     with pytest.raises(gr.Error, match="Drop a picture"):
         call("single", None)
+    ctx.apply_settings(ctx.settings.replace(upscaler_tile_size=32))  # what the Settings tab does
+    assert ctx.manager.upscalers.tile_size == 32
 
 
 # ---------------------------------------------------------------------------------------------- the REST API

@@ -210,3 +210,15 @@ def test_the_tile_size_setting_changes_nothing_visible(tmp_path):
     whole = library(tmp_path, tile_size=0).upscale(picture(130, 100), 260, 200, "m")
     tiled = library(tmp_path, tile_size=32).upscale(picture(130, 100), 260, 200, "m")
     assert np.abs(pixels(whole) - pixels(tiled)).max() <= 1, "at most a rounding step apart"
+
+
+def test_the_tile_size_is_a_setting_checked_when_saved(tmp_path):
+    from webui.config import load_settings, save_settings
+
+    settings = load_settings({"settings_file": tmp_path / "settings.json"}, env={"ATELIER_UPSCALER_TILE_SIZE": "256"})
+    assert settings.upscaler_tile_size == 256
+    for bad in (10, -1, 5000, "big"):
+        with pytest.raises(ValueError, match="upscaler_tile_size"):
+            save_settings(settings, {"upscaler_tile_size": bad})
+    assert save_settings(settings, {"upscaler_tile_size": 0}).upscaler_tile_size == 0
+    assert load_settings({"settings_file": tmp_path / "settings.json"}, env={}).upscaler_tile_size == 0
