@@ -162,7 +162,8 @@ def build(ctx: AppContext) -> ExtrasTab:
                   api_visibility="private")
 
     def on_run(source_kind: str, picture: Any, uploads: Any, folder_text: str, resize_mode: int, by: float,
-               to_w: float, to_h: float, crop_to_fit: bool, first: str, second: str, amount: float):
+               to_w: Any, to_h: Any, crop_to_fit: bool, first: str, second: str, amount: float):
+        # Values as the page (or a Gradio API client) sent them; check_options turns them into whole numbers.
         pictures = gather(source_kind, picture, uploads, folder_text, ctx.settings.outputs_dir)
         given = ExtrasOptions(int(resize_mode), by, to_w, to_h, bool(crop_to_fit), first or "None",
                               second or "None", amount)
