@@ -45,8 +45,9 @@ def test_folders(tmp_path):
     grids = layout.folder_for("inpaint", day, grid=True)
     assert grids == tmp_path / "outputs" / "img2img-grids" / "2024-05-31"
     assert layout.folder_for("txt2img", grid=True).name == datetime.date.today().isoformat()
+    assert layout.folder_for("extras", day) == tmp_path / "outputs" / "extras-images" / "2024-05-31"
     with pytest.raises(ValueError):
-        layout.folder_for("extras")
+        layout.folder_for("upscale")
 
 
 def test_first_file_and_counter_continuing_after_existing_files(tmp_path):

@@ -1,5 +1,6 @@
 """What the read-only endpoints list, in A1111's shapes: checkpoints, VAEs, samplers, schedule types,
-upscalers, LoRAs, embeddings, styles, memory and the command-line flags (secrets redacted).
+upscalers (the engine's upscaler library), LoRAs, embeddings, styles, memory and the command-line flags
+(secrets redacted).
 
 LoRA and embedding files are listed from their folders here (headers only, nothing is unpickled);
 each listing is one small function so the engine's own LoRA/embedding libraries can replace it.
@@ -51,10 +52,11 @@ def schedulers() -> list[dict[str, Any]]:
              "default_rho": 7.0 if label == "Karras" else -1.0, "need_inner_model": False} for label in SCHEDULE_TYPES]
 
 
-def upscalers() -> list[dict[str, Any]]:
-    """Plain resampling only (no upscaler models yet)."""
-    return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": scale}
-            for name, scale in (("None", 1.0), ("Lanczos", 4.0), ("Nearest", 4.0))]
+def upscalers(ctx: AppContext) -> list[dict[str, Any]]:
+    """None, Lanczos, Nearest, then the model files (read from their folders again: new files show at once)."""
+    library = ctx.manager.upscalers
+    library.refresh()
+    return library.entries()
 
 
 def _files(folders: list[Path], suffixes: tuple[str, ...]) -> list[Path]:

@@ -22,12 +22,16 @@ from ..errors import AtelierError
 from ..infotext import parse_infotext
 from ..outputs import read_infotext
 from ..styles import StyleStore
-from . import convert, listings, options
+from . import convert, extras, listings, options
 from .auth import Caller
 from .errors import ApiError
 from .images import MAX_IMAGE_BYTES, decode_image
 from .schemas import (
     EmbeddingsResponse,
+    ExtrasBatchImagesRequest,
+    ExtrasBatchImagesResponse,
+    ExtrasSingleImageRequest,
+    ExtrasSingleImageResponse,
     GenerationResponse,
     Img2ImgRequest,
     InterruptRequest,
@@ -132,6 +136,29 @@ def build_router(ctx: "AppContext", service: ApiService, check: Callable[[Reques
         job = await run_in_threadpool(convert.img2img_job, body, ctx, styles)
         return await run_job(job, who, request)
 
+    async def run_extras(job: extras.ExtrasJob, request: Request) -> list[Any]:
+        """An Extras job in the queue's turn, like a generation."""
+        try:
+            return await service.queue(lambda: extras.run(job, ctx), request)
+        except AtelierError as exc:
+            raise convert.engine_error(exc) from exc
+        except Exception as exc:
+            log.error("API extras job failed", exc_info=exc)
+            raise ApiError(500, None, f"upscaling failed: {type(exc).__name__}: {exc}", "server_error") from exc
+
+    @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
+    async def extra_single_image(body: ExtrasSingleImageRequest, request: Request) -> Any:
+        """Upscale one picture (upscaler_1, blended with upscaler_2), as A1111's Extras tab does."""
+        job = await run_in_threadpool(extras.single_job, body, ctx)
+        done = await run_extras(job, request)
+        return await run_in_threadpool(extras.single_response, job, done)
+
+    @router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
+    async def extra_batch_images(body: ExtrasBatchImagesRequest, request: Request) -> Any:
+        job = await run_in_threadpool(extras.batch_job, body, ctx)
+        done = await run_extras(job, request)
+        return await run_in_threadpool(extras.batch_response, job, done)
+
     @router.get("/progress", response_model=ProgressResponse)
     def progress(who: Who, skip_current_image: bool = False,
                  task_id: Annotated[str | None, Query(alias="id_task")] = None) -> Any:
@@ -189,7 +216,7 @@ def build_router(ctx: "AppContext", service: ApiService, check: Callable[[Reques
 
     @router.get("/upscalers", response_model=list[UpscalerItem])
     def upscalers() -> Any:
-        return listings.upscalers()
+        return listings.upscalers(ctx)
 
     @router.get("/loras", response_model=list[LoraItem])
     def loras() -> Any:

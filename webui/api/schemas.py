@@ -195,3 +195,46 @@ class PngInfoResponse(BaseModel):
 class MemoryResponse(BaseModel):
     ram: dict[str, Any]
     cuda: dict[str, Any]
+
+
+class ExtrasBaseRequest(_Lenient):
+    resize_mode: int = Field(0, description="0: enlarge by upscaling_resize; 1: to upscaling_resize_w x "
+                             "upscaling_resize_h")
+    show_extras_results: bool = Field(True, description="accepted; the pictures are always sent, as A1111's API does")
+    gfpgan_visibility: float = Field(0, description="face restoration is not available: ignored, with a note")
+    codeformer_visibility: float = Field(0, description="face restoration is not available: ignored, with a note")
+    codeformer_weight: float = 0
+    upscaling_resize: float = Field(2, description="scale factor, more than 0 and at most 8 (resize_mode 0)")
+    upscaling_resize_w: int = Field(512, description="target width, 1 to 4096 (resize_mode 1)")
+    upscaling_resize_h: int = Field(512, description="target height, 1 to 4096 (resize_mode 1)")
+    upscaling_crop: bool = Field(True, description="resize_mode 1: crop to exactly w x h (else keep the shape)")
+    upscaler_1: str | None = Field("None", description="a name from /sdapi/v1/upscalers; None leaves the picture as "
+                                   "it is")
+    upscaler_2: str | None = Field("None", description="a second upscaler blended over the first")
+    extras_upscaler_2_visibility: float = Field(0, description="how much of upscaler_2 shows, 0 to 1")
+    upscale_first: bool = False
+    save_images: bool = Field(False, description="Atelier's: also save the results in outputs/extras-images "
+                              "(A1111's API does not save them)")
+
+
+class ExtrasSingleImageRequest(ExtrasBaseRequest):
+    image: str = Field("", description="base64 image (a data: URL prefix is accepted)")
+
+
+class FileData(_Lenient):
+    data: str = Field(description="base64 image")
+    name: str = Field("", description="its file name; a saved result is named after it")
+
+
+class ExtrasBatchImagesRequest(ExtrasBaseRequest):
+    imageList: list[FileData] = Field(description="the pictures to work on")  # noqa: N815 (A1111's name)
+
+
+class ExtrasSingleImageResponse(BaseModel):
+    html_info: str = Field(description="what was done, as HTML (A1111's postprocessing text), and any notes")
+    image: str | None = Field(None, description="base64 PNG with its parameters text chunk")
+
+
+class ExtrasBatchImagesResponse(BaseModel):
+    html_info: str
+    images: list[str]

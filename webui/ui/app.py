@@ -1,5 +1,5 @@
-"""The Gradio app: a top bar (checkpoint, clip skip), the txt2img / img2img / Inpaint / PNG Info / Settings
-tabs, the buttons that carry pictures and parameters between them, and the launch with one auth check."""
+"""The Gradio app: a top bar (checkpoint, clip skip), the txt2img / img2img / Inpaint / PNG Info / Extras /
+Settings tabs, the buttons that carry pictures and parameters between them, and the launch with one auth check."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from starlette.middleware import Middleware
 from ..errors import AtelierError
 from ..models.vae import AUTOMATIC, NONE, list_vaes
 from ..styles import StyleStore
-from . import extensions_tab, forms, generation_tab, png_info, settings_tab
+from . import extensions_tab, extras_tab, forms, generation_tab, png_info, settings_tab
 from .common import checkpoint_choices, default_checkpoint_title, native_size_of, no_checkpoint_message
 from .extension_routes import mount_extension_routes, request_user
 from .generation_tab import GENERATION_QUEUE, ModeTab, TopBar, fill_targets, fill_updates
@@ -90,6 +90,8 @@ def build(ctx: AppContext) -> gr.Blocks:
                     tabs_by_mode[mode] = generation_tab.build_mode_tab(ctx, mode, top, size, styles, tokenizer)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab-pnginfo"):
                 info_tab = png_info.build()
+            with gr.Tab("Extras", id="extras", elem_id="tab-extras"):
+                extras_tab.build(ctx)
             with gr.Tab("Settings", id="settings", elem_id="tab-settings"):
                 settings_tab.build(ctx, allow_folder_changes=extensions_tab.admin_refusal(ctx) is None)
                 extensions_tab.build_extension_settings(ctx)

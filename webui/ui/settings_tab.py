@@ -51,9 +51,8 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
                               elem_id="settings-offload")
         preview_every = gr.Slider(0, 50, value=s.preview_every_n_steps, step=1,
                                   label="Live preview every N steps (0 = off)", elem_id="settings-preview-every")
-        tile_size = gr.Slider(0, 1024, value=s.upscaler_tile_size, step=16,
-                              label="Upscaler tile size, pixels (0 = whole picture at once)",
-                              elem_id="settings-upscaler-tile")
+        tile_size = gr.Number(s.upscaler_tile_size, precision=0, label="Upscaler tile size, pixels (0 = whole "
+                              "picture at once; smaller uses less memory)", elem_id="settings-upscaler-tile-size")
     with gr.Group():
         sampler = gr.Dropdown(list(SAMPLERS), value=s.default_sampler, label="Default sampler",
                               elem_id="settings-default-sampler")
@@ -65,7 +64,7 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
     status = gr.HTML(elem_id="settings-status")
 
     def on_save(out_dir, name_pattern, fmt, ram_gib, offload_mode, every, default_sampler, default_steps, side,
-                first_pass, tile):
+                tile, first_pass):
         current = ctx.settings
         if not allow_folder_changes and (str(out_dir) != str(current.outputs_dir)
                                          or name_pattern != current.filename_pattern):
@@ -96,4 +95,4 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
                 f"New defaults show in the tabs after a page reload.{html.escape(note)}</p>", "")
 
     save.click(on_save, [outputs_dir, pattern, save_format, ram_cache, offload, preview_every, sampler, steps, size,
-                         save_first_pass, tile_size], [status, notice], api_visibility="private", queue=False)
+                         tile_size, save_first_pass], [status, notice], api_visibility="private", queue=False)

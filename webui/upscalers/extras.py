@@ -24,6 +24,8 @@ from .folders import NONE
 
 MAX_SCALE_BY = 8.0
 MAX_SIDE = 4096  # the largest side a result may have (as for generated pictures)
+# A batch is held whole (the pictures, then the results): both are bounded, 8 pictures of 4096x4096 each.
+MAX_BATCH_PIXELS = 8 * MAX_SIDE * MAX_SIDE
 BY, TO = 0, 1  # resize_mode: scale by upscaling_resize, or to upscaling_resize_w x upscaling_resize_h
 
 
@@ -121,6 +123,21 @@ def plan_size(width: int, height: int, options: ExtrasOptions) -> tuple[tuple[in
         raise UpscalerError(f"the picture ({width}x{height}) would have to be enlarged to {size[0]}x{size[1]} "
                             "before cropping; choose a shape closer to the picture's", field_name)
     return size, crop
+
+
+def check_batch(sizes: list[tuple[int, int]], options: ExtrasOptions, field_name: str) -> None:
+    """Every picture's planned size is allowed and the batch stays within MAX_BATCH_PIXELS, before any work."""
+    if not sizes:
+        raise UpscalerError("no picture given", field_name)
+    given = produced = 0
+    for width, height in sizes:
+        given += width * height
+        if options.upscaler_1 != NONE:
+            (w, h), _ = plan_size(width, height, options)
+            produced += w * h
+    if max(given, produced) > MAX_BATCH_PIXELS:
+        raise UpscalerError(f"the pictures would hold more than {MAX_BATCH_PIXELS // 2**20} million pixels together "
+                            "(8 of 4096x4096); do them in smaller batches or enlarge them less", field_name)
 
 
 def run_extras(library: Upscaler, image: Image.Image, options: ExtrasOptions) -> ExtrasResult:

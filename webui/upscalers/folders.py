@@ -37,7 +37,7 @@ def scan(folders: list[Path], builtin_dir: Path | None) -> dict[str, UpscalerFil
     a name wins; a file named like a plain upscaler ("Lanczos.pth") is left out rather than hiding it."""
     found: dict[str, UpscalerFile] = {}
     taken = {name.lower() for name in PLAIN_UPSCALERS}
-    sources = [(Path(f), Path(f).name, SUFFIXES) for f in folders]
+    sources: list[tuple[Path, str, tuple[str, ...]]] = [(Path(f), Path(f).name, SUFFIXES) for f in folders]
     if builtin_dir is not None:
         sources.append((Path(builtin_dir), BUILTIN_FAMILY, (".safetensors",)))
     for folder, family, suffixes in sources:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..models.header import CorruptCheckpointError
 from ..models.loader import CheckpointLoadError, read_checkpoint_file
 from .errors import UpscalerError
 from .spandrel_import import import_spandrel
@@ -44,7 +45,7 @@ def load_upscaler(name: str, path: Path, field: str = "upscaler") -> UpscalerMod
     """Raises UpscalerError (naming the file) for a file that is unsafe, damaged or not an upscaler."""
     try:
         tensors, _ = read_checkpoint_file(path, torch.float32, skip=())
-    except CheckpointLoadError as exc:  # unsafe pickles and damaged files: the message names the file
+    except (CheckpointLoadError, CorruptCheckpointError) as exc:  # unsafe pickles, damaged files: named in the message
         raise UpscalerError(f"Upscaler {exc}", field) from exc
     if not tensors:
         raise UpscalerError(f"Upscaler {path.name}: the file holds no tensors", field)
@@ -59,8 +60,9 @@ def load_upscaler(name: str, path: Path, field: str = "upscaler") -> UpscalerMod
         raise UpscalerError(f"Upscaler {path.name}: not an upscaler model of a known architecture (ESRGAN, "
                             "Real-ESRGAN, SwinIR, DAT, HAT, ...)", field) from exc
     except Exception as exc:  # a known architecture's names with wrong shapes, missing tensors...
-        raise UpscalerError(f"Upscaler {path.name}: cannot be loaded ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0][:200] if str(exc) else 'no details'})", field) from exc
+        details = " ".join(str(exc).split())[:300] or "no details"
+        raise UpscalerError(f"Upscaler {path.name}: cannot be loaded ({type(exc).__name__}: {details})",
+                            field) from exc
     _check_usable(descriptor, spandrel, path, field)
     descriptor.model.eval().requires_grad_(False)
     return UpscalerModel(name, path, descriptor.architecture.name, int(descriptor.scale), descriptor,

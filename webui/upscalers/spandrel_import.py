@@ -72,8 +72,9 @@ def _stand_in() -> dict[str, ModuleType]:
     transforms = ModuleType("torchvision.transforms")
     functional = ModuleType("torchvision.transforms.functional")
     root.__path__ = transforms.__path__ = []  # packages, so the submodule imports resolve
-    functional.normalize = functional.rotate = _unavailable  # type: ignore[attr-defined]
-    functional.InterpolationMode = enum.Enum("InterpolationMode", "NEAREST BILINEAR BICUBIC")  # type: ignore[attr-defined]
-    root.transforms = transforms  # type: ignore[attr-defined]
-    transforms.functional = functional  # type: ignore[attr-defined]
+    for name, value in (("normalize", _unavailable), ("rotate", _unavailable),
+                        ("InterpolationMode", enum.Enum("InterpolationMode", "NEAREST BILINEAR BICUBIC"))):
+        setattr(functional, name, value)
+    setattr(root, "transforms", transforms)  # noqa: B010 (module attributes, set as imports would)
+    setattr(transforms, "functional", functional)  # noqa: B010
     return {"torchvision": root, "torchvision.transforms": transforms, "torchvision.transforms.functional": functional}
