@@ -123,7 +123,7 @@ def quick(client: httpx.Client, **fields: Any) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- generation
 def test_txt2img_returns_pngs_carrying_their_infotext_and_seeds_count_up(server):
-    from webui.shapes import classify
+    from tools.demo_model.shapes import classify
 
     with server.client() as api:
         reply = api.post("/txt2img", json=on_demo(api, steps=20, seed=1234, batch_size=2, n_iter=2))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from webui import shapes
+from tools.demo_model import shapes
 from webui.context import BUILTIN_DIR
 
 ROOT = Path(__file__).resolve().parent.parent

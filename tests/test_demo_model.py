@@ -1,6 +1,6 @@
 """The built-in demo model: the shipped file, and pictures that follow their prompts.
 
-Pictures are judged by ``webui.shapes`` (border colour = background, what differs from it =
+Pictures are judged by ``tools.demo_model.shapes`` (border colour = background, what differs from it =
 foreground, colour by hue, shape by fill of the bounding box), which knows nothing of the model.
 Each test would fail with broken text conditioning: the prompt alone decides the colours.
 The full evaluation is ``benchmarks/demo_quality.py``.
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from webui import shapes
+from tools.demo_model import shapes
 from webui.context import BUILTIN_DIR
 
 DEMO = BUILTIN_DIR / "atelier-demo.safetensors"

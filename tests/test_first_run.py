@@ -58,7 +58,7 @@ def server(tmp_path):
 def test_fresh_install_starts_on_the_demo_model_and_draws_the_example_prompt(server, tmp_path):
     from gradio_client import Client
 
-    from webui.shapes import classify
+    from tools.demo_model.shapes import classify
 
     assert builtin_checkpoints(), "the built-in demo model must ship inside the package"
     config = httpx.get(server + "config", timeout=30).json()
