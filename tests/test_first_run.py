@@ -18,6 +18,8 @@ from webui.context import BUILTIN_LABEL, EXAMPLE_PROMPT, builtin_checkpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 
+pytestmark = pytest.mark.slow  # starts the real server in a subprocess and generates on the demo model
+
 
 def _free_port() -> int:
     with socket.socket() as s:
