@@ -5,5 +5,5 @@ cd "$(dirname "$0")"
 bash scripts/bootstrap.sh test
 bash scripts/ensure_chromium.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
-.venv/bin/ruff check webui tests benchmarks scripts extensions
+.venv/bin/ruff check webui tests benchmarks scripts extensions tools
 exec .venv/bin/python -m pytest "$@"

@@ -3,8 +3,8 @@
 Every colour × shape, 4 seeds, 20 steps of Euler a at the native size (64×64), CFG 7, fp32 on
 the CPU, through the engine (``generate``). The prompt is "a {colour} {shape} on a {bg}
 background" with the background cycling through the other colours. Each picture is classified
-by ``webui.shapes.classify`` (background = border colour, foreground = what differs from it,
-colour by mean hue, shape by fill of the bounding box) and compared with the prompt.
+by ``tools.demo_model.shapes.classify`` (background = border colour, foreground = what differs
+from it, colour by mean hue, shape by fill of the bounding box) and compared with the prompt.
 Goals: foreground colour ≥ 90%, shape ≥ 75%, background colour ≥ 85%, median < 2 s per picture.
 
     nice -n 10 .venv/bin/python -m benchmarks.demo_quality
@@ -38,7 +38,7 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from webui import shapes
+    from tools.demo_model import shapes
     from webui.context import builtin_checkpoints
     from webui.pipelines.generate import generate
     from webui.pipelines.request import GenerationRequest
@@ -54,7 +54,7 @@ def main() -> None:
     else:
         builtin = [e for e in builtin_checkpoints() if e.path.name == "atelier-demo.safetensors"]
         if not builtin:
-            raise SystemExit("no built-in demo model; run scripts/train_demo_model.py first")
+            raise SystemExit("no built-in demo model; run python -m tools.demo_model.train first")
         checkpoint = builtin[0].name
     ctx = make_context(work / "models", work / "outputs", precision="fp32")
     try:

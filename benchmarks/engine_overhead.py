@@ -5,8 +5,6 @@ components, sampler, steps and seed. Target: <= 1.05x, identical pixels.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +18,6 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from tests.support.tiny_models import tiny_components, write_single_file
     from webui.pipelines.generate import generate
     from webui.pipelines.request import GenerationRequest

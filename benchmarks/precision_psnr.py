@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -41,7 +40,6 @@ def main() -> None:
     ckpts.mkdir(parents=True)
     source = args.model or next((e.path for e in builtin_checkpoints()), None)
     if source is None:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         from tests.support.tiny_models import tiny_components, write_single_file
 
         source = write_single_file(work / "tiny.safetensors", "sd1", tiny_components("sd1", seed=0))

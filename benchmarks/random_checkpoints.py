@@ -32,8 +32,8 @@ def write_random_sd15(path: Path, seed: int = 0, dtype: torch.dtype = torch.floa
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from tools.ldm_writer import to_original_layout
     from webui.models import configs
-    from webui.models.ldm_layout import to_original_layout
 
     gen = torch.Generator().manual_seed(seed)
     with init_empty_weights(include_buffers=False):

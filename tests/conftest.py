@@ -11,6 +11,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Idle OpenMP threads sleep instead of spinning (set before torch loads): on a shared CPU a spinning thread
+# waits for a descheduled peer, and the tiny models' tests ran 3-4x slower whenever another job was running.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")

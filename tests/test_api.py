@@ -122,8 +122,9 @@ def quick(client: httpx.Client, **fields: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- generation
+@pytest.mark.slow
 def test_txt2img_returns_pngs_carrying_their_infotext_and_seeds_count_up(server):
-    from webui.shapes import classify
+    from tools.demo_model.shapes import classify
 
     with server.client() as api:
         reply = api.post("/txt2img", json=on_demo(api, steps=20, seed=1234, batch_size=2, n_iter=2))
@@ -297,6 +298,7 @@ def _wait_for(predicate, timeout: float = 60.0, every: float = 0.02) -> Any:
     raise AssertionError("timed out")
 
 
+@pytest.mark.slow
 def test_progress_reports_a_rising_fraction_and_previews(server):
     with server.client() as api, server.client() as poller:
         assert api.post("/options", json={"show_progress_every_n_steps": 1}).status_code == 200
@@ -345,6 +347,7 @@ def test_interrupt_ends_the_callers_job_and_not_another_callers(auth_server):
     assert not bob_info["interrupted"] and bob_info["all_seeds"] == [2] and len(b["reply"].json()["images"]) == 1
 
 
+@pytest.mark.slow
 def test_api_and_ui_jobs_share_one_fifo_queue_and_interrupt_spares_ui_jobs(server, tmp_path):
     from gradio_client import Client
     from gradio_client.utils import Status
@@ -476,6 +479,7 @@ def _raw_post(url: str, path: str, declared_length: int) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------- command line
+@pytest.mark.slow
 def test_api_flags_on_the_command_line(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

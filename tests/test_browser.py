@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from webui import shapes
+from tools.demo_model import shapes
 from webui.context import BUILTIN_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +27,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 TIMEOUT_MS = 120_000
 
 pytestmark = [
+    pytest.mark.slow,  # a real Chromium against live servers
     pytest.mark.skipif(shutil.which("chromium") is None and not Path(CHROMIUM).exists(),
                        reason="Debian's chromium is not installed (run_tests.sh installs it)"),
     pytest.mark.skipif(not (BUILTIN_DIR / "atelier-demo.safetensors").exists(), reason="demo model not built"),

@@ -98,6 +98,7 @@ def test_long_prompts_keep_every_token_and_the_negative_is_padded(sd1):
     assert np.abs(np.asarray(whole, dtype=int) - np.asarray(first, dtype=int)).mean() > 0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sd1", "sdxl"])
 def test_prompt_editing_switches_during_sampling(sd1, name):
     ctx, _ = sd1

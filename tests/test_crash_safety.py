@@ -51,6 +51,7 @@ def _check_files(root: Path) -> int:
     return len(images)
 
 
+@pytest.mark.slow
 def test_kill_9_while_saving_never_leaves_a_truncated_file(tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(WRITER)

@@ -1,6 +1,6 @@
 """The built-in demo model: the shipped file, and pictures that follow their prompts.
 
-Pictures are judged by ``webui.shapes`` (border colour = background, what differs from it =
+Pictures are judged by ``tools.demo_model.shapes`` (border colour = background, what differs from it =
 foreground, colour by hue, shape by fill of the bounding box), which knows nothing of the model.
 Each test would fail with broken text conditioning: the prompt alone decides the colours.
 The full evaluation is ``benchmarks/demo_quality.py``.
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from webui import shapes
+from tools.demo_model import shapes
 from webui.context import BUILTIN_DIR
 
 DEMO = BUILTIN_DIR / "atelier-demo.safetensors"
@@ -85,6 +85,7 @@ def test_shipped_file_is_small_in_original_layout_and_loads():
     assert type(model.components["text_encoder"]).__name__ == "CLIPTextModel"
 
 
+@pytest.mark.slow
 def test_foreground_colour_follows_the_prompt(demo):
     red = run(demo, "a red square", seed=3)
     blue = run(demo, "a blue square", seed=3)
@@ -92,6 +93,7 @@ def test_foreground_colour_follows_the_prompt(demo):
     assert shapes.classify(blue)[1] == "blue"
 
 
+@pytest.mark.slow
 def test_a_few_prompts_mostly_classify_right(demo):
     colours = list(shapes.COLOURS)
     right = {"fg": 0, "shape": 0, "bg": 0}
@@ -110,6 +112,7 @@ def _green_circle_top_left() -> Image.Image:
     return shapes.draw(scene, SIZE)
 
 
+@pytest.mark.slow
 def test_img2img_keeps_the_circle_at_low_strength(demo):
     init = _green_circle_top_left()
     x0, y0 = shapes.centre_of(init)
@@ -124,6 +127,7 @@ def test_img2img_keeps_the_circle_at_low_strength(demo):
     assert diff_full > diff_low
 
 
+@pytest.mark.slow
 def test_inpainting_recolours_the_shape_and_nothing_else(demo):
     init = shapes.draw(shapes.Scene("green", "circle", "blue"), SIZE)
     mask = Image.new("L", (SIZE, SIZE), 0)
@@ -144,6 +148,7 @@ def _redness(image: Image.Image) -> float:
     return float((pixels[..., 0] - pixels[..., 2]).mean())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 3])
 def test_emphasis_shifts_the_picture_toward_the_emphasised_colour(demo, seed):
     toward_red = run(demo, "a (red:1.4) and blue circle", seed=seed)
@@ -151,6 +156,7 @@ def test_emphasis_shifts_the_picture_toward_the_emphasised_colour(demo, seed):
     assert _redness(toward_red) > _redness(toward_blue) + 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 3])
 def test_prompt_editing_differs_from_both_plain_prompts(demo, seed):
     edited = np.asarray(run(demo, "a [red:blue:0.5] square on a green background", seed=seed), dtype=np.float32)

@@ -35,6 +35,7 @@ def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
+@pytest.mark.slow
 def test_single_file_and_diffusers_folder_generate(make_context):
     ctx = make_context(["sd1", "folder", "sdxl"])
     titles = [e.name for e in ctx.registry.entries()]
@@ -46,6 +47,7 @@ def test_single_file_and_diffusers_folder_generate(make_context):
         assert ctx.manager.cache.get(name).arch == ("sdxl" if "xl" in name else "sd1")
 
 
+@pytest.mark.slow
 def test_different_checkpoints_give_different_pictures(make_context):
     ctx = make_context(["sd1", "sd1b"])
     a = generate(ctx.manager, req(checkpoint="sd1.safetensors")).images[0]
@@ -62,6 +64,7 @@ def test_titles_gain_a_hash_lazily(make_context):
     assert ctx.registry.find(entry.title) is entry and ctx.registry.find(digest[:10]) is entry
 
 
+@pytest.mark.slow
 def test_hot_swap_keeps_recent_models_in_ram_and_evicts_by_bytes(make_context, tiny_files):
     probe = make_context(["sd1"])
     one = probe.manager.load("sd1").nbytes
@@ -136,6 +139,7 @@ def test_img2img_strength_controls_how_much_the_init_image_survives(make_context
     assert np.abs(low_a - pixels(roundtrip_a)).mean() < np.abs(low_b - pixels(roundtrip_a)).mean()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("area", [InpaintArea.WHOLE_PICTURE, InpaintArea.ONLY_MASKED])
 @pytest.mark.parametrize("model_name", ["sd1", "sd1-inpaint"])
 def test_inpainting_leaves_pixels_outside_the_mask_identical(make_context, area, model_name):
@@ -162,6 +166,7 @@ def test_empty_mask_is_a_clear_error(make_context):
         generate(ctx.manager, req(init_image=_init_image(), mask=Image.new("L", (SIZE, SIZE), 0)))
 
 
+@pytest.mark.slow
 def test_saved_files_carry_parseable_infotext(make_context):
     ctx = make_context(["sd1"])
     result = generate(
@@ -187,6 +192,7 @@ def _good_model_still_generates(ctx, first: bool = False) -> None:
     assert result.images and ctx.manager.current_name == "sd1.safetensors"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "damage, message",
     [
@@ -207,6 +213,7 @@ def test_broken_files_fail_clearly_and_the_previous_model_stays(make_context, da
     _good_model_still_generates(ctx)
 
 
+@pytest.mark.slow
 def test_unknown_architecture_is_named(make_context, tmp_path):
     from safetensors.torch import save_file
 
@@ -266,6 +273,7 @@ def test_plain_ckpt_state_dict_loads_the_same_weights(make_context, tiny_files):
     assert np.array_equal(pixels(via_ckpt), pixels(via_st))
 
 
+@pytest.mark.slow
 def test_two_threads_at_once_match_sequential_runs(make_context):
     ctx = make_context(["sd1", "sd1b"])
     jobs = [req(checkpoint="sd1.safetensors", seed=5, steps=4), req(checkpoint="sd1b.safetensors", seed=9, steps=4)]
@@ -319,6 +327,7 @@ def test_previews_arrive_every_n_steps(make_context):
     assert previews and previews[0].size == (SIZE, SIZE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M", "DPM++ SDE", "DDIM", "UniPC", "Heun", "LMS", "DPM2 a"])
 def test_samplers_change_the_picture_but_all_work(make_context, sampler):
     ctx = make_context(["sd1"])

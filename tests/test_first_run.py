@@ -18,6 +18,8 @@ from webui.context import BUILTIN_LABEL, EXAMPLE_PROMPT, builtin_checkpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 
+pytestmark = pytest.mark.slow  # starts the real server in a subprocess and generates on the demo model
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -58,7 +60,7 @@ def server(tmp_path):
 def test_fresh_install_starts_on_the_demo_model_and_draws_the_example_prompt(server, tmp_path):
     from gradio_client import Client
 
-    from webui.shapes import classify
+    from tools.demo_model.shapes import classify
 
     assert builtin_checkpoints(), "the built-in demo model must ship inside the package"
     config = httpx.get(server + "config", timeout=30).json()

@@ -18,7 +18,7 @@ from tests.support.tiny_models import (
     write_diffusers_folder,
     write_single_file,
 )
-from webui.models.ldm_layout import to_original_layout
+from tools.ldm_writer import to_original_layout
 
 OPEN_CLIP_PREFIXES = {"sd2": "cond_stage_model.model.", "sdxl": "conditioner.embedders.1.model."}
 

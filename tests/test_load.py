@@ -23,6 +23,8 @@ from PIL import Image
 
 from tests.conftest import make_models_dir
 
+pytestmark = pytest.mark.slow  # live servers under load from 8 clients
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_files):

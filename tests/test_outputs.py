@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import errno
 import os
 import subprocess
 import sys
@@ -12,12 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 
 from webui import outputs
 from webui.outputs import OutputLayout, next_counter, read_infotext, save_image
 from webui.pipelines.request import Task
 
+BODY = "a red fox in the snow\nSteps: 20, Seed: 1, Size: 8x8"
 TEXT = "ein Fuchs im Schnee — 雪の狐, «soft light»\nNegative prompt: blurry\nSteps: 20, Seed: 5, Size: 8x8"
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,10 +88,10 @@ def test_without_hard_links_still_never_overwrites(tmp_path, monkeypatch):
 
 
 def test_failed_save_leaves_nothing_behind(tmp_path, monkeypatch):
-    def broken(temp, path):
-        raise OSError("disk full")
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "disk full")
 
-    monkeypatch.setattr(outputs, "_link_exclusive", broken)
+    monkeypatch.setattr(os, "fsync", disk_full)  # the disk fills up while the picture is written
     with pytest.raises(OSError, match="disk full"):
         save_image(_image(), tmp_path, 1, TEXT)
     assert list(tmp_path.iterdir()) == []
@@ -129,7 +131,7 @@ def test_processes_saving_at_once_never_collide(tmp_path):
     # All start saving at the same moment, with one seed, so they race for the same names.
     script = textwrap.dedent(f"""
         import sys, time
-        from PIL import Image
+        from PIL import ExifTags, Image
         from webui.outputs import save_image
         while time.time() < float(sys.argv[2]):
             time.sleep(0.001)
@@ -169,8 +171,13 @@ def test_read_infotext_without_text(tmp_path):
     assert read_infotext(_image()) is None
 
 
-def test_user_comment_decoding_variants():
-    body = "Steps: 20, Seed: 1"
-    assert outputs._decode_user_comment(b"UNICODE\0" + body.encode("utf-16-be")) == body
-    assert outputs._decode_user_comment(b"UNICODE\0" + body.encode("utf-16-le")) == body
-    assert outputs._decode_user_comment(b"ASCII\0\0\0" + body.encode()) == body
+@pytest.mark.parametrize("comment", [b"UNICODE\0" + BODY.encode("utf-16-be"),  # what A1111 writes
+                                     b"UNICODE\0" + BODY.encode("utf-16-le"),  # some other writers
+                                     b"ASCII\0\0\0" + BODY.encode()])
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
+def test_infotext_is_read_from_user_comments_other_programs_write(tmp_path, comment, fmt):
+    exif = Image.Exif()
+    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment] = comment
+    path = tmp_path / f"other.{fmt.lower()}"
+    _image().save(path, format=fmt, exif=exif.tobytes())
+    assert read_infotext(path) == BODY

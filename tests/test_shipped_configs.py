@@ -78,14 +78,13 @@ def test_exclamation_marks_stay_text_unless_asked() -> None:
     assert hub_like.pad_token_id == 0
 
 
-def test_tokenizers_are_independent_and_parsing_is_cached() -> None:
+def test_tokenizers_are_independent() -> None:
     first = configs.load_clip_tokenizer()
     second = configs.load_clip_tokenizer()
     assert first is not second
     first.add_tokens(["<my-embedding>"])
     assert len(first) == 49409 and len(second) == 49408
     assert configs.load_clip_tokenizer()("<my-embedding>").input_ids != first("<my-embedding>").input_ids
-    assert configs._vocab_and_merges.cache_info().hits >= 2
 
 
 def test_unknown_pad_token_is_rejected() -> None:

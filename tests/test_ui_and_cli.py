@@ -74,6 +74,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_models_and_generate(tmp_path, tiny_files):
     models = make_models_dir(tmp_path, tiny_files, ["sd1", "sd1b"])
     listed = _cli("models", "--models-dir", str(models), "--settings-file", str(tmp_path / "s.json"), "--hash",
@@ -90,6 +91,7 @@ def test_cli_models_and_generate(tmp_path, tiny_files):
     assert [p.name[6:] for p in paths] == ["5.png", "6.png"] and all(p.exists() for p in paths)
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_input_without_a_traceback(tmp_path, tiny_files):
     models = make_models_dir(tmp_path, tiny_files, ["sd1"])
     out = _cli("generate", "--prompt", "x", "--models-dir", str(models), "--settings-file", str(tmp_path / "s.json"),
@@ -97,6 +99,7 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, tiny_files):
     assert out.returncode == 2 and "steps" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_listen_without_auth_prints_the_address_and_a_generated_password(tmp_path):
     import socket
     import time

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from tests.support.tiny_models import tiny_components
+from tools.ldm_writer import vae_to_ldm
 from webui.infotext import parse_infotext
-from webui.models.ldm_layout import vae_to_ldm
 from webui.models.loader import CheckpointLoadError
 from webui.models.vae import VaeNotFoundError
 from webui.pipelines.generate import generate

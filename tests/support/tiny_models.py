@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
+from tools.ldm_writer import to_original_layout
 from webui.models.detect import CONFIG_METADATA_KEY
-from webui.models.ldm_layout import to_original_layout
 
 ARCHES = ("sd1", "sd1-inpaint", "sd2", "sd2-v", "sd2-inpaint", "sdxl", "sdxl-inpaint")
 SDXL_TIME_EMBED_DIM = 8

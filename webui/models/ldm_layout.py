@@ -1,82 +1,24 @@
-"""Diffusers components -> one state dict in the original Stable Diffusion single-file layout.
+"""Diffusers UNet parameter names -> the original Stable Diffusion single-file layout's names.
 
-The inverse of diffusers' single-file converters (``diffusers.loaders.single_file_utils``):
-what this writes, ``convert_ldm_unet_checkpoint`` / ``convert_ldm_vae_checkpoint`` /
-``convert_ldm_clip_checkpoint`` / ``convert_open_clip_checkpoint`` turn back into the same
-tensors. Block counts are read off the state dicts, so any depth/width converts, not only
-the released sizes. Used to write test models and the demo model in the format users have.
+The runtime needs this one direction for LoRAs: kohya files for SDXL name UNet layers as the original
+layout does (``input_blocks_4_1_...``), and the loaded model has diffusers' names. Block counts are read
+off the state dict, so any depth/width maps, not only the released sizes. Whole-model conversion (VAE,
+text encoders, one file), used only to write test and demo checkpoints, is ``tools/ldm_writer.py``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
-import torch
-
-__all__ = ["UNET_PREFIX", "VAE_PREFIX", "text_encoder_prefixes", "to_original_layout"]
+__all__ = ["UNET_PREFIX", "unet_to_ldm", "unmapped"]
 
 UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIX = "first_stage_model."
-SD1_CLIP_PREFIX = "cond_stage_model.transformer."
-SD2_OPEN_CLIP_PREFIX = "cond_stage_model.model."
-SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
-SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
-
-StateDict = dict[str, torch.Tensor]
+V = TypeVar("V")  # tensors when converting weights; anything when only the names matter (LoRA key lookup)
 
 
-def text_encoder_prefixes(arch: str) -> list[tuple[str, str]]:
-    """(layout, key prefix) of each text encoder of ``arch``; layout is "clip" (HF names) or "open_clip"."""
-    if arch.startswith("sdxl"):
-        return [("clip", SDXL_CLIP_PREFIX), ("open_clip", SDXL_OPEN_CLIP_PREFIX)]
-    if arch.startswith("sd2"):
-        return [("open_clip", SD2_OPEN_CLIP_PREFIX)]
-    if arch.startswith("sd1"):
-        return [("clip", SD1_CLIP_PREFIX)]
-    raise ValueError(f"unknown architecture {arch!r}")
-
-
-def to_original_layout(
-    arch: str,
-    *,
-    unet: torch.nn.Module | Mapping[str, torch.Tensor],
-    vae: torch.nn.Module | Mapping[str, torch.Tensor],
-    text_encoder: torch.nn.Module | Mapping[str, torch.Tensor],
-    text_encoder_2: torch.nn.Module | Mapping[str, torch.Tensor] | None = None,
-) -> StateDict:
-    """One flat state dict as in an original SD/SDXL ``.safetensors`` (modules or diffusers state dicts in).
-
-    Tensors are detached and may share memory with the given modules; ``.contiguous()`` or
-    ``.clone()`` them before saving or changing them.
-    """
-    encoders = text_encoder_prefixes(arch)
-    if len(encoders) == 2 and text_encoder_2 is None:
-        raise ValueError(f"{arch} needs text_encoder_2")
-    if len(encoders) == 1 and text_encoder_2 is not None:
-        raise ValueError(f"{arch} has one text encoder; text_encoder_2 was given")
-
-    out: StateDict = {}
-    _add(out, UNET_PREFIX, unet_to_ldm(_state_dict(unet)))
-    _add(out, VAE_PREFIX, vae_to_ldm(_state_dict(vae)))
-    for (layout, prefix), module in zip(encoders, (text_encoder, text_encoder_2), strict=False):
-        sd = _state_dict(module)
-        _add(out, prefix, clip_to_hf_ldm(sd) if layout == "clip" else clip_to_open_clip(sd))
-    return out
-
-
-def _state_dict(obj: Any) -> StateDict:
-    sd = obj.state_dict() if isinstance(obj, torch.nn.Module) else obj
-    return {k: v.detach() for k, v in sd.items()}
-
-
-def _add(out: StateDict, prefix: str, part: StateDict) -> None:
-    for key, value in part.items():
-        out[prefix + key] = value
-
-
-def _unmapped(what: str, key: str) -> ValueError:
+def unmapped(what: str, key: str) -> ValueError:
     # Refusing beats dropping: a silently missing tensor would only show up as a broken image.
     return ValueError(f"{what} tensor {key!r} has no place in the original layout")
 
@@ -129,7 +71,7 @@ def _rename_head(suffix: str, table: Mapping[str, str]) -> str:
     return f"{table.get(head, head)}.{rest}"
 
 
-def unet_to_ldm(sd: Mapping[str, torch.Tensor]) -> StateDict:
+def unet_to_ldm(sd: Mapping[str, V]) -> dict[str, V]:
     """UNet2DConditionModel state dict -> keys under ``model.diffusion_model.`` (prefix not included).
 
     Layout: input_blocks.0 is conv_in; each down block b with L resnets fills input_blocks
@@ -142,7 +84,7 @@ def unet_to_ldm(sd: Mapping[str, torch.Tensor]) -> StateDict:
     up_with_attention = {
         int(k.split(".")[1]) for k in sd if k.startswith("up_blocks.") and ".attentions." in k
     }
-    out: StateDict = {}
+    out: dict[str, V] = {}
     for key, value in sd.items():
         module, _, param = key.rpartition(".")
         if module in _UNET_FIXED:
@@ -174,143 +116,5 @@ def unet_to_ldm(sd: Mapping[str, torch.Tensor]) -> StateDict:
             else:
                 out[f"middle_block.{2 * layer + 1}.{suffix}"] = value
         else:
-            raise _unmapped("UNet", key)
-    return out
-
-
-# --------------------------------------------------------------------------- VAE
-
-_VAE_RESNET = re.compile(r"^(encoder|decoder)\.(down_blocks|up_blocks)\.(\d+)\.resnets\.(\d+)\.(.+)$")
-_VAE_SAMPLER = re.compile(
-    r"^(encoder|decoder)\.(down_blocks|up_blocks)\.(\d+)\.(downsamplers|upsamplers)\.0\.(.+)$"
-)
-_VAE_MID = re.compile(r"^(encoder|decoder)\.mid_block\.(resnets|attentions)\.(\d+)\.(.+)$")
-_VAE_ATTENTION_PARTS = {
-    "group_norm": "norm",
-    "to_q": "q",
-    "to_k": "k",
-    "to_v": "v",
-    "to_out.0": "proj_out",
-    # Names of diffusers before 0.14, still found in some saved state dicts.
-    "query": "q",
-    "key": "k",
-    "value": "v",
-    "proj_attn": "proj_out",
-}
-
-
-def vae_to_ldm(sd: Mapping[str, torch.Tensor]) -> StateDict:
-    """AutoencoderKL state dict -> keys under ``first_stage_model.`` (prefix not included).
-
-    The decoder's up blocks are numbered in reverse in the original (up.0 is the last one
-    run), and the mid-block attention is four 1x1 convs ([C, C, 1, 1]) where diffusers has linears.
-    """
-    up_blocks = 1 + max((int(k.split(".")[2]) for k in sd if k.startswith("decoder.up_blocks.")), default=-1)
-    out: StateDict = {}
-    for key, value in sd.items():
-        if m := _VAE_RESNET.match(key):
-            coder, block, layer = m[1], int(m[3]), int(m[4])
-            suffix = m[5].replace("conv_shortcut", "nin_shortcut")
-            level = block if coder == "encoder" else up_blocks - 1 - block
-            out[f"{coder}.{'down' if coder == 'encoder' else 'up'}.{level}.block.{layer}.{suffix}"] = value
-        elif m := _VAE_SAMPLER.match(key):
-            coder, block, suffix = m[1], int(m[3]), m[5]
-            if coder == "encoder":
-                out[f"encoder.down.{block}.downsample.{suffix}"] = value
-            else:
-                out[f"decoder.up.{up_blocks - 1 - block}.upsample.{suffix}"] = value
-        elif m := _VAE_MID.match(key):
-            coder, kind, index, suffix = m[1], m[2], int(m[3]), m[4]
-            if kind == "resnets":
-                suffix = suffix.replace("conv_shortcut", "nin_shortcut")
-                out[f"{coder}.mid.block_{index + 1}.{suffix}"] = value
-                continue
-            if index != 0:
-                raise _unmapped("VAE", key)
-            module, _, param = suffix.rpartition(".")
-            if module not in _VAE_ATTENTION_PARTS:
-                raise _unmapped("VAE", key)
-            if param == "weight" and module != "group_norm" and value.ndim == 2:
-                value = value[:, :, None, None]
-            out[f"{coder}.mid.attn_1.{_VAE_ATTENTION_PARTS[module]}.{param}"] = value
-        elif key.startswith(("encoder.conv_norm_out.", "decoder.conv_norm_out.")):
-            out[key.replace(".conv_norm_out.", ".norm_out.")] = value
-        elif key.startswith(("encoder.conv_", "decoder.conv_", "quant_conv.", "post_quant_conv.")):
-            out[key] = value
-        else:
-            raise _unmapped("VAE", key)
-    return out
-
-
-# --------------------------------------------------------------------------- text encoders
-
-
-def _hf_clip_names(sd: Mapping[str, torch.Tensor]) -> StateDict:
-    """HF CLIP keys with the ``text_model.`` wrapper, without buffers.
-
-    transformers 5 saves CLIPTextModel flat (``embeddings.*``, ``encoder.*``) while
-    CLIPTextModelWithProjection still nests under ``text_model.``; original files always nest.
-    """
-    out: StateDict = {}
-    for key, value in sd.items():
-        if key.endswith("position_ids"):
-            continue  # a buffer rebuilt at load; recent transformers no longer save it either
-        if key.startswith("text_model.") or key == "text_projection.weight":
-            out[key] = value
-        else:
-            out["text_model." + key] = value
-    return out
-
-
-def clip_to_hf_ldm(sd: Mapping[str, torch.Tensor]) -> StateDict:
-    """CLIP-L as SD 1.x / SDXL's first encoder store it: HF names under ``<prefix>text_model.``."""
-    return _hf_clip_names(sd)
-
-
-_OPEN_CLIP_FIXED = {
-    "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
-    "text_model.embeddings.position_embedding.weight": "positional_embedding",
-    "text_model.final_layer_norm.weight": "ln_final.weight",
-    "text_model.final_layer_norm.bias": "ln_final.bias",
-}
-_OPEN_CLIP_LAYER = re.compile(r"^text_model\.encoder\.layers\.(\d+)\.(.+)$")
-_OPEN_CLIP_PARTS = {
-    "layer_norm1": "ln_1",
-    "layer_norm2": "ln_2",
-    "self_attn.out_proj": "attn.out_proj",
-    "mlp.fc1": "mlp.c_fc",
-    "mlp.fc2": "mlp.c_proj",
-}
-_QKV = re.compile(r"^self_attn\.([qkv])_proj\.(weight|bias)$")
-
-
-def clip_to_open_clip(sd: Mapping[str, torch.Tensor]) -> StateDict:
-    """OpenCLIP text tower (SD 2.x, SDXL's second encoder) under ``<prefix>`` (not included).
-
-    q/k/v projections are one ``attn.in_proj_*`` tensor in q, k, v order; ``text_projection``
-    is stored as [hidden, projection], the transpose of the diffusers linear weight.
-    """
-    out: StateDict = {}
-    qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
-    for key, value in _hf_clip_names(sd).items():
-        if key in _OPEN_CLIP_FIXED:
-            out[_OPEN_CLIP_FIXED[key]] = value
-        elif key == "text_projection.weight":
-            out["text_projection"] = value.T.contiguous()
-        elif m := _OPEN_CLIP_LAYER.match(key):
-            layer, suffix = int(m[1]), m[2]
-            if q := _QKV.match(suffix):
-                qkv.setdefault((layer, q[2]), {})[q[1]] = value
-                continue
-            module, _, param = suffix.rpartition(".")
-            if module not in _OPEN_CLIP_PARTS:
-                raise _unmapped("text encoder", key)
-            out[f"transformer.resblocks.{layer}.{_OPEN_CLIP_PARTS[module]}.{param}"] = value
-        else:
-            raise _unmapped("text encoder", key)
-    for (layer, param), parts in sorted(qkv.items()):
-        if set(parts) != {"q", "k", "v"}:
-            raise ValueError(f"text encoder layer {layer} lacks some of q/k/v {param}")
-        joined = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
-        out[f"transformer.resblocks.{layer}.attn.in_proj_{param}"] = joined
+            raise unmapped("UNet", key)
     return out

@@ -1,9 +1,10 @@
 """Coloured shapes on coloured backgrounds: the built-in demo model's world.
 
-Shared by the training script (which draws its pictures with PIL), the quality benchmark and the
-tests. Pure PIL/numpy: the classifier here knows nothing of any model. It finds the background as
-the colour of the picture's border, the foreground as what differs from it, names colours by hue
-and shapes by how much of their bounding box they fill.
+Shared by the training script (``tools.demo_model.train``, which draws its pictures with PIL), the
+quality benchmark (``benchmarks.demo_quality``) and the tests; a development tool, not shipped.
+Pure PIL/numpy: the classifier here knows nothing of any model. It finds the background as the
+colour of the picture's border, the foreground as what differs from it, names colours by hue and
+shapes by how much of their bounding box they fill.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The model is a miniature Stable Diffusion 1.x: a CLIP text encoder (the standard CLIP tokenizer,
 vocabulary 49408, 77 positions, hidden size 64), a UNet2DConditionModel with cross-attention on
 16×16 latents, and an AutoencoderKL that downsamples by 4. Its pictures are drawn here with PIL
-(``webui.shapes``: 8 colours × 4 shapes, optional size words and positions, several caption
+(``tools.demo_model.shapes``: 8 colours × 4 shapes, optional size words and positions, several caption
 wordings), so nothing is downloaded.
 
 Stages (all seeded; the same torch version and thread count give the same file):
@@ -17,7 +17,7 @@ Stages (all seeded; the same torch version and thread count give the same file):
 
 Run from the repository root:
 
-    nice -n 10 .venv/bin/python scripts/train_demo_model.py
+    nice -n 10 .venv/bin/python -m tools.demo_model.train
 
 Measured for the shipped file on the 2-core development machine while other jobs (browser tests,
 the test suite) shared it: 104 minutes wall in one uninterrupted run (VAE 1200 steps 21.9 min at
@@ -35,7 +35,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,14 +47,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from webui import shapes  # noqa: E402
+from tools.demo_model import shapes  # noqa: E402
+from tools.ldm_writer import to_original_layout  # noqa: E402
 from webui.models.configs import load_clip_tokenizer  # noqa: E402
 from webui.models.detect import CONFIG_METADATA_KEY  # noqa: E402
-from webui.models.ldm_layout import to_original_layout  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[2]  # the repository root
 OUTPUT = ROOT / "webui" / "models" / "builtin" / "atelier-demo.safetensors"
 SEED = 20261128
 # Offset noise: a per-channel constant added to the training noise. Without it the model reads the
