@@ -6,4 +6,5 @@ bash scripts/bootstrap.sh test
 bash scripts/ensure_chromium.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
 .venv/bin/ruff check webui tests benchmarks scripts extensions tools
+.venv/bin/mypy  # type-checks webui/ (configured in pyproject.toml)
 exec .venv/bin/python -m pytest "$@"

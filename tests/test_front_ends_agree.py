@@ -21,8 +21,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
+from tools.ldm_writer import vae_to_ldm
 from webui.context import BUILTIN_DIR
-from webui.models.ldm_layout import vae_to_ldm
 from webui.outputs import read_infotext
 
 ROOT = Path(__file__).resolve().parent.parent

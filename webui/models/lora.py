@@ -170,7 +170,7 @@ def target_layers(components: dict[str, Any]) -> dict[tuple[str, str], Patchable
     if unet is not None:
         # kohya names SDXL's UNet layers after the original layout (input_blocks_4_1_...).
         keys = {key: key for key in unet.state_dict()}
-        for original, diffusers_key in unet_to_ldm(keys).items():  # type: ignore[arg-type]  # renames only
+        for original, diffusers_key in unet_to_ldm(keys).items():
             module = found.get((UNET, module_key(str(diffusers_key).rpartition(".")[0])))
             if module is not None:
                 found.setdefault((UNET, module_key(original.rpartition(".")[0])), module)

@@ -64,7 +64,7 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
     status = gr.HTML(elem_id="settings-status")
 
     def on_save(out_dir, name_pattern, fmt, ram_gib, offload_mode, every, default_sampler, default_steps, side,
-                tile, first_pass):
+                tile=None, first_pass=None):
         current = ctx.settings
         if not allow_folder_changes and (str(out_dir) != str(current.outputs_dir)
                                          or name_pattern != current.filename_pattern):
@@ -78,9 +78,12 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
             "default_sampler": default_sampler,
             "default_steps": default_steps,
             "default_size": side,
-            "save_images_before_highres_fix": bool(first_pass),
-            "upscaler_tile_size": tile,
         }
+        # Controls added later are optional here, so a save made by an older page keeps working.
+        if tile is not None:
+            changes["upscaler_tile_size"] = tile
+        if first_pass is not None:
+            changes["save_images_before_highres_fix"] = bool(first_pass)
         if allow_folder_changes:
             changes["outputs_dir"] = out_dir
         try:
