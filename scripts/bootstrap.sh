@@ -29,6 +29,12 @@ stamp=".venv/.atelier-installed"
 want="$(cat pyproject.toml | sha256sum | cut -d' ' -f1) extras=${extras}"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "[atelier] installing the project${extras:+ with [$extras]}"
-    "${pip[@]}" install -e ".${extras:+[$extras]}"
+    # The torch installed above stays: without this pin pip would swap it for the newest build that the newest
+    # torchvision (pulled in by spandrel) asks for, e.g. a CUDA build over the CPU one.
+    torch_version="$(.venv/bin/python -c 'import torch; print(torch.__version__.split("+")[0])')"
+    constraints="$(mktemp)"
+    echo "torch==${torch_version}" > "$constraints"
+    "${pip[@]}" install -e ".${extras:+[$extras]}" --constraint "$constraints"
+    rm -f "$constraints"
     echo "$want" > "$stamp"
 fi

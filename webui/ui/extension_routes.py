@@ -4,12 +4,15 @@ a browser's Gradio session cookie or HTTP Basic credentials, whenever the UI has
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, HTTPException, Request
 from starlette.requests import HTTPConnection
 
 from ..auth import basic_credentials
+
+if TYPE_CHECKING:
+    from ..context import AppContext
 
 
 def request_user(app: Any, credentials: Any, request: HTTPConnection) -> str | None:
@@ -39,7 +42,7 @@ def signed_in(app: Any, credentials: Any):
     return check
 
 
-def mount_extension_routes(app: Any, ctx: Any, credentials: Any) -> list[str]:
+def mount_extension_routes(app: Any, ctx: AppContext, credentials: Any) -> list[str]:
     """Add every active extension's routes; an extension switched off later answers 503."""
     registry = ctx.hooks
     paths = []

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import html
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from ..extensions import admin
 
+if TYPE_CHECKING:
+    from ..context import AppContext
+
 log = logging.getLogger(__name__)
 
 
-def records_html(ctx: Any) -> str:
+def records_html(ctx: AppContext) -> str:
     """The table of extensions as they are now: switched off during the session, or with a memory note."""
     rows = []
     notes = ctx.hooks.memory_notes
@@ -28,7 +31,7 @@ def records_html(ctx: Any) -> str:
     return f"<table class='atelier-extensions'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-def admin_refusal(ctx: Any) -> str | None:
+def admin_refusal(ctx: AppContext) -> str | None:
     settings = ctx.settings
     return admin.refusal(settings.host, getattr(ctx, "shared", False), settings.enable_insecure_extension_access)
 
@@ -37,7 +40,7 @@ class AdminActions:
     """The tab's admin buttons; each returns the message the page shows. Refused (and nothing done) when
     other machines can reach the server, unless the operator allowed it at start-up."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self.manager = ctx.extensions
 
@@ -83,7 +86,7 @@ class AdminActions:
         return self._guarded(run)
 
 
-def build(ctx: Any) -> None:
+def build(ctx: AppContext) -> None:
     manager = ctx.extensions
     ids = [i for i, r in manager.records.items() if r.manifest is not None or r.source == "package"]
     refused = admin_refusal(ctx)
@@ -121,7 +124,7 @@ def build(ctx: Any) -> None:
     remove.click(actions.uninstall, [chosen], [message], api_visibility="private")
 
 
-def build_extension_tabs(ctx: Any) -> None:
+def build_extension_tabs(ctx: AppContext) -> None:
     """Each extension tab inside its own gr.Tab; one whose build raises is switched off and hidden."""
     registry = ctx.hooks
     for tab in list(registry.tabs):
@@ -135,7 +138,7 @@ def build_extension_tabs(ctx: Any) -> None:
                 shown.visible = False
 
 
-def build_extension_settings(ctx: Any) -> None:
+def build_extension_settings(ctx: AppContext) -> None:
     registry = ctx.hooks
     for owner, settings in registry.settings.items():
         if not registry.active(owner) or not settings:
