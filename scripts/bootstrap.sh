@@ -29,12 +29,13 @@ stamp=".venv/.atelier-installed"
 want="$(cat pyproject.toml | sha256sum | cut -d' ' -f1) extras=${extras}"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "[atelier] installing the project${extras:+ with [$extras]}"
-    # The torch installed above stays: without this pin pip would swap it for the newest build that the newest
-    # torchvision (pulled in by spandrel) asks for, e.g. a CUDA build over the CPU one.
+    # The torch installed above stays: the project must never swap the build the user chose.
     torch_version="$(.venv/bin/python -c 'import torch; print(torch.__version__.split("+")[0])')"
     constraints="$(mktemp)"
     echo "torch==${torch_version}" > "$constraints"
     "${pip[@]}" install -e ".${extras:+[$extras]}" --constraint "$constraints"
     rm -f "$constraints"
+    # spandrel without torchvision (see pyproject.toml); its other dependencies came with the project.
+    "${pip[@]}" install --no-deps "spandrel>=0.4,<0.5"
     echo "$want" > "$stamp"
 fi
