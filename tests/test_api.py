@@ -236,7 +236,7 @@ def test_listings_have_a1111_shapes(server, tmp_path):
         dpm = {"name": "DPM++ 2M", "aliases": ["k_dpmpp_2m", "dpmpp_2m"], "options": {"scheduler": "karras"}}
         assert dpm in samplers
         assert [s["label"] for s in api.get("/schedulers").json()][:2] == ["Automatic", "Karras"]
-        assert [u["name"] for u in api.get("/upscalers").json()] == ["None", "Lanczos", "Nearest"]
+        assert [u["name"] for u in api.get("/upscalers").json()] == ["None", "Lanczos", "Nearest", "atelier-demo-2x"]
         loras = api.get("/loras").json()
         assert loras == [{"name": "inky", "alias": "ink_style", "path": str(lora_dir / "inky.safetensors"),
                           "metadata": {"ss_output_name": "ink_style", "ss_tag_frequency": {"a": {"b": 1}}}}]
