@@ -18,6 +18,7 @@ from PIL import Image, PngImagePlugin
 
 from tests.conftest import make_models_dir
 from tests.support.upscaler_files import compact_state, write_hostile_pth, write_upscaler
+from tests.test_api import b64, decode
 from webui.infotext import parse_infotext
 from webui.outputs import OutputLayout, read_infotext
 from webui.upscalers import UpscalerError, default_upscaler_dirs
@@ -206,24 +207,11 @@ def test_the_tab_upscales_uploads_and_folders_inside_outputs_only(make_context, 
 
 
 # ---------------------------------------------------------------------------------------------- the REST API
-def b64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=getattr(image, "_atelier_info", None))
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
 def b64_with_parameters(image: Image.Image, text: str) -> str:
-    buffer = io.BytesIO()
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", text)
-    image.save(buffer, format="PNG", pnginfo=info)
-    return base64.b64encode(buffer.getvalue()).decode()
+    return b64(image, info)
 
-
-def decode(text: str) -> Image.Image:
-    image = Image.open(io.BytesIO(base64.b64decode(text)))
-    image.load()
-    return image
 
 
 @pytest.fixture(scope="module")

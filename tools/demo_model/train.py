@@ -35,7 +35,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ import torch  # noqa: E402
 
 from tools.demo_model import shapes  # noqa: E402
 from tools.ldm_writer import to_original_layout  # noqa: E402
+from tools.safetensors_file import write_safetensors  # noqa: E402
 from webui.models.configs import load_clip_tokenizer  # noqa: E402
 from webui.models.detect import CONFIG_METADATA_KEY  # noqa: E402
 
@@ -330,7 +330,6 @@ def _clean(config: Any) -> dict[str, Any]:
 
 def write_checkpoint(path: Path, unet: Any, vae: Any, text_encoder: Any) -> None:
     """One fp16 .safetensors in the original SD 1.x layout, configs in the ``atelier.config`` metadata."""
-    from safetensors.torch import save_file
 
     tensors = to_original_layout("sd1", unet=unet, vae=vae, text_encoder=text_encoder)
     tensors = {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
@@ -345,16 +344,7 @@ def write_checkpoint(path: Path, unet: Any, vae: Any, text_encoder: Any) -> None
         "scheduler": dict(SCHEDULER),
     }
     metadata = {"format": "pt", CONFIG_METADATA_KEY: json.dumps(config, sort_keys=True)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the shipped file is readable by all
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_safetensors(path, tensors, metadata)
 
 
 def main(argv: list[str] | None = None) -> int:

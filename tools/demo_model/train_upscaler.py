@@ -43,7 +43,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +56,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tools.demo_model import shapes  # noqa: E402
+from tools.safetensors_file import write_safetensors  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository root
 OUTPUT = ROOT / "webui" / "upscalers" / "builtin" / "atelier-demo-2x.safetensors"
@@ -284,21 +284,11 @@ def train(net: torch.nn.Module, lows: torch.Tensor, highs: torch.Tensor, steps: 
 
 def write_weights(path: Path, net: torch.nn.Module) -> None:
     """fp16 .safetensors under spandrel's key names, the architecture in the metadata."""
-    from safetensors.torch import save_file
 
     tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in net.state_dict().items()}
     metadata = {"format": "pt", METADATA_KEY: json.dumps({"architecture": "Compact", **ARCH}, sort_keys=True),
                 "scale": str(SCALE)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the shipped file is readable by all
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_safetensors(path, tensors, metadata)
 
 
 def check_written(path: Path) -> None:
