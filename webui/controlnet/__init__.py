@@ -1,0 +1,18 @@
+"""ControlNet: guide a picture with a control map (edges, lines, scribbles, poses, depth).
+
+Modules, one job each (importing the package imports nothing heavy; the torch ones are marked):
+- ``units``: ``ControlUnit``, the sd-webui-controlnet unit with its field names, defaults and enums (pure).
+- ``catalog``: the preprocessors ("modules") with their names, labels and sliders (pure).
+- ``infotext``: the ``ControlNet N: "Module: ..."`` infotext entries, written and read (pure).
+- ``preprocess``: the weight-free preprocessors and pixel-perfect resolution (numpy + OpenCV).
+- ``annotators``: the weight-based preprocessors' files in models/ControlNetAnnotators/ (pure).
+- ``maps``: fitting a control map to the picture's size by resize mode (numpy + OpenCV).
+- ``detect``: what a ControlNet file is (original / diffusers / union layout, SD 1.x / 2.x / SDXL) from its
+  tensor names and shapes (pure).
+- ``layout``: original-layout keys -> diffusers ``ControlNetModel`` keys, and the model config read off the
+  tensors (pure).
+- ``library``: the model folders, titles "name [hash]", lookup, and loading into the checkpoint RAM cache (torch).
+- ``loader``: one file or folder -> a diffusers ControlNetModel / ControlNetUnionModel (torch).
+- ``guidance``: the UNet hook that adds each unit's residuals with its weight, steps and control mode (torch).
+- ``session``: one job's units, resolved, loaded and preprocessed, attached to each denoising pass (torch).
+"""
