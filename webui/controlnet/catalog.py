@@ -75,6 +75,7 @@ _FACE = _lllyasviel("facenet.pth")
 _MIDAS = _lllyasviel("dpt_hybrid-midas-501f0c75.pt")
 _HED = _lllyasviel("ControlNetHED.pth")
 _PIDI = _lllyasviel("table5_pidinet.pth")
+_NEAR, _BACKGROUND = Slider("Remove Near %", 0, 100, 0, 0.1), Slider("Remove Background %", 0, 100, 0, 0.1)
 
 PREPROCESSORS: tuple[Preprocessor, ...] = (
     Preprocessor("none", "none", 10, union_type=HARD_EDGE),
@@ -108,11 +109,11 @@ PREPROCESSORS: tuple[Preprocessor, ...] = (
                  union_type=POSE),
     Preprocessor("depth", "depth_midas", 100, ("Depth",), annotators=_MIDAS, union_type=DEPTH),
     Preprocessor("depth_leres", "depth_leres", 0, ("Depth",), annotators=_lllyasviel("res101.pth"),
-                 slider_1=Slider("Remove Near %", 0, 100, 0, 0.1), slider_2=Slider("Remove Background %", 0, 100, 0, 0.1),
+                 slider_1=_NEAR, slider_2=_BACKGROUND,
                  union_type=DEPTH),
     Preprocessor("depth_leres++", "depth_leres++", 0, ("Depth",),
                  annotators=_lllyasviel("res101.pth", "latest_net_G.pth"),
-                 slider_1=Slider("Remove Near %", 0, 100, 0, 0.1), slider_2=Slider("Remove Background %", 0, 100, 0, 0.1),
+                 slider_1=_NEAR, slider_2=_BACKGROUND,
                  union_type=DEPTH),
     Preprocessor("depth_zoe", "depth_zoe", 0, ("Depth",), annotators=_lllyasviel("ZoeD_M12_N.pt"), union_type=DEPTH),
     Preprocessor("depth_anything", "depth_anything", 0, ("Depth",),

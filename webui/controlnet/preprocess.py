@@ -109,9 +109,9 @@ def _blur_gaussian(img: np.ndarray, res: int, sigma: float, b: float, seed: int)
 
 def _noise_disk(height: int, width: int, cell: int, rng: np.random.Generator) -> np.ndarray:
     """Smooth random values in [0, 1]: coarse uniform noise, enlarged with cubic interpolation."""
-    noise = rng.uniform(0, 1, size=(height // cell + 2, width // cell + 2)).astype(np.float32)
-    noise = cv2.resize(noise, (width + 2 * cell, height + 2 * cell), interpolation=cv2.INTER_CUBIC)
-    noise = noise[cell:cell + height, cell:cell + width]
+    coarse = rng.uniform(0, 1, size=(height // cell + 2, width // cell + 2)).astype(np.float32)
+    noise = np.asarray(cv2.resize(coarse, (width + 2 * cell, height + 2 * cell), interpolation=cv2.INTER_CUBIC),
+                       dtype=np.float32)[cell:cell + height, cell:cell + width]
     noise -= noise.min()
     return noise / max(float(noise.max()), 1e-6)
 

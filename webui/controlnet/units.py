@@ -237,7 +237,8 @@ class ControlUnit:
                 given.setdefault(name, value)
                 if given[name] is None:
                     given[name] = value
-        image, mask = given.get("image"), given.get("mask")
+        image: Any = given.get("image")
+        mask: Any = given.get("mask")
         if isinstance(image, Mapping):
             image, mask = image.get("image"), image.get("mask", mask)
         elif isinstance(image, (list, tuple)):

@@ -23,6 +23,8 @@ import torch
 from PIL import Image
 
 from .. import devices
+from ..controlnet.infotext import infotext_params as controlnet_infotext
+from ..controlnet.session import EMPTY, ControlSession, control_session, resolve_units
 from ..errors import AtelierError, Cause
 from ..extensions.api import ImageInfo, StepState
 from ..infotext import format_infotext
@@ -188,6 +190,7 @@ def _infotext(req: GenerationRequest, choice: SamplerChoice, seed: int, subseed:
     if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
         params["Seed resize from"] = f"{req.seed_resize_from_w}x{req.seed_resize_from_h}"
     params.update(hires_infotext(req))
+    params.update(controlnet_infotext(req.controlnet_units))
     if req.task is Task.INPAINT:
         params["Mask blur"] = req.mask_blur
         if req.inpaint_area is InpaintArea.ONLY_MASKED:
@@ -353,7 +356,8 @@ class _SecondPassRun:
         return cls(hires, choice, task, networks, encoder, plan)
 
     def run(self, manager: PipelineManager, model: LoadedModel, first: Any, seeds: list[int],
-            callback: _StepCallback, result: GenerationResult, vae: Any) -> list[Image.Image]:
+            callback: _StepCallback, result: GenerationResult, vae: Any,
+            controls: ControlSession = EMPTY) -> list[Image.Image]:
         """The second pass over a first pass's output (latents, or pictures)."""
         hires, hr = self.pass_, self.pass_.request
         width, height = hr.width + hires.crop[0], hr.height + hires.crop[1]
@@ -367,7 +371,8 @@ class _SecondPassRun:
         prepared = _Prepared(mask=Image.new("L", (hr.width, hr.height), 255)) if self.task is Task.INPAINT \
             else _Prepared()
         images, self.plan, _ = _run_batch(manager, model, self.task, hr, self.choice, prepared, seeds, callback,
-                                          self.plan, result, vae, self.encoder, self.networks, images=source)
+                                          self.plan, result, vae, self.encoder, self.networks, images=source,
+                                          controls=controls)
         return images
 
 
@@ -392,6 +397,7 @@ def generate(
     first_seed = resolve_seed(request.seed)
     req = request.replace(seed=first_seed, subseed=resolve_seed(request.subseed), sampler=choice.name,
                           schedule_type=choice.schedule_type)
+    req = req.replace(controlnet_units=resolve_units(manager.controlnets, req.controlnet_units))  # titles, defaults
     hires = second_pass(req) if req.hires else None
     hr_choice = resolve_sampler(hires.request.sampler, hires.request.schedule_type) if hires else None
     result = GenerationResult(req)
@@ -402,8 +408,9 @@ def generate(
 
     # 2. take the model and the device for the whole job
     control.update(state="loading", batches=req.batch_count, steps=req.steps)
-    with manager.use(req.checkpoint) as model:
+    with manager.use(req.checkpoint) as model, control_session(manager, model, req, first_seed) as controls:
         result.model_name = model.display_name
+        result.warnings.extend(controls.warnings)
         control.update(state="running", started=time.monotonic())
         # 3. prepare the init image and mask (once; "latent noise" fill is redone per seed below)
         vae, vae_file = manager.vae_for(model, req.vae)
@@ -442,7 +449,7 @@ def generate(
                 latent_out = second is not None and second.pass_.latent
                 output, plan, pipe = _run_batch(manager, model, task, req, choice, prepared, group, callback, plan,
                                                 result, vae, encoder, networks, latents=noise,
-                                                output_type="latent" if latent_out else "pil")
+                                                output_type="latent" if latent_out else "pil", controls=controls)
                 if second is not None and not (control.interrupted or control.skipped):
                     if req.save_first_pass and req.save_images and outputs is not None:
                         firsts = _decode_latents(pipe, output) if latent_out else output
@@ -452,7 +459,7 @@ def generate(
                             _save(outputs, req, image, seed, text, save_format, model.display_name,
                                   "-before-highres-fix")
                     callback.next_pass()
-                    images = second.run(manager, model, output, group, callback, result, vae)
+                    images = second.run(manager, model, output, group, callback, result, vae, controls)
                 else:
                     images = _decode_latents(pipe, output) if latent_out else output
                 # 5. inpainting: paste into the original through the blurred mask
@@ -516,6 +523,7 @@ def _run_batch(
     images: Any = None,
     latents: torch.Tensor | None = None,
     output_type: str = "pil",
+    controls: ControlSession = EMPTY,
 ) -> tuple[Any, Any, Any]:
     """One pass over a batch: (its pictures, or latents when ``output_type`` is "latent"; the offload plan it
     ended with; the pipeline). ``images`` replaces the prepared source (a hires pass: one per image);
@@ -528,8 +536,10 @@ def _run_batch(
             for warning in manager.place(model, pipe, plan, networks.loras):
                 if warning not in result.warnings:
                     result.warnings.append(warning)
-            output = _call_pipeline(pipe, task, req, prepared, seeds, callback, encoder, networks, images=images,
-                                    latents=latents, output_type=output_type)
+            with controls.attach(pipe, req.width, req.height, len(seeds), plan, images is not None, prepared.crop,
+                                 prepared.original):
+                output = _call_pipeline(pipe, task, req, prepared, seeds, callback, encoder, networks, images=images,
+                                        latents=latents, output_type=output_type)
             return output, plan, pipe
         except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
             if not devices.is_out_of_memory(exc):

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 
 from .. import devices
+from ..controlnet.files import default_controlnet_dirs
+from ..controlnet.library import ControlNetLibrary
 from ..errors import AtelierError
 from ..models.cache import ModelCache
 from ..models.embeddings import EmbeddingLibrary
@@ -101,6 +103,8 @@ class PipelineManager:
         upscaler_dirs: list[Path] | None = None,
         upscaler_builtin_dir: Path | None = None,
         upscaler_tile_size: int = 192,
+        controlnet_dirs: list[Path] | None = None,
+        controlnet_builtin_dir: Path | None = None,
     ) -> None:
         self.registry = registry
         models_dir = registry.checkpoints_dir.parent
@@ -121,6 +125,9 @@ class PipelineManager:
         # whose kernels round slightly differently per batch size. "auto": exact on CPU, fast on GPUs.
         self.exact_batches = batch_mode == "exact" or (batch_mode == "auto" and device.type == "cpu")
         self.cache: ModelCache[LoadedModel] = ModelCache(ram_cache_bytes, on_evict=self._on_evict)
+        # ControlNets share the checkpoints' cache and its byte budget (under "ControlNet/..." keys).
+        self.controlnets = ControlNetLibrary(controlnet_dirs or default_controlnet_dirs(models_dir),
+                                             controlnet_builtin_dir, self.cache, models_dir / "ControlNetAnnotators")
         # One job at a time on the model and the device; waiting jobs queue on this lock.
         self._run_lock = threading.Lock()
         self._load_lock = threading.Lock()
@@ -223,6 +230,8 @@ class PipelineManager:
         return model.sha256[:10] if model.sha256 else None
 
     def _on_evict(self, name: str, model: LoadedModel) -> None:
+        if not isinstance(model, LoadedModel):  # a ControlNet: nothing of it is kept elsewhere
+            return
         self._lora_patchers.pop(name, None)
         if self._on_device == name:
             self._on_device = None
