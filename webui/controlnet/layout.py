@@ -74,13 +74,13 @@ def ldm_to_diffusers(keys: list[str]) -> dict[str, str]:
             else:
                 out[key] = f"mid_block.attentions.{index // 2}.{rest}"
         elif m := _HINT.match(key):
-            position = hints.index(int(m[1]))
-            if position == 0:
+            index = int(m[1])  # convolutions at even places, SiLUs between them
+            if index == 0:
                 part = "conv_in"
-            elif position == len(hints) - 1:
+            elif index == hints[-1]:
                 part = "conv_out"
             else:
-                part = f"blocks.{position - 1}"
+                part = f"blocks.{index // 2 - 1}"
             out[key] = f"controlnet_cond_embedding.{part}.{m[2]}"
         elif m := _ZERO.match(key):
             out[key] = f"controlnet_down_blocks.{m[1]}.{m[2]}"

@@ -150,7 +150,7 @@ def decode_image_data(value: Any, field_name: str) -> Image.Image:
             raise
         raise UnitError(field_name, "is not an image PIL can read (send PNG, JPEG or WebP)") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise UnitError(field_name, "has too many pixels") from exc
+        raise UnitError(field_name, f"is too large (too many pixels): at most {MAX_IMAGE_SIDE} pixels a side") from exc
     return image
 
 
