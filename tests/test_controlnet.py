@@ -372,3 +372,27 @@ def test_control_mode_scales_match_the_extension():
 
 def test_builtin_folder_is_where_the_demo_controlnet_goes():
     assert files.BUILTIN_DIR == Path(files.__file__).parent / "builtin"
+
+
+def test_xyz_plot_has_controlnet_weight_start_and_end_axes():
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parent.parent / "extensions" / "xyz-plot" / "axes.py"
+    spec = importlib.util.spec_from_file_location("xyz_axes_under_test", path)
+    assert spec is not None and spec.loader is not None
+    axes = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = axes  # its dataclasses look their module up
+    spec.loader.exec_module(axes)
+    request = _request().replace(controlnet_units=[ControlUnit(enabled=False), ControlUnit(model="m", module="canny")])
+    for label, field, text, expected in (("ControlNet weight", "weight", "0-1 [3]", [0.0, 0.5, 1.0]),
+                                         ("ControlNet start", "guidance_start", "0, 0.25", [0.0, 0.25]),
+                                         ("ControlNet end", "guidance_end", "0.5-1 (+0.25)", [0.5, 0.75, 1.0])):
+        axis = axes.AXES[label]
+        values = axes.parse_values(axis, text)
+        assert values == expected
+        changed = axis.apply(request, values[-1], values)
+        assert getattr(changed.controlnet_units[1], field) == values[-1]
+        assert changed.controlnet_units[0] == request.controlnet_units[0], "a disabled unit is left alone"
+    with pytest.raises(axes.AxisError, match="enable a ControlNet unit"):
+        axes.AXES["ControlNet weight"].apply(request.replace(controlnet_units=[]), 0.5, [0.5])
