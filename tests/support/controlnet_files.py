@@ -57,10 +57,13 @@ def tiny_union(unet: Any, seed: int = 0, types: int = 8) -> Any:
 
 def to_original_layout(model: Any) -> dict[str, torch.Tensor]:
     """A diffusers ControlNetModel's state dict with the original (cldm) names, without prefix."""
-    state = model.state_dict()
-    per_level = model.config.layers_per_block
-    hint_blocks = len(model.controlnet_cond_embedding.blocks)
-    out: dict[str, torch.Tensor] = {}
+    return original_names(model.state_dict(), model.config.layers_per_block)
+
+
+def original_names(state: dict[str, Any], per_level: int) -> dict[str, Any]:
+    """``state`` (diffusers ControlNetModel names, ``per_level`` resnets per level) with the original names."""
+    hint_blocks = len({k.split(".")[2] for k in state if k.startswith("controlnet_cond_embedding.blocks.")})
+    out: dict[str, Any] = {}
     for key, value in state.items():
         parts = key.split(".")
         if parts[0] in ("conv_in",):

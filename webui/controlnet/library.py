@@ -61,6 +61,7 @@ class ControlNetLibrary:
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._entries: list[ControlNetEntry] = []
+        self._in_use: dict[int, int] = {}  # pins by the running job: id of the `use` -> bytes
         self.refresh()
 
     def refresh(self) -> list[ControlNetEntry]:
@@ -120,4 +121,15 @@ class ControlNetLibrary:
                 model = load_controlnet(source, unet_config, dtype, checkpoint)
                 self.cache.put(key, model, model.nbytes)
         with self.cache.use(key) as pinned:
-            yield pinned
+            with self._lock:
+                self._in_use[id(pinned)] = pinned.nbytes
+            try:
+                yield pinned
+            finally:
+                with self._lock:
+                    self._in_use.pop(id(pinned), None)
+
+    def in_use_nbytes(self) -> int:
+        """Bytes of the ControlNets the running job uses (the offload plan counts them with the checkpoint)."""
+        with self._lock:
+            return sum(self._in_use.values())

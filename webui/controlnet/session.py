@@ -6,7 +6,7 @@ to each denoising pass of the job.
   (an unknown model fails here, naming the field), preprocessor defaults filled in;
 - ``control_session(manager, model, request, seed)`` beside ``manager.use``: loads the models and makes the
   control maps (a context: the models stay pinned until the job ends);
-- ``session.attach(pipe, ...)`` around each pipeline call: fits the maps to that pass's size, places the
+- ``attach_controls(session, pipe, ...)`` around each pipeline call: fits the maps to that pass's size, places the
   ControlNets by the pass's offload plan and hooks them into the UNet (nothing at all when no unit applies).
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,7 @@ class ControlSession:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     warnings: list[str] = field(default_factory=list)
     _on_device: set[int] = field(default_factory=set)
+    _hints: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
 
     @property
     def detected_maps(self) -> list[tuple[int, Image.Image]]:
@@ -77,6 +78,13 @@ class ControlSession:
 
     def _hint(self, prepared: _Prepared, width: int, height: int, crop: tuple[int, int, int, int] | None,
               full_size: tuple[int, int] | None) -> torch.Tensor:
+        key = (prepared.index, width, height, crop, full_size)
+        if key not in self._hints:  # once per size: the batches of a job share it
+            self._hints[key] = self._fit(prepared, width, height, crop, full_size)
+        return self._hints[key]
+
+    def _fit(self, prepared: _Prepared, width: int, height: int, crop: tuple[int, int, int, int] | None,
+             full_size: tuple[int, int] | None) -> torch.Tensor:
         mode = prepared.unit.resize_mode
         if crop is not None and full_size is not None:
             # "Only masked": the map is fitted to the whole picture, then cut like the picture was.
@@ -135,7 +143,13 @@ class ControlSession:
         self._on_device.clear()
 
 
-EMPTY = ControlSession()
+
+def attach_controls(session: ControlSession | None, pipe: Any, width: int, height: int, images: int, plan: Any = None,
+                    hires: bool = False, crop: Any = None, original: Image.Image | None = None) -> Any:
+    """``session.attach(...)``, or nothing to do without a session."""
+    if session is None:
+        return nullcontext()
+    return session.attach(pipe, width, height, images, plan, hires, crop, original)
 
 
 def _control_image(unit: ControlUnit, index: int, init_image: Image.Image | None) -> Image.Image:
@@ -147,11 +161,11 @@ def _control_image(unit: ControlUnit, index: int, init_image: Image.Image | None
 
 @contextmanager
 def control_session(manager: Any, model: Any, request: Any, seed: int) -> Iterator[ControlSession]:
-    """The job's ControlNet session (empty when no enabled unit has a weight). ``manager`` is the
+    """The job's ControlNet session (without units when no enabled unit has a weight). ``manager`` is the
     PipelineManager (its ``controlnets`` library, ``dtype`` and ``device``), ``model`` the job's LoadedModel."""
     units = [(i, u) for i, u in enumerate(request.controlnet_units) if u.enabled and u.weight > 0]
     if not units:
-        yield EMPTY
+        yield ControlSession()
         return
     library: ControlNetLibrary = manager.controlnets
     unet_config = dict(model.components["unet"].config)

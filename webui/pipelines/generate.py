@@ -24,7 +24,7 @@ from PIL import Image
 
 from .. import devices
 from ..controlnet.infotext import infotext_params as controlnet_infotext
-from ..controlnet.session import EMPTY, ControlSession, control_session, resolve_units
+from ..controlnet.session import ControlSession, attach_controls, control_session, resolve_units
 from ..errors import AtelierError, Cause
 from ..extensions.api import ImageInfo, StepState
 from ..infotext import format_infotext
@@ -357,7 +357,7 @@ class _SecondPassRun:
 
     def run(self, manager: PipelineManager, model: LoadedModel, first: Any, seeds: list[int],
             callback: _StepCallback, result: GenerationResult, vae: Any,
-            controls: ControlSession = EMPTY) -> list[Image.Image]:
+            controls: ControlSession | None = None) -> list[Image.Image]:
         """The second pass over a first pass's output (latents, or pictures)."""
         hires, hr = self.pass_, self.pass_.request
         width, height = hr.width + hires.crop[0], hr.height + hires.crop[1]
@@ -523,7 +523,7 @@ def _run_batch(
     images: Any = None,
     latents: torch.Tensor | None = None,
     output_type: str = "pil",
-    controls: ControlSession = EMPTY,
+    controls: ControlSession | None = None,
 ) -> tuple[Any, Any, Any]:
     """One pass over a batch: (its pictures, or latents when ``output_type`` is "latent"; the offload plan it
     ended with; the pipeline). ``images`` replaces the prepared source (a hires pass: one per image);
@@ -536,8 +536,8 @@ def _run_batch(
             for warning in manager.place(model, pipe, plan, networks.loras):
                 if warning not in result.warnings:
                     result.warnings.append(warning)
-            with controls.attach(pipe, req.width, req.height, len(seeds), plan, images is not None, prepared.crop,
-                                 prepared.original):
+            with attach_controls(controls, pipe, req.width, req.height, len(seeds), plan, images is not None,
+                                 prepared.crop, prepared.original):
                 output = _call_pipeline(pipe, task, req, prepared, seeds, callback, encoder, networks, images=images,
                                         latents=latents, output_type=output_type)
             return output, plan, pipe

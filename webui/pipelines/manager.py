@@ -303,7 +303,8 @@ class PipelineManager:
 
     def plan_offload(self, model: LoadedModel, width: int, height: int, batch_size: int) -> OffloadPlan:
         unet_bytes = sum(t.numel() * t.element_size() for t in model.components["unet"].parameters())
-        needs = MemoryNeeds(model.nbytes, unet_bytes, width, height, batch_size)
+        # The job's ControlNets run beside the UNet every step: they count with the model.
+        needs = MemoryNeeds(model.nbytes + self.controlnets.in_use_nbytes(), unet_bytes, width, height, batch_size)
         free = devices.free_vram(self.device)
         if free is not None:
             # What this job's own model already occupies on the device is available to it.
