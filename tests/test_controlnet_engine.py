@@ -220,6 +220,15 @@ def test_img2img_and_inpainting_with_a_unit(cn_context):
     assert distance(inpainted[:40, :40], not_guided[:40, :40]) > 1
 
 
+def test_an_inpainting_checkpoint_takes_an_sd15_controlnet(cn_context):
+    ctx = cn_context(["sd1-inpaint"], ["sd15_orig"])
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, 40, 40), fill=255)
+    inpaint = {"checkpoint": "sd1-inpaint.safetensors", "init_image": Image.new("RGB", (SIZE, SIZE), (30, 60, 200)),
+               "mask": mask, "mask_blur": 0}
+    assert distance(run(ctx, **inpaint, controlnet_units=[unit("sd15_orig")]), run(ctx, **inpaint)) > 0.5
+
+
 @pytest.mark.slow
 def test_hires_fix_applies_units_to_the_passes_their_hr_option_names(cn_context):
     ctx = cn_context(["sd1"], ["sd15_orig"])

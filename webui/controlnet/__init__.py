@@ -16,3 +16,6 @@ Modules, one job each (importing the package imports nothing heavy; the torch on
 - ``guidance``: the UNet hook that adds each unit's residuals with its weight, steps and control mode (torch).
 - ``session``: one job's units, resolved, loaded and preprocessed, attached to each denoising pass (torch).
 """
+
+# What GET /controlnet/version answers: the sd-webui-controlnet API version clients check for.
+EXTENSION_API_VERSION = 2

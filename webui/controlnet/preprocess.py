@@ -155,3 +155,11 @@ def run(module: str, image: Image.Image, processor_res: float = -1, threshold_a:
         values.append(float(value) if slider.minimum <= value <= slider.maximum else float(slider.value))
     resolution = max(1, int(values[0]))
     return _IMPLEMENTED[pre.name](to_rgb_array(image), resolution, values[1], values[2], seed)
+
+
+def detect_map(module: str, image: Image.Image, processor_res: float = -1, threshold_a: float = -1,
+               threshold_b: float = -1, seed: int = 0, annotators_dir: object = None,
+               field: str = "module") -> Image.Image:
+    """``run`` as a picture: what the preview button shows and ``POST /controlnet/detect`` returns."""
+    return Image.fromarray(run(module, image, processor_res, threshold_a, threshold_b, seed, annotators_dir, field),
+                           "RGB")
