@@ -87,7 +87,7 @@ def _request(**unit_fields) -> GenerationRequest:
     ({"guidance_start": 0.8, "guidance_end": 0.2}, "controlnet_units[0].guidance_start"),
     ({"guidance_end": 1.5}, "controlnet_units[0].guidance_end"),
     ({"module": "no_such_preprocessor"}, "controlnet_units[0].module"),
-    ({"model": "None"}, "controlnet_units[0].model"),
+    ({"model": "None"}, "controlnet_units[0].model"),  # an image but no model
     ({"image": b"not a picture"}, "controlnet_units[0].image"),
     ({"image": Image.new("L", (20000, 8))}, "controlnet_units[0].image"),
     ({"image": None}, "controlnet_units[0].image"),  # txt2img has no picture to fall back on
@@ -104,8 +104,10 @@ def test_img2img_may_leave_the_unit_image_to_the_init_image():
     request.validate()
 
 
-def test_a_disabled_unit_is_not_checked():
+def test_a_disabled_unit_or_an_unused_slot_is_not_checked():
     _request(enabled=False, weight=-5.0, module="nonsense").validate()
+    _request(model="None", image=None, weight=-5.0).validate()
+    assert not ControlUnit().used and ControlUnit(model="x").used and not ControlUnit(model="x", enabled=False).used
 
 
 @pytest.mark.parametrize(("given", "field"), [
@@ -396,3 +398,18 @@ def test_xyz_plot_has_controlnet_weight_start_and_end_axes():
         assert changed.controlnet_units[0] == request.controlnet_units[0], "a disabled unit is left alone"
     with pytest.raises(axes.AxisError, match="enable a ControlNet unit"):
         axes.AXES["ControlNet weight"].apply(request.replace(controlnet_units=[]), 0.5, [0.5])
+
+
+def test_front_ends_may_hand_the_request_builder_unit_dicts():
+    from webui.config import Settings
+    from webui.pipelines.build import build_request
+
+    given = {"prompt": "p", "width": 64, "height": 64,
+             "controlnet_units": [{"module": "canny", "model": "m", "image": square(64), "resize_mode": 2},
+                                  {"enabled": False}]}
+    request = build_request(Settings(), given, lambda: 512)
+    assert request.controlnet_units[0].resize_mode is ControlResizeMode.RESIZE_AND_FILL
+    assert not request.controlnet_units[1].enabled
+    with pytest.raises(UnitError) as raised:
+        build_request(Settings(), {**given, "controlnet_units": [{}, {"weight": -1, "model": "m"}]}, lambda: 512)
+    assert raised.value.field == "controlnet_units[1].weight", "an empty slot ({}) is skipped, as placeholders are"

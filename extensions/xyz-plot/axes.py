@@ -75,12 +75,12 @@ def _replace(request: Any, value: str, values: list[Any]) -> Any:
 
 
 def _controlnet(field: str) -> Callable[[Any, Any, list[Any]], Any]:
-    """Set ``field`` of every enabled ControlNet unit (the extension's axes do the same for its units)."""
+    """Set ``field`` of every ControlNet unit in use (the extension's axes do the same for its units)."""
     def apply(request: Any, value: Any, values: list[Any]) -> Any:
         units = list(getattr(request, "controlnet_units", []))
-        if not any(unit.enabled for unit in units):
+        if not any(unit.used for unit in units):
             raise AxisError(f"{field.replace('_', ' ')}: enable a ControlNet unit first")
-        return request.replace(controlnet_units=[unit.replace(**{field: value}) if unit.enabled else unit
+        return request.replace(controlnet_units=[unit.replace(**{field: value}) if unit.used else unit
                                                  for unit in units])
     return apply
 

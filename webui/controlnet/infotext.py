@@ -4,7 +4,7 @@
     Resize, Processor Res: 512, Threshold A: 100.0, Threshold B: 200.0, Guidance Start: 0.0, Guidance End: 1.0,
     Pixel Perfect: False, Control Mode: Balanced"
 
-One key per enabled unit, numbered by the unit's place among all units; the value lists the extension's
+One key per enabled unit (with a model), numbered by the unit's place among all units; the value lists the extension's
 infotext fields in its order, each ``Display Name: value`` (field names title-cased word by word, numbers as
 Python prints them, enums by their value). The general infotext writer quotes the whole value.
 
@@ -49,8 +49,9 @@ def format_unit(unit: ControlUnit) -> str:
 
 
 def infotext_params(units: Sequence[ControlUnit]) -> dict[str, str]:
-    """``{"ControlNet 0": "...", ...}`` for the enabled units, numbered by their index among all units."""
-    return {f"{KEY} {index}": format_unit(unit) for index, unit in enumerate(units) if unit.enabled}
+    """``{"ControlNet 0": "...", ...}`` for the units a job applies (enabled, with a model), numbered by their
+    index among all units as the extension numbers them."""
+    return {f"{KEY} {index}": format_unit(unit) for index, unit in enumerate(units) if unit.used}
 
 
 def _parse_value(text: str) -> bool | int | float | str:

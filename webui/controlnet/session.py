@@ -34,10 +34,10 @@ log = logging.getLogger(__name__)
 
 
 def resolve_units(library: ControlNetLibrary, units: Sequence[ControlUnit]) -> list[ControlUnit]:
-    """Enabled units with their model's title and the preprocessor's defaults; disabled ones as they are."""
+    """Used units with their model's title and the preprocessor's defaults; the others as they are."""
     out = []
     for index, unit in enumerate(units):
-        if unit.enabled:
+        if unit.used:
             entry = library.resolve(unit.model, f"controlnet_units[{index}].model")
             unit = unit.with_defaults().replace(model=entry.title)
         out.append(unit)
@@ -161,9 +161,9 @@ def _control_image(unit: ControlUnit, index: int, init_image: Image.Image | None
 
 @contextmanager
 def control_session(manager: Any, model: Any, request: Any, seed: int) -> Iterator[ControlSession]:
-    """The job's ControlNet session (without units when no enabled unit has a weight). ``manager`` is the
+    """The job's ControlNet session (without units when no used unit has a weight). ``manager`` is the
     PipelineManager (its ``controlnets`` library, ``dtype`` and ``device``), ``model`` the job's LoadedModel."""
-    units = [(i, u) for i, u in enumerate(request.controlnet_units) if u.enabled and u.weight > 0]
+    units = [(i, u) for i, u in enumerate(request.controlnet_units) if u.used and u.weight > 0]
     if not units:
         yield ControlSession()
         return

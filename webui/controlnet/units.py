@@ -216,6 +216,12 @@ class ControlUnit:
         return dataclasses.replace(self, **changes)
 
     @property
+    def used(self) -> bool:
+        """Enabled and naming a model: a unit the job applies. An enabled unit with neither model nor image is
+        an unused slot (clients send them to fill the extension's unit count) and is skipped."""
+        return self.enabled and isinstance(self.model, str) and self.model.strip() not in ("", "None")
+
+    @property
     def preprocessor(self) -> catalog.Preprocessor | None:
         return catalog.find(self.module)
 
@@ -272,14 +278,14 @@ class ControlUnit:
         return cls(**fields)
 
     def validate(self, index: int, has_init_image: bool = False) -> None:
-        """Raise UnitError naming the first bad field. A disabled unit is not looked at (it is ignored)."""
+        """Raise UnitError naming the first bad field. A disabled unit or an unused slot is not looked at."""
         prefix = f"controlnet_units[{index}]"
-        if not self.enabled:
-            return
+        if not self.enabled or (not self.used and self.image is None and self.mask is None):
+            return  # disabled, or an unused slot
         if catalog.find(self.module) is None:
             raise UnitError(f"{prefix}.module", f"unknown preprocessor {self.module!r} (see /controlnet/module_list)")
-        if not isinstance(self.model, str) or self.model.strip() in ("", "None"):
-            raise UnitError(f"{prefix}.model", "the unit is enabled but names no ControlNet model")
+        if not self.used:
+            raise UnitError(f"{prefix}.model", "the unit is enabled and has an image but names no ControlNet model")
         weight = _number(self.weight, f"{prefix}.weight")
         if not 0.0 <= weight <= MAX_WEIGHT:
             raise UnitError(f"{prefix}.weight", f"must be between 0 and {MAX_WEIGHT:g} (got {weight:g})")
