@@ -36,7 +36,7 @@ from . import images as imgs
 from .conditioning import PromptEncoder, ScheduledConditioning, build_conditioning
 from .hires import LATENT_UPSCALERS, SecondPass, crop_image, crop_latents, second_pass, upscale_latents
 from .hires import infotext_params as hires_infotext
-from .manager import PipelineManager
+from .manager import NoCheckpointError, PipelineManager
 from .model_switch import Refiner, RefinerTurn, check_refiner, check_same_latent_space, switch_step
 from .networks import JobNetworks, resolve_networks
 from .noise import variation_noise
@@ -356,7 +356,7 @@ class _SecondPassRun:
             raise RequestError("hr_upscaler", f"unknown upscaler {hires.upscaler!r} (available: {known})")
         title = None
         hr_model = model
-        if req.hr_checkpoint and manager.resolve(req.hr_checkpoint).name != model.name:
+        if req.hr_checkpoint and _resolve(manager, req.hr_checkpoint, "hr_checkpoint") != model.name:
             hr_model = stack.enter_context(manager.hold(req.hr_checkpoint))
             check_same_latent_space(model, hr_model, "hr_checkpoint")
             title = _title(manager, hr_model)
@@ -395,6 +395,14 @@ class _SecondPassRun:
         return images
 
 
+def _resolve(manager: PipelineManager, query: str, field_name: str) -> str:
+    """A second checkpoint's registry name; a name that matches none is that field's error."""
+    try:
+        return manager.resolve(query).name
+    except NoCheckpointError as exc:
+        raise RequestError(field_name, str(exc)) from exc
+
+
 def _title(manager: PipelineManager, model: LoadedModel) -> str:
     """A checkpoint as A1111's infotext names a second model: "name [short hash]"."""
     digest = manager.short_hash(model)
@@ -406,7 +414,7 @@ def _refiner(manager: PipelineManager, model: LoadedModel, req: GenerationReques
     """The job's refiner, held for the job (None: none asked for, the job's own model, or a switch at 1)."""
     if not req.refiner_checkpoint or req.refiner_switch_at >= 1.0:
         return None
-    if manager.resolve(req.refiner_checkpoint).name == model.name:
+    if _resolve(manager, req.refiner_checkpoint, "refiner_checkpoint") == model.name:
         return None
     refiner = stack.enter_context(manager.hold(req.refiner_checkpoint))
     check_refiner(model, refiner)
