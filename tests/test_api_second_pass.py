@@ -17,7 +17,7 @@ BASE = {"prompt": "a red circle", "steps": 4, "width": 64, "height": 64, "seed":
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory, tiny_files):
-    srv = _start(tmp_path_factory.mktemp("api-hires"), tiny_files, ["sd1"])
+    srv = _start(tmp_path_factory.mktemp("api-hires"), tiny_files, ["sd1", "sd1b", "sdxl"])
     with srv.client() as client:
         yield client
     srv.demo.close()
@@ -92,3 +92,25 @@ def test_a1111s_outpainting_scripts_extend_the_picture(api):
     assert mk2.status_code == 200 and decode(mk2.json()["images"][0]).size == (80, 64)
     bad = api.post("/img2img", json={**body, "script_args": [32, 4, 0, ["sideways"]]})
     assert bad.status_code == 422 and bad.json()["field"] == "script_args"
+
+
+def test_refiner_and_hires_checkpoint_fields_as_a1111_clients_send_them(api):
+    plain = txt2img(api)
+    refined = txt2img(api, refiner_checkpoint="sd1b", refiner_switch_at=0.5)
+    assert not np.array_equal(np.asarray(decode(refined["images"][0])), np.asarray(decode(plain["images"][0])))
+    text = refined["info"]["infotexts"][0]
+    assert "Refiner: sd1b [" in text and "Refiner switch at: 0.5" in text
+    assert not any("refiner" in w.lower() for w in refined["info"]["warnings"])
+    unset = txt2img(api, refiner_checkpoint="None", enable_hr=True, hr_checkpoint_name="Use same checkpoint",
+                    denoising_strength=0.5)
+    assert "Refiner" not in unset["info"]["infotexts"][0] and "Hires checkpoint" not in unset["info"]["infotexts"][0]
+    other = txt2img(api, enable_hr=True, hr_checkpoint_name="sd1b.safetensors", denoising_strength=0.5)
+    assert "Hires checkpoint: sd1b [" in other["info"]["infotexts"][0]
+    for fields, field in (({"refiner_checkpoint": "sdxl"}, "refiner_checkpoint"),
+                          ({"refiner_checkpoint": "no-such-model"}, "refiner_checkpoint"),
+                          ({"refiner_checkpoint": "sd1b", "refiner_switch_at": 2}, "refiner_switch_at"),
+                          ({"enable_hr": True, "hr_checkpoint_name": "sdxl", "denoising_strength": 0.5},
+                           "hr_checkpoint_name")):
+        reply = api.post("/txt2img", json={**BASE, **fields})
+        assert reply.status_code == 422, (fields, reply.text)
+        assert field in reply.text, reply.text

@@ -93,6 +93,25 @@ def test_infotext_fills_the_form():
     assert values["vae"] == "kl-f8.safetensors"
 
 
+def test_refiner_and_hires_checkpoint_boxes_become_request_fields_and_come_back_from_infotext():
+    values = {"prompt": "a cat", "refiner_checkpoint": "other [0123456789]", "refiner_switch_at": 0.6,
+              "enable_hr": True, "hr_checkpoint": "Use same checkpoint", "subseed": 5, "subseed_strength": 0.3}
+    fields = forms.form_fields("txt2img", None, values)
+    assert fields["refiner_checkpoint"] == "other [0123456789]" and fields["refiner_switch_at"] == 0.6
+    assert fields["hr_checkpoint"] is None
+    assert "refiner_checkpoint" not in forms.form_fields("txt2img", None, {**values, "refiner_checkpoint": "None"})
+    picture = Image.new("RGB", (64, 64))
+    img2img = forms.form_fields("img2img", None, {**values, "init_image": picture})
+    assert img2img["subseed_strength"] == 0.3 and img2img["refiner_switch_at"] == 0.6
+    text = ("a cat\nSteps: 6, Sampler: Euler, Seed: 1, Size: 64x64, Denoising strength: 0.5, Hires upscale: 2, "
+            "Hires upscaler: Latent, Hires checkpoint: other [0123456789], Refiner: other, Refiner switch at: 0.6")
+    back = forms.values_from_infotext(text)
+    assert back["hr_checkpoint"] == "other [0123456789]" and back["refiner_checkpoint"] == "other"
+    assert back["refiner_switch_at"] == 0.6
+    plain = forms.values_from_infotext("a cat\nSteps: 6, Sampler: Euler, Seed: 1, Size: 64x64")
+    assert plain["refiner_checkpoint"] == "None", "a text without a refiner switches it off"
+
+
 @pytest.mark.parametrize(("count", "label"), [(0, "0/75"), (75, "75/75"), (76, "76/150"), (151, "151/225")])
 def test_token_counter_shows_chunks_of_75(count, label):
     assert forms.token_count_label(count) == label

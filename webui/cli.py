@@ -113,6 +113,10 @@ def _generate_parser() -> argparse.ArgumentParser:
     h.add_argument("--hr-prompt", help="the hires pass's prompt (default: the same)")
     h.add_argument("--hr-negative-prompt", help="the hires pass's negative prompt (default: the same)")
     h.add_argument("--hr-cfg-scale", type=float, help="the hires pass's CFG scale (default: the same)")
+    h.add_argument("--hr-checkpoint", help="the hires pass's checkpoint (default: the same)")
+    r = p.add_argument_group("refiner")
+    r.add_argument("--refiner-checkpoint", help="finish the last pass on this checkpoint")
+    r.add_argument("--refiner-switch-at", type=float, help="fraction of the steps before the switch (default 0.8)")
     return p
 
 
@@ -122,7 +126,8 @@ REQUEST_OPTIONS = ("prompt", "negative_prompt", "sampler", "schedule_type", "ste
                    "mask_blur", "masked_content", "inpaint_area", "inpaint_padding", "mask_invert", "checkpoint",
                    "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "enable_hr", "hr_scale",
                    "hr_resize_x", "hr_resize_y", "hr_upscaler", "hr_second_pass_steps", "hr_sampler",
-                   "hr_schedule_type", "hr_prompt", "hr_negative_prompt", "hr_cfg_scale")
+                   "hr_schedule_type", "hr_prompt", "hr_negative_prompt", "hr_cfg_scale", "hr_checkpoint",
+                   "refiner_checkpoint", "refiner_switch_at")
 
 
 def _models_parser() -> argparse.ArgumentParser:

@@ -39,7 +39,7 @@ INT_KEYS = frozenset({
 })
 FLOAT_KEYS = frozenset({
     "CFG scale", "Image CFG scale", "Variation seed strength", "Denoising strength", "Hires upscale", "Hires CFG Scale",
-    "Conditional mask weight", "Token merging ratio", "Eta", "Eta DDIM",
+    "Conditional mask weight", "Token merging ratio", "Eta", "Eta DDIM", "Refiner switch at",
 })
 
 
@@ -184,9 +184,21 @@ def request_fields_from_infotext(text: str) -> dict[str, object]:
         fields["checkpoint"] = checkpoint
     fields.update(_variation_fields(parsed))
     fields.update(_hires_fields(parsed))
+    fields.update(_refiner_fields(parsed))
     units = units_from_params(parsed)  # "ControlNet N" entries; their images are not in the text
     if units:
         fields["controlnet_units"] = units
+    return fields
+
+
+def _refiner_fields(parsed: Mapping[str, object]) -> dict[str, object]:
+    """A1111 1.6's "Refiner: name [hash], Refiner switch at: 0.8" (a text without them: no refiner)."""
+    name, switch_at = parsed.get("Refiner"), _number(parsed.get("Refiner switch at"))
+    if not isinstance(name, str) or not name.strip():
+        return {}
+    fields: dict[str, object] = {"refiner_checkpoint": name.strip()}
+    if switch_at is not None and 0.0 <= switch_at <= 1.0:
+        fields["refiner_switch_at"] = switch_at
     return fields
 
 
@@ -216,7 +228,7 @@ def _hires_fields(parsed: Mapping[str, object]) -> dict[str, object]:
     if _is_int(steps) and 0 <= steps <= MAX_STEPS:  # type: ignore[operator]
         fields["hr_second_pass_steps"] = steps
     for key, name in (("Hires upscaler", "hr_upscaler"), ("Hires prompt", "hr_prompt"),
-                      ("Hires negative prompt", "hr_negative_prompt")):
+                      ("Hires negative prompt", "hr_negative_prompt"), ("Hires checkpoint", "hr_checkpoint")):
         value = parsed.get(key)
         if isinstance(value, str) and (value.strip() or name != "hr_upscaler"):
             fields[name] = value

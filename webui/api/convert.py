@@ -200,6 +200,8 @@ def _common(body: Txt2ImgRequest, ctx: AppContext, styles: StyleStore) -> tuple[
         "subseed_strength": body.subseed_strength,
         "seed_resize_from_w": max(body.seed_resize_from_w, 0),
         "seed_resize_from_h": max(body.seed_resize_from_h, 0),
+        "refiner_checkpoint": second_checkpoint(body.refiner_checkpoint),
+        "refiner_switch_at": body.refiner_switch_at,
     }
     if body.enable_hr:
         given.update(_hires_fields(body))
@@ -224,7 +226,7 @@ def _hires_fields(body: Txt2ImgRequest) -> dict[str, Any]:
         "hr_prompt": body.hr_prompt,
         "hr_negative_prompt": body.hr_negative_prompt,
         "hr_cfg_scale": body.hr_cfg,
-        "hr_checkpoint": body.hr_checkpoint_name or None,
+        "hr_checkpoint": second_checkpoint(body.hr_checkpoint_name),
         "denoising_strength": body.denoising_strength,
     }
     if body.firstphase_width and body.firstphase_height:
@@ -239,9 +241,14 @@ def _unsupported(body: Txt2ImgRequest) -> list[str]:
         notes.append("face restoration is not available: ignored")
     if body.tiling:
         notes.append("tiling is not available: ignored")
-    if body.refiner_checkpoint:
-        notes.append("the refiner is not available: ignored")
     return notes
+
+
+def second_checkpoint(name: str | None) -> str | None:
+    """A refiner or hires checkpoint as A1111 clients send it ("None" and "Use same checkpoint": none)."""
+    if name is None or name.strip() in ("", "None", "Use same checkpoint"):
+        return None
+    return name
 
 
 def find_checkpoint(ctx: AppContext, query: Any) -> str | None:

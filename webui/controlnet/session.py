@@ -8,6 +8,9 @@ to each denoising pass of the job.
   control maps (a context: the models stay pinned until the job ends);
 - ``attach_controls(session, pipe, ...)`` around each pipeline call: fits the maps to that pass's size, places the
   ControlNets by the pass's offload plan and hooks them into the UNet (nothing at all when no unit applies).
+
+A refiner that takes over the last steps swaps the pipeline's UNet: from then on the units no longer guide,
+as in A1111 with the extension (its hook is on the model the refiner replaces).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import catalog, maps, preprocess
+from . import catalog, layout, maps, preprocess
 from .detect import ControlNetFileError
 from .guidance import ControlNetHook, GuidedUnit
 from .library import ControlNetLibrary
@@ -108,6 +111,12 @@ class ControlSession:
         if not chosen:
             yield
             return
+        for prepared in chosen:  # the hires pass may run on another checkpoint (hires checkpoint)
+            problem = layout.mismatch(dict(prepared.loaded.model.config), dict(pipe.unet.config))
+            if problem:
+                raise UnitError(f"controlnet_units[{prepared.index}].hr_option",
+                                f"ControlNet {prepared.loaded.label} cannot guide this pass: {problem}; let it guide "
+                                f"the low-res pass only (hr_option \"{HiresOption.LOW_RES_ONLY.value}\")")
         guided = []
         for prepared in chosen:
             unit = prepared.unit

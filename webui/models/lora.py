@@ -1,16 +1,19 @@
 """LoRA files: find them in models/Lora, read the formats model sites distribute, and patch a loaded
 model's weights in place with an exact way back.
 
-Formats read (all reduce to (down, up, alpha) per target layer):
-- kohya / A1111: ``lora_unet_<module>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``, text encoders
-  as ``lora_te_`` (SD 1.x/2.x) or ``lora_te1_`` / ``lora_te2_`` (SDXL). UNet module names are diffusers'
-  (SD 1.x) or the original layout's (``input_blocks_4_1_...``, SDXL); both are understood.
+Formats read:
+- kohya / A1111: ``lora_unet_<module>.<weight kind>``, text encoders as ``lora_te_`` (SD 1.x/2.x) or
+  ``lora_te1_`` / ``lora_te2_`` (SDXL). UNet module names are diffusers' (SD 1.x) or the original
+  layout's (``input_blocks_4_1_...``, SDXL); both are understood. The weight kinds are LoRA's
+  (``lora_down.weight`` / ``lora_up.weight`` / ``alpha``) and LyCORIS' (LoCon, LoHa, LoKr, full
+  differences, norm layers, DoRA): ``lycoris.py`` turns each layer's tensors into a weight change.
 - diffusers / PEFT: ``unet.<module>.lora_A.weight`` / ``lora_B.weight`` (or ``.lora.down`` / ``.lora.up``),
   ``text_encoder.`` / ``text_encoder_2.`` likewise.
 
-Patching: the weight W of each target layer becomes W + m * (alpha / rank) * up @ down. Before a layer is
-first touched its original values are copied aside; removing LoRAs copies them back, so a model that had
-LoRAs is bit-identical to one that never had them. The base checkpoint is never reloaded.
+Patching: each target layer's weight (and, for full and norm layers, its bias) gets the layer's change
+times the tag's weight. Before a tensor is first touched its original values are copied aside; removing
+LoRAs copies them back, so a model that had LoRAs is bit-identical to one that never had them. The base
+checkpoint is never reloaded.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 from .hashing import HashCache, sha256_file
 from .ldm_layout import unet_to_ldm
 from .loader import CheckpointLoadError, read_checkpoint_file
+from .lycoris import LayerWeights
 
 log = logging.getLogger(__name__)
 
@@ -63,26 +67,11 @@ def module_key(name: str) -> str:
     return key.removeprefix("text_model_")
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoraLayer:
     component: str  # unet | text_encoder | text_encoder_2
     key: str  # module_key() of the target layer
-    down: torch.Tensor
-    up: torch.Tensor
-    alpha: float | None = None
-
-    def delta(self, shape: torch.Size, device: torch.device) -> torch.Tensor | None:
-        """up @ down scaled by alpha / rank, shaped like the target weight (None if it cannot be)."""
-        down = self.down.to(device, torch.float32)
-        up = self.up.to(device, torch.float32)
-        rank = down.shape[0]
-        product = up.flatten(1) @ down.flatten(1)
-        if down.dim() == 4 and tuple(down.shape[2:]) != (1, 1):  # a k×k convolution LoRA
-            product = product.reshape(up.shape[0], *down.shape[1:])
-        if product.numel() != shape.numel():
-            return None
-        scale = self.alpha / rank if self.alpha else 1.0
-        return product.reshape(shape) * scale
+    weights: LayerWeights  # the file's tensors for it and what change they make
 
 
 FileIdentity = tuple[str, int, int, int]  # resolved path, size, mtime (ns), inode
@@ -100,38 +89,47 @@ class LoraNetwork:
     path: Path
     layers: list[LoraLayer]
     identity: FileIdentity  # the file version the layers were read from
-    ignored_keys: int = 0  # keys of kinds we do not apply (LoHa, LoKr, DoRA scales, ...)
+    ignored_keys: int = 0  # keys of kinds we do not apply (IA3, OFT, ...)
 
 
 def parse_lora(name: str, path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
                identity: FileIdentity) -> LoraNetwork:
     layers: dict[tuple[str, str], LoraLayer] = {}
     used: set[str] = set()
+    for (component, module), named in _kohya_groups(tensors).items():
+        weights = LayerWeights.from_tensors({kind: tensors[key] for kind, key in named.items()})
+        if weights is not None:
+            layers[(component, module)] = LoraLayer(component, module, weights)
+            used.update(named[kind] for kind in weights.keys)
     for key, tensor in tensors.items():
-        found = _kohya_layer(key, tensors) or _peft_layer(key, tensors)
+        found = _peft_layer(key, tensors)
         if found is None:
             continue
         component, module, up_key, alpha_key = found
-        alpha = float(tensors[alpha_key].item()) if alpha_key in tensors else None
-        layers[(component, module)] = LoraLayer(component, module, tensor, tensors[up_key], alpha)
+        peft = {"lora_down.weight": tensor, "lora_up.weight": tensors[up_key]}
+        if alpha_key in tensors:
+            peft["alpha"] = tensors[alpha_key]
+        layers[(component, module)] = LoraLayer(component, module, LayerWeights("lora", peft))
         used.update({key, up_key, alpha_key})
     if not layers:
         raise CheckpointLoadError(f"{path.name}: no LoRA layers found (not a LoRA, or a kind we cannot use "
-                                  "such as LoHa / LoKr)")
+                                  "such as IA3 / OFT / GLoRA)")
     return LoraNetwork(name, path, list(layers.values()), identity, len(set(tensors) - used))
 
 
-def _kohya_layer(key: str, tensors: dict[str, torch.Tensor]) -> tuple[str, str, str, str] | None:
-    if not key.endswith(".lora_down.weight"):
-        return None
-    stem = key.removesuffix(".lora_down.weight")
-    up_key = f"{stem}.lora_up.weight"
-    if up_key not in tensors:
-        return None
-    for prefix, component in _KOHYA_PREFIXES:
-        if stem.startswith(prefix):
-            return component, module_key(stem.removeprefix(prefix)), up_key, f"{stem}.alpha"
-    return None
+def _kohya_groups(tensors: dict[str, torch.Tensor]) -> dict[tuple[str, str], dict[str, str]]:
+    """kohya keys by target layer: (component, module key) -> {weight kind: file key}. A kind is what
+    follows the layer's stem (``lora_unet_<module>.hada_w1_a`` -> ``hada_w1_a``)."""
+    groups: dict[tuple[str, str], dict[str, str]] = {}
+    for key in tensors:
+        stem, dot, kind = key.partition(".")
+        if not dot:
+            continue
+        for prefix, component in _KOHYA_PREFIXES:
+            if stem.startswith(prefix):
+                groups.setdefault((component, module_key(stem.removeprefix(prefix))), {})[kind] = key
+                break
+    return groups
 
 
 def _peft_layer(key: str, tensors: dict[str, torch.Tensor]) -> tuple[str, str, str, str] | None:
@@ -153,18 +151,20 @@ def _peft_layer(key: str, tensors: dict[str, torch.Tensor]) -> tuple[str, str, s
     return None
 
 
-PatchableLayer = torch.nn.Linear | torch.nn.Conv2d
+PatchableLayer = torch.nn.Linear | torch.nn.Conv2d | torch.nn.LayerNorm | torch.nn.GroupNorm
+_PATCHABLE = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.LayerNorm, torch.nn.GroupNorm)
 
 
 def target_layers(components: dict[str, Any]) -> dict[tuple[str, str], PatchableLayer]:
-    """Every Linear / Conv2d a LoRA can patch, under each name a LoRA file may use for it."""
+    """Every layer a LoRA can patch (Linear / Conv2d, and the norm layers LyCORIS' norm files change), under
+    each name a LoRA file may use for it."""
     found: dict[tuple[str, str], PatchableLayer] = {}
     for component in (UNET, TE1, TE2):
         model = components.get(component)
         if model is None:
             continue
         for name, module in model.named_modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            if isinstance(module, _PATCHABLE) and module.weight is not None:
                 found[(component, module_key(name))] = module
     unet = components.get(UNET)
     if unet is not None:
@@ -205,23 +205,35 @@ class LoraPatcher:
         warnings: list[str] = []
         with torch.no_grad():
             for use in uses:
-                matches = [(module, delta, layer) for layer in use.network.layers
-                           if (module := self.targets.get((layer.component, layer.key))) is not None
-                           and (delta := layer.delta(module.weight.shape, module.weight.device)) is not None]
-                # A LoRA for another architecture can share a few layer names and shapes by chance.
-                if len(matches) * 2 < len(use.network.layers):
-                    warnings.append(f"LoRA {use.network.name} does not fit this model (made for another "
-                                    f"architecture?: {len(matches)} of {len(use.network.layers)} layers match); "
-                                    "it was not applied")
-                    continue
-                if len(matches) < len(use.network.layers):
-                    log.info("LoRA %s: %d of %d layers match this model", use.network.name, len(matches),
-                             len(use.network.layers))
-                for module, delta, layer in matches:
-                    multiplier = use.unet_weight if layer.component == UNET else use.te_weight
-                    self._add(module.weight, delta * multiplier)
+                warning = self._apply_one(use)
+                if warning:
+                    warnings.append(warning)
         self.applied = wanted
         return warnings
+
+    def _apply_one(self, use: LoraUse) -> str | None:
+        layers = use.network.layers
+        # Shapes are checked before anything is computed, so only one layer's change is in memory at a time.
+        matches = [(module, layer) for layer in layers
+                   if (module := self.targets.get((layer.component, layer.key))) is not None
+                   and layer.weights.fits(module.weight.shape)]
+        # A LoRA for another architecture can share a few layer names and shapes by chance.
+        if len(matches) * 2 < len(layers):
+            return (f"LoRA {use.network.name} does not fit this model (made for another architecture?: "
+                    f"{len(matches)} of {len(layers)} layers match); it was not applied")
+        if len(matches) < len(layers):
+            log.info("LoRA %s: %d of %d layers match this model", use.network.name, len(matches), len(layers))
+        for module, layer in matches:
+            multiplier = use.unet_weight if layer.component == UNET else use.te_weight
+            if multiplier == 0:
+                continue
+            # Computed from the weight as it is now: DoRA rescales what earlier LoRAs made of it (as A1111).
+            self._add(module.weight, layer.weights.weight_delta(module.weight) * multiplier)
+            bias = module.bias
+            change = layer.weights.bias_delta(bias) if bias is not None else None
+            if bias is not None and change is not None:
+                self._add(bias, change * multiplier)
+        return None
 
     def _add(self, weight: torch.Tensor, delta: torch.Tensor) -> None:
         if id(weight) not in self._originals:

@@ -15,6 +15,7 @@ import datetime
 import logging
 import secrets
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,12 +38,13 @@ from . import images as imgs
 from .conditioning import PromptEncoder, ScheduledConditioning, build_conditioning
 from .hires import LATENT_UPSCALERS, SecondPass, crop_image, crop_latents, second_pass, upscale_latents
 from .hires import infotext_params as hires_infotext
-from .manager import PipelineManager
+from .manager import NoCheckpointError, PipelineManager
+from .model_switch import Refiner, RefinerTurn, check_refiner, check_same_latent_space, switch_step
 from .networks import JobNetworks, resolve_networks
 from .noise import variation_noise
 from .previews import latents_to_preview
 from .request import GenerationRequest, InpaintArea, MaskedContent, RequestError, Task
-from .schedulers import make_scheduler
+from .schedulers import make_scheduler, use_start_noise
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +220,7 @@ class _StepCallback:
         self.offset = 0
         self.later = 0
         self.ran = 0  # steps the current call has run
+        self.refiner_turn: RefinerTurn | None = None  # set for the pass a refiner finishes
 
     def next_pass(self, later: int = 0) -> None:
         """The batch goes on with another pass (hires fix) after the steps run so far."""
@@ -230,13 +233,14 @@ class _StepCallback:
         """What the step callback reads and may replace; every SD / SDXL pipeline of diffusers passes these."""
         return ["latents", "prompt_embeds"] + (["add_text_embeds"] if self.is_sdxl else [])
 
-    def _switch_prompts(self, pipe: Any, step: int) -> dict[str, Any]:
-        """Prompt editing: the embeddings for the next step, when they differ from this step's."""
+    def _switch_prompts(self, pipe: Any, step: int, force: bool = False) -> dict[str, Any]:
+        """Prompt editing: the embeddings for the next step, when they differ from this step's (``force``: in
+        any case, as after the refiner took over with its own text encoders)."""
         schedule = self.conditioning
-        if schedule is None or not schedule.changes:
+        if schedule is None or not (schedule.changes or force):
             return {}
         upcoming, current = schedule.at(step + 2), schedule.at(step + 1)
-        if upcoming[0] is current[0] and upcoming[1] is current[1]:
+        if upcoming[0] is current[0] and upcoming[1] is current[1] and not force:
             return {}
         positive, negative = upcoming
         guided = bool(getattr(pipe, "do_classifier_free_guidance", True))
@@ -267,6 +271,13 @@ class _StepCallback:
                                          None if latents is None else latents.detach().clone()), control)
         if control.interrupted or control.skipped:
             pipe._interrupt = True  # diffusers stops after this step and still decodes what it has
+        turn = self.refiner_turn
+        if turn is not None and not turn.switched:
+            at = switch_step(turn.refiner.switch_at, int(pipe.num_timesteps))
+            if at is not None and self.ran >= at:
+                turn.take_over(pipe)
+                self.conditioning = turn.conditioning
+                return self._switch_prompts(pipe, step, force=True)
         return self._switch_prompts(pipe, step)
 
 
@@ -280,17 +291,20 @@ def _image_seeds(req: GenerationRequest, batch: int) -> tuple[list[int], list[in
 
 def _starting_noise(req: GenerationRequest, model: LoadedModel, seeds: list[int],
                     subseeds: list[int]) -> torch.Tensor | None:
-    """The starting latents when variation seeds or "resize seed from" change them (None: the pipeline draws
-    them from each image's seed, as always)."""
+    """The starting noise when variation seeds or "resize seed from" change it (None: the pipeline draws it from
+    each image's seed, as always). txt2img starts from it; img2img and inpainting noise the picture with it."""
     resize = (req.seed_resize_from_w, req.seed_resize_from_h)
     resized = min(resize) > 0 and resize != (req.width, req.height)
-    if req.task is not Task.TXT2IMG or not (req.subseed_strength or resized):
+    if not (req.subseed_strength or resized):
         return None
     vae = model.components["vae"]
     factor = latent_factor(vae)
     shape = (int(vae.config.latent_channels), req.height // factor, req.width // factor)
+    # img2img and inpainting sample the picture's latents from the generator first, except an inpainting UNet
+    # starting from pure noise (full strength), which never encodes the picture before drawing its noise.
+    encodes_first = req.task is not Task.TXT2IMG and not (model.detection.is_inpaint and req.denoising_strength >= 1)
     noise = [variation_noise(shape, seed, subseed, req.subseed_strength, resize if resized else None, model.dtype,
-                             factor) for seed, subseed in zip(seeds, subseeds, strict=True)]
+                             factor, after_encode=encodes_first) for seed, subseed in zip(seeds, subseeds, strict=True)]
     return torch.stack(noise)
 
 
@@ -316,52 +330,61 @@ def _decode_latents(pipe: Any, latents: torch.Tensor) -> list[Image.Image]:
 
 @dataclass
 class _SecondPassRun:
-    """A job's hires-fix pass with what it needs ready: its sampler, prompts (and their LoRAs and embeddings),
-    encoder, pipeline task and offload plan at the target size."""
+    """A job's hires-fix pass with what it needs ready: its model (the job's, or the hires checkpoint) and VAE,
+    sampler, prompts (and their LoRAs and embeddings), encoder, pipeline task and offload plan at the target
+    size."""
 
     pass_: SecondPass
+    model: LoadedModel
+    vae: Any
     choice: SamplerChoice
     task: Task
     networks: JobNetworks
     encoder: PromptEncoder
     plan: Any
+    checkpoint_title: str | None = None  # the hires checkpoint, when it is another model
 
     @property
     def steps_run(self) -> int:
         return self.pass_.steps_run
 
     @classmethod
-    def prepare(cls, manager: PipelineManager, model: LoadedModel, req: GenerationRequest, hires: SecondPass,
-                choice: SamplerChoice, networks: JobNetworks, encoder: PromptEncoder,
-                result: GenerationResult) -> _SecondPassRun:
+    def prepare(cls, manager: PipelineManager, model: LoadedModel, vae: Any, req: GenerationRequest,
+                hires: SecondPass, choice: SamplerChoice, networks: JobNetworks, encoder: PromptEncoder,
+                result: GenerationResult, stack: ExitStack) -> _SecondPassRun:
+        """``stack`` holds the hires checkpoint for the job, when it is another model."""
         hr = hires.request
         if not hires.latent and manager.upscalers.find(hires.upscaler) is None:
             known = ", ".join([*LATENT_UPSCALERS, *manager.upscalers.names()])
             raise RequestError("hr_upscaler", f"unknown upscaler {hires.upscaler!r} (available: {known})")
-        if (hr.prompt, hr.negative_prompt) != (req.prompt, req.negative_prompt):
-            networks = resolve_networks(hr.prompt, hr.negative_prompt, model.components, manager.loras,
+        title = None
+        hr_model = model
+        if req.hr_checkpoint and _resolve(manager, req.hr_checkpoint, "hr_checkpoint") != model.name:
+            hr_model = stack.enter_context(manager.hold(req.hr_checkpoint))
+            check_same_latent_space(model, hr_model, "hr_checkpoint")
+            title = _title(manager, hr_model)
+            vae, _ = manager.vae_for(hr_model, req.vae)
+        if hr_model is not model or (hr.prompt, hr.negative_prompt) != (req.prompt, req.negative_prompt):
+            networks = resolve_networks(hr.prompt, hr.negative_prompt, hr_model.components, manager.loras,
                                         manager.embeddings)
             result.warnings.extend(w for w in networks.warnings if w not in result.warnings)
-            encoder = PromptEncoder(model.components, model.is_sdxl, req.clip_skip, manager.execution_device,
+            encoder = PromptEncoder(hr_model.components, hr_model.is_sdxl, req.clip_skip, manager.execution_device,
                                     networks.embeddings)
-        if req.hr_checkpoint and manager.resolve(req.hr_checkpoint).name != model.name:
-            result.warnings.append("A hires checkpoint is not supported yet: the second pass used "
-                                   f"{model.display_name}")
-        task = Task.INPAINT if model.detection.is_inpaint else Task.IMG2IMG
+        task = Task.INPAINT if hr_model.detection.is_inpaint else Task.IMG2IMG
         if task is Task.INPAINT and hires.latent:  # an inpainting UNet takes pictures, not latents
             result.warnings.append(f"{hires.upscaler} needs a non-inpainting model: the hires pass upscaled "
                                    "with Lanczos")
             hires = SecondPass(hr, "Lanczos", False, hires.crop)
-        plan = manager.plan_offload(model, hr.width, hr.height, req.batch_size)
-        return cls(hires, choice, task, networks, encoder, plan)
+        plan = manager.plan_offload(hr_model, hr.width, hr.height, req.batch_size)
+        return cls(hires, hr_model, vae, choice, task, networks, encoder, plan, title)
 
-    def run(self, manager: PipelineManager, model: LoadedModel, first: Any, seeds: list[int],
-            callback: _StepCallback, result: GenerationResult, vae: Any,
+    def run(self, manager: PipelineManager, first: Any, seeds: list[int], callback: _StepCallback,
+            result: GenerationResult, refiner: Refiner | None,
             controls: ControlSession | None = None) -> list[Image.Image]:
         """The second pass over a first pass's output (latents, or pictures)."""
         hires, hr = self.pass_, self.pass_.request
         width, height = hr.width + hires.crop[0], hr.height + hires.crop[1]
-        factor = latent_factor(vae)
+        factor = latent_factor(self.vae)
         if hires.latent:
             source: Any = crop_latents(upscale_latents(first, hires.upscaler, width, height, factor), hires.crop,
                                        factor)
@@ -370,10 +393,41 @@ class _SecondPassRun:
                                  hires.crop, factor) for picture in first]
         prepared = _Prepared(mask=Image.new("L", (hr.width, hr.height), 255)) if self.task is Task.INPAINT \
             else _Prepared()
-        images, self.plan, _ = _run_batch(manager, model, self.task, hr, self.choice, prepared, seeds, callback,
-                                          self.plan, result, vae, self.encoder, self.networks, images=source,
-                                          controls=controls)
+        images, self.plan, _ = _run_batch(manager, self.model, self.task, hr, self.choice, prepared, seeds, callback,
+                                          self.plan, result, self.vae, self.encoder, self.networks, images=source,
+                                          refiner=refiner, controls=controls)
         return images
+
+
+def _resolve(manager: PipelineManager, query: str, field_name: str) -> str:
+    """A second checkpoint's registry name; a name that matches none is that field's error."""
+    try:
+        return manager.resolve(query).name
+    except NoCheckpointError as exc:
+        raise RequestError(field_name, str(exc)) from exc
+
+
+def _title(manager: PipelineManager, model: LoadedModel) -> str:
+    """A checkpoint as A1111's infotext names a second model: "name [short hash]"."""
+    digest = manager.short_hash(model)
+    return f"{model.display_name} [{digest}]" if digest else model.display_name
+
+
+def _refiner(manager: PipelineManager, model: LoadedModel, req: GenerationRequest, stack: ExitStack,
+             ) -> Refiner | None:
+    """The job's refiner, held for the job (None: none asked for, the job's own model, or a switch at 1)."""
+    if not req.refiner_checkpoint or req.refiner_switch_at >= 1.0:
+        return None
+    if _resolve(manager, req.refiner_checkpoint, "refiner_checkpoint") == model.name:
+        return None
+    refiner = stack.enter_context(manager.hold(req.refiner_checkpoint))
+    check_refiner(model, refiner)
+    prompt = req.hr_prompt if req.hires and req.hr_prompt else req.prompt
+    negative = req.hr_negative_prompt if req.hires and req.hr_negative_prompt else req.negative_prompt
+    networks = resolve_networks(prompt, negative, refiner.components, manager.loras, manager.embeddings)
+    encoder = PromptEncoder(refiner.components, refiner.is_sdxl, req.clip_skip, manager.execution_device,
+                            networks.embeddings)
+    return Refiner(refiner, req.refiner_switch_at, encoder, networks, _title(manager, refiner), manager.device)
 
 
 def generate(
@@ -408,7 +462,8 @@ def generate(
 
     # 2. take the model and the device for the whole job
     control.update(state="loading", batches=req.batch_count, steps=req.steps)
-    with manager.use(req.checkpoint) as model, control_session(manager, model, req, first_seed) as controls:
+    with manager.use(req.checkpoint) as model, ExitStack() as second_models, \
+            control_session(manager, model, req, first_seed) as controls:
         result.model_name = model.display_name
         result.warnings.extend(controls.warnings)
         control.update(state="running", started=time.monotonic())
@@ -423,8 +478,14 @@ def generate(
         prepared = _prepare_inputs(req, model, first_seed)
         task = _pipeline_task(req, model)
         plan = manager.plan_offload(model, req.width, req.height, req.batch_size)
-        second = _SecondPassRun.prepare(manager, model, req, hires, hr_choice, networks, encoder, result) \
-            if hires is not None and hr_choice is not None else None
+        second = _SecondPassRun.prepare(manager, model, vae, req, hires, hr_choice, networks, encoder, result,
+                                        second_models) if hires is not None and hr_choice is not None else None
+        refiner = _refiner(manager, model, req, second_models)  # it finishes the last pass
+        extra = networks.infotext_params()
+        if second is not None and second.checkpoint_title:
+            extra["Hires checkpoint"] = second.checkpoint_title
+        if refiner is not None:
+            extra.update(refiner.infotext_params())
 
         # 4. per batch: fresh scheduler, one generator per image, denoise (then the hires pass)
         callback = _StepCallback(control, model.is_sdxl, hooks)
@@ -449,7 +510,8 @@ def generate(
                 latent_out = second is not None and second.pass_.latent
                 output, plan, pipe = _run_batch(manager, model, task, req, choice, prepared, group, callback, plan,
                                                 result, vae, encoder, networks, latents=noise,
-                                                output_type="latent" if latent_out else "pil", controls=controls)
+                                                output_type="latent" if latent_out else "pil",
+                                                refiner=refiner if second is None else None, controls=controls)
                 if second is not None and not (control.interrupted or control.skipped):
                     if req.save_first_pass and req.save_images and outputs is not None:
                         firsts = _decode_latents(pipe, output) if latent_out else output
@@ -459,7 +521,7 @@ def generate(
                             _save(outputs, req, image, seed, text, save_format, model.display_name,
                                   "-before-highres-fix")
                     callback.next_pass()
-                    images = second.run(manager, model, output, group, callback, result, vae, controls)
+                    images = second.run(manager, output, group, callback, result, refiner, controls)
                 else:
                     images = _decode_latents(pipe, output) if latent_out else output
                 # 5. inpainting: paste into the original through the blurred mask
@@ -480,7 +542,7 @@ def generate(
         for index, (image, seed, subseed) in enumerate(zip(result.images, result.seeds, result.subseeds,
                                                            strict=True)):
             text = _infotext(req, choice, seed, subseed, result.model_name, result.model_hash, vae_name, vae_hash,
-                             networks.infotext_params())
+                             extra)
             if hooks is not None:
                 info = ImageInfo(text, seed, index, req)
                 hooks.after_image(image, info)
@@ -523,23 +585,28 @@ def _run_batch(
     images: Any = None,
     latents: torch.Tensor | None = None,
     output_type: str = "pil",
+    refiner: Refiner | None = None,
     controls: ControlSession | None = None,
 ) -> tuple[Any, Any, Any]:
     """One pass over a batch: (its pictures, or latents when ``output_type`` is "latent"; the offload plan it
     ended with; the pipeline). ``images`` replaces the prepared source (a hires pass: one per image);
-    ``latents`` is the starting noise (variation seeds). On out-of-memory, free memory, step the offload plan
-    up and retry until no more frugal plan is left; then a clear error instead of the allocator's."""
+    ``latents`` is the starting noise (variation seeds); ``refiner`` finishes the pass. On out-of-memory, free
+    memory, step the offload plan up and retry until no more frugal plan is left; then a clear error instead of
+    the allocator's."""
     while True:
         scheduler = make_scheduler(choice, model.components["scheduler"].config, noise_seeds=seeds)
+        if latents is not None and images is None and req.task is not Task.TXT2IMG:
+            use_start_noise(scheduler, latents)
         pipe = manager.pipeline(model, task, scheduler, vae)
         try:
-            for warning in manager.place(model, pipe, plan, networks.loras):
-                if warning not in result.warnings:
-                    result.warnings.append(warning)
+            warnings = manager.place(model, pipe, plan, networks.loras)
+            if refiner is not None:
+                warnings += manager.apply_loras(refiner.model, refiner.networks.loras)
+            result.warnings.extend(w for w in warnings if w not in result.warnings)
             with attach_controls(controls, pipe, req.width, req.height, len(seeds), plan, images is not None,
                                  prepared.crop, prepared.original):
                 output = _call_pipeline(pipe, task, req, prepared, seeds, callback, encoder, networks, images=images,
-                                        latents=latents, output_type=output_type)
+                                        latents=latents, output_type=output_type, refiner=refiner)
             return output, plan, pipe
         except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
             if not devices.is_out_of_memory(exc):
@@ -569,16 +636,26 @@ def _call_pipeline(
     images: Any = None,
     latents: torch.Tensor | None = None,
     output_type: str = "pil",
+    refiner: Refiner | None = None,
 ) -> Any:
     count = len(seeds)
     # One generator per image on the CPU: image i of a batch equals a single run with seed + i, on any device.
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     strength = _strength(req, images)
     steps_run = req.steps if strength >= 1.0 else min(req.steps, int(req.steps * strength))
+    zero_empty = bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False))
     schedule = build_conditioning(encoder, networks.prompt, networks.negative_prompt, steps_run,
-                                  zero_empty_negative=bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False)))
+                                  zero_empty_negative=zero_empty)
+    turn = None
+    if refiner is not None:
+        refined = build_conditioning(refiner.encoder, refiner.networks.prompt, refiner.networks.negative_prompt,
+                                     steps_run, zero_empty_negative=zero_empty)
+        turn = RefinerTurn(refiner, refined, pipe.unet)
+        if switch_step(refiner.switch_at, steps_run) == 0:  # the refiner runs the whole pass
+            turn.take_over(pipe)
+            schedule = refined
     positive, negative = schedule.at(1)
-    callback.conditioning, callback.count = schedule, count
+    callback.conditioning, callback.count, callback.refiner_turn = schedule, count, turn
     kwargs: dict[str, Any] = {
         "prompt_embeds": positive.embeds.repeat(count, 1, 1),
         "negative_prompt_embeds": negative.embeds.repeat(count, 1, 1),
@@ -599,8 +676,14 @@ def _call_pipeline(
         kwargs["strength"] = strength
     if task is Task.INPAINT:
         kwargs["mask_image"] = [prepared.mask] * count
-    if latents is not None:
+    # img2img's noise goes through the scheduler (use_start_noise); inpainting at full strength starts from it.
+    if latents is not None and (req.task is Task.TXT2IMG or (task is Task.INPAINT and strength >= 1.0)):
         kwargs["latents"] = latents
-    with torch.inference_mode():
-        output = pipe(**kwargs)
+    try:
+        with torch.inference_mode():
+            output = pipe(**kwargs)
+    finally:
+        if turn is not None:
+            turn.give_back(pipe)
+        callback.refiner_turn = None
     return output.images if output_type == "latent" else list(output.images)

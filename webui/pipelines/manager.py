@@ -251,6 +251,19 @@ class PipelineManager:
             with self.cache.use(model.name) as pinned:
                 yield pinned
 
+    @contextmanager
+    def hold(self, query: str) -> Iterator[LoadedModel]:
+        """A second checkpoint for the job holding ``use()`` (a refiner, a hires checkpoint): loaded into the RAM
+        cache if needed and pinned for the job, without becoming the current model. Both may be over the cache's
+        budget for the job; the budget applies again at the next load."""
+        entry = self.resolve(query)
+        with self._load_lock:
+            model = self.cache.get(entry.name)
+            if model is None:
+                model = self._load_into_cache(entry)
+        with self.cache.use(model.name) as pinned:
+            yield pinned
+
     def vae_for(self, model: LoadedModel, choice: str | None) -> tuple[Any, VaeFile | None]:
         """The VAE module a job with this choice uses, and its file (None: the checkpoint's own VAE).
 

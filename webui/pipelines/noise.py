@@ -15,10 +15,14 @@ import torch
 MAX_SEED = 2**32 - 1
 
 
-def seed_noise(seed: int, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def seed_noise(seed: int, shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
+               after: tuple[int, ...] | None = None) -> torch.Tensor:
     """One image's noise (channels, height, width), exactly what diffusers draws from a CPU generator with
-    this seed for a model of this dtype."""
+    this seed for a model of this dtype. ``after``: the shape of a draw the pipeline makes from the same
+    generator first (img2img samples the picture's latents from the VAE before it draws the noise)."""
     generator = torch.Generator("cpu").manual_seed(int(seed))
+    if after is not None:
+        torch.randn((1, *after), generator=generator, dtype=dtype)
     return torch.randn((1, *shape), generator=generator, dtype=dtype)[0]
 
 
@@ -38,22 +42,24 @@ def slerp(strength: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tenso
 
 def variation_noise(shape: tuple[int, int, int], seed: int, subseed: int, strength: float,
                     resize_from: tuple[int, int] | None = None, dtype: torch.dtype = torch.float32,
-                    factor: int = 8) -> torch.Tensor:
+                    factor: int = 8, after_encode: bool = False) -> torch.Tensor:
     """The starting noise (latent channels, height / factor, width / factor) of one image, in ``dtype``.
 
     ``resize_from``: (width, height) in pixels to draw the noise at, or None for the picture's own size;
-    ``factor``: pixels per latent (8 for SD's VAE).
+    ``factor``: pixels per latent (8 for SD's VAE); ``after_encode``: the pipeline samples the init picture's
+    latents from each image's generator before its noise, so strength 0 matches a run without variation.
     """
     channels, height, width = shape
     noise_shape = shape if resize_from is None else (channels, resize_from[1] // factor, resize_from[0] // factor)
-    noise = seed_noise(seed, noise_shape, dtype)
+    after = shape if after_encode else None
+    noise = seed_noise(seed, noise_shape, dtype, after)
     if strength:
-        mixed = slerp(strength, noise.float(), seed_noise(subseed, noise_shape, dtype).float())
+        mixed = slerp(strength, noise.float(), seed_noise(subseed, noise_shape, dtype, after).float())
         noise = mixed.to(dtype)
     if noise_shape == shape:
         return noise
     # Centre the resized noise in the seed's noise at the real size; crop it where it is larger.
-    placed = seed_noise(seed, shape, dtype)
+    placed = seed_noise(seed, shape, dtype, after)
     dx, dy = (width - noise_shape[2]) // 2, (height - noise_shape[1]) // 2
     w = noise_shape[2] if dx >= 0 else noise_shape[2] + 2 * dx
     h = noise_shape[1] if dy >= 0 else noise_shape[1] + 2 * dy

@@ -100,6 +100,10 @@ class GenerationRequest:
     hr_negative_prompt: str = ""
     hr_cfg_scale: float | None = None
     hr_checkpoint: str | None = None
+    # refiner (A1111 1.6): the last steps of the last pass run on this checkpoint; switch_at is the fraction
+    # of that pass's steps made before the switch (1: never)
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float = 0.8
     save_first_pass: bool = False  # also save the first pass's picture (A1111's save_images_before_highres_fix)
     # img2img / inpaint
     init_image: Image.Image | None = None
@@ -195,6 +199,7 @@ class GenerationRequest:
         if self.task is not Task.TXT2IMG and int(self.steps * self.denoising_strength) < 1:
             raise RequestError("denoising_strength", f"too low for {self.steps} steps: no denoising step would run")
         self._validate_variation()
+        self._validate_refiner()
         if self.enable_hr:
             self._validate_hires()
         if any(self.outpaint):
@@ -226,6 +231,12 @@ class GenerationRequest:
             value = getattr(self, name)
             if value not in (0, -1):
                 _check_int_range(name, value, MIN_SIDE, MAX_SIDE)
+
+    def _validate_refiner(self) -> None:
+        if self.refiner_checkpoint is not None and not isinstance(self.refiner_checkpoint, str):
+            raise RequestError("refiner_checkpoint", "name a checkpoint")
+        if not _finite(self.refiner_switch_at) or not 0.0 <= self.refiner_switch_at <= 1.0:
+            raise RequestError("refiner_switch_at", "must be a number between 0 and 1")
 
     def _validate_hires(self) -> None:
         if not _finite(self.hr_scale) or not 1.0 <= self.hr_scale <= MAX_HR_SCALE:

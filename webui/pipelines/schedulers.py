@@ -11,6 +11,7 @@ import inspect
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import diffusers
 from diffusers import SchedulerMixin
@@ -55,3 +56,15 @@ def make_scheduler(
         return cls.from_config(copy.deepcopy(dict(base_config)), **copy.deepcopy(overrides))
     finally:
         _building.active = False
+
+
+def use_start_noise(scheduler: SchedulerMixin, noise: Any) -> None:
+    """Make img2img and inpainting noise the picture with ``noise`` (variation seeds) instead of what the pipeline
+    draws from each image's seed: diffusers' img2img pipelines only ever apply their starting noise through the
+    scheduler's ``add_noise``, so this job's own scheduler substitutes it there."""
+    add_noise = scheduler.add_noise  # type: ignore[attr-defined]
+
+    def add_given_noise(original_samples: Any, _drawn: Any, timesteps: Any) -> Any:
+        return add_noise(original_samples, noise.to(original_samples.device, original_samples.dtype), timesteps)
+
+    scheduler.add_noise = add_given_noise  # type: ignore[attr-defined]

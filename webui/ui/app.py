@@ -149,7 +149,13 @@ def _wire_transfers(ctx: AppContext, top: TopBar, tabs: gr.Tabs, by_mode: dict[s
     def find_vae(name: str) -> Any:
         return name if name in vae_choices(ctx) else None
 
-    resolvers = {"checkpoint": find_checkpoint, "vae": find_vae}
+    def second_checkpoint(none: str) -> Any:
+        """A refiner or hires checkpoint named by an infotext: its title here, else ``none`` (not available)."""
+        return lambda name: none if name == none else (find_checkpoint(name) or none)
+
+    resolvers = {"checkpoint": find_checkpoint, "vae": find_vae,
+                 "refiner_checkpoint": second_checkpoint(forms.NO_REFINER),
+                 "hr_checkpoint": second_checkpoint(forms.SAME_CHECKPOINT)}
 
     def transfer(target_mode: str, with_image: bool):
         target = by_mode[target_mode]

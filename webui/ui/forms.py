@@ -24,12 +24,17 @@ INPAINT_FIELDS = ("mask_editor", "mask_upload", "mask_blur", "masked_content", "
                   "mask_invert", *OUTPAINT_FIELDS)
 VARIATION_FIELDS = ("subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h")
 HIRES_FIELDS = ("enable_hr", "hr_upscaler", "hr_second_pass_steps", "denoising_strength", "hr_scale", "hr_resize_x",
-                "hr_resize_y", "hr_sampler", "hr_schedule_type", "hr_cfg_scale", "hr_prompt", "hr_negative_prompt")
+                "hr_resize_y", "hr_sampler", "hr_schedule_type", "hr_cfg_scale", "hr_checkpoint", "hr_prompt",
+                "hr_negative_prompt")
+REFINER_FIELDS = ("refiner_checkpoint", "refiner_switch_at")
 SAME = "Use same"  # a hires dropdown's "like the first pass"
+SAME_CHECKPOINT = "Use same checkpoint"
+NO_REFINER = "None"
 MODE_FIELDS = {
-    "txt2img": COMMON_FIELDS + VARIATION_FIELDS + HIRES_FIELDS,
-    "img2img": COMMON_FIELDS + IMG2IMG_FIELDS,
-    "inpaint": COMMON_FIELDS + ("denoising_strength", "resize_mode") + INPAINT_FIELDS,
+    "txt2img": COMMON_FIELDS + VARIATION_FIELDS + HIRES_FIELDS + REFINER_FIELDS,
+    "img2img": COMMON_FIELDS + IMG2IMG_FIELDS + VARIATION_FIELDS + REFINER_FIELDS,
+    "inpaint": COMMON_FIELDS + ("denoising_strength", "resize_mode") + INPAINT_FIELDS + VARIATION_FIELDS
+    + REFINER_FIELDS,
 }
 
 
@@ -108,8 +113,10 @@ def form_fields(mode: str, checkpoint: str | None, values: Mapping[str, Any],
                                                  "clip_skip")},
         "cfg_scale": _float(values, "cfg_scale"),
     }
+    fields.update(_variation_fields(values))
+    fields.update(_refiner_fields(values))
     if mode == "txt2img":
-        fields.update(_second_pass_fields(values))
+        fields.update(_hires_fields(values))
     if mode in ("img2img", "inpaint"):
         fields["denoising_strength"] = _float(values, "denoising_strength")
         fields["resize_mode"] = _text(values, "resize_mode")
@@ -142,16 +149,30 @@ def form_fields(mode: str, checkpoint: str | None, values: Mapping[str, Any],
     return fields
 
 
-def _second_pass_fields(values: Mapping[str, Any]) -> dict[str, Any]:
-    """txt2img's variation seed and hires-fix fields (the hires ones only when hires fix is ticked)."""
+def _variation_fields(values: Mapping[str, Any]) -> dict[str, Any]:
     fields: dict[str, Any] = {name: _int(values, name) for name in ("subseed", "seed_resize_from_w",
                                                                     "seed_resize_from_h")}
     fields["subseed_strength"] = _float(values, "subseed_strength")
+    return fields
+
+
+def _refiner_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    checkpoint = values.get("refiner_checkpoint")
+    if checkpoint in (None, "", NO_REFINER):
+        return {}
+    return {"refiner_checkpoint": str(checkpoint), "refiner_switch_at": _float(values, "refiner_switch_at")}
+
+
+def _hires_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    """txt2img's hires-fix fields, when hires fix is ticked."""
+    fields: dict[str, Any] = {}
     if not values.get("enable_hr"):
         return fields
     same = (None, "", SAME)
     cfg = _float(values, "hr_cfg_scale")
+    checkpoint = values.get("hr_checkpoint")
     fields.update(
+        hr_checkpoint=None if checkpoint in (None, "", SAME_CHECKPOINT) else str(checkpoint),
         enable_hr=True,
         hr_upscaler=_text(values, "hr_upscaler"),
         hr_second_pass_steps=_int(values, "hr_second_pass_steps"),
@@ -173,17 +194,20 @@ _FORM_NAMES = {"prompt": "prompt", "negative_prompt": "negative_prompt", "steps"
                "seed": "seed", "width": "width", "height": "height", "sampler": "sampler",
                "schedule_type": "schedule_type", "denoising_strength": "denoising_strength",
                "clip_skip": "clip_skip", "checkpoint": "checkpoint", "vae": "vae",
-               **{name: name for name in VARIATION_FIELDS + HIRES_FIELDS}}
+               **{name: name for name in VARIATION_FIELDS + HIRES_FIELDS + REFINER_FIELDS}}
 
 
 def values_from_infotext(text: str) -> dict[str, Any]:
     """Form values read from a pasted or embedded infotext; what does not parse is left out. A text without
     hires fix or variation seed switches them off, so the form makes the picture the text describes."""
-    fields = {"enable_hr": False, "subseed_strength": 0.0, **request_fields_from_infotext(text)}
+    fields = {"enable_hr": False, "subseed_strength": 0.0, "refiner_checkpoint": NO_REFINER,
+              **request_fields_from_infotext(text)}
     values = {_FORM_NAMES[k]: v for k, v in fields.items() if k in _FORM_NAMES}
     for name in ("hr_sampler", "hr_schedule_type"):
         if fields.get("enable_hr") and name not in values:
             values[name] = SAME
+    if fields.get("enable_hr") and "hr_checkpoint" not in values:
+        values["hr_checkpoint"] = SAME_CHECKPOINT
     return values
 
 

@@ -23,7 +23,7 @@ from . import forms
 from .extension_controls import ExtensionControls, build_extension_controls
 from .networks_panel import build_networks_panel
 from .runner import info_html, owner_of, progress_text, run_job
-from .second_pass_controls import build_hires_section, build_variation_row
+from .second_pass_controls import build_hires_section, build_refiner_section, build_variation_row
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -158,9 +158,10 @@ def build_mode_tab(ctx: AppContext, mode: str, top: TopBar, size: int, styles: A
                 random_seed = gr.Button("🎲", elem_id=f"{prefix}-random-seed", size="sm", scale=0, min_width=40)
                 reuse_seed = gr.Button("♻️", elem_id=f"{prefix}-reuse-seed", size="sm", scale=0, min_width=40)
             seed_buttons = {"seed": (random_seed, reuse_seed)}
+            seed_buttons["subseed"] = build_variation_row(fields, prefix)
             if mode == "txt2img":
-                seed_buttons["subseed"] = build_variation_row(fields, prefix)
                 build_hires_section(ctx, fields, prefix)
+            build_refiner_section(ctx, fields, prefix)
             extension_controls = build_extension_controls(ctx, mode)
         with gr.Column(scale=2):
             with gr.Row():
@@ -330,7 +331,7 @@ def fill_targets(tab: ModeTab, top: TopBar) -> list[Any]:
 
 FILL_ORDER = ("prompt", "negative_prompt", "sampler", "schedule_type", "steps", "cfg_scale", "seed", "width", "height",
               "denoising_strength", "clip_skip", "vae", "checkpoint", *forms.VARIATION_FIELDS,
-              *(name for name in forms.HIRES_FIELDS if name != "denoising_strength"))
+              *(name for name in forms.HIRES_FIELDS if name != "denoising_strength"), *forms.REFINER_FIELDS)
 
 
 def fill_updates(tab: ModeTab, top: TopBar, values: dict[str, Any], resolvers: dict[str, Any]) -> list[Any]:

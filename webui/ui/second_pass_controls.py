@@ -1,4 +1,5 @@
-"""txt2img's second-pass controls: the variation-seed row under the seed, and the Hires. fix section.
+"""Second-pass controls: the variation-seed row under the seed, the Hires. fix section (txt2img) and the
+Refiner section.
 
 They fill ``fields`` (forms field names = GenerationRequest field names, see ``forms.HIRES_FIELDS`` and
 ``forms.VARIATION_FIELDS``); the generation tab wires them like every other field.
@@ -13,11 +14,12 @@ import gradio as gr
 from ..pipelines.hires import LATENT_UPSCALERS
 from ..pipelines.request import MAX_HR_SCALE
 from ..samplers import SAMPLERS, SCHEDULE_TYPES
+from .common import checkpoint_choices
+from .forms import NO_REFINER, SAME, SAME_CHECKPOINT
 
 if TYPE_CHECKING:
     from ..context import AppContext
 
-SAME = "Use same"  # the hires pass keeps the first pass's sampler / schedule type
 
 
 def hires_upscalers(ctx: AppContext) -> list[str]:
@@ -72,7 +74,20 @@ def build_hires_section(ctx: AppContext, fields: dict[str, Any], prefix: str) ->
                                                          label="Hires schedule type", elem_id=f"{prefix}-hr-schedule")
                 fields["hr_cfg_scale"] = gr.Slider(0.0, 30.0, value=0.0, step=0.5, label="Hires CFG Scale (0 = same)",
                                                    elem_id=f"{prefix}-hr-cfg")
+            fields["hr_checkpoint"] = gr.Dropdown([SAME_CHECKPOINT, *checkpoint_choices(ctx)], value=SAME_CHECKPOINT,
+                                                  label="Hires checkpoint", elem_id=f"{prefix}-hr-checkpoint")
             fields["hr_prompt"] = gr.Textbox("", label="Hires prompt (empty = same)", lines=2,
                                              elem_id=f"{prefix}-hr-prompt")
             fields["hr_negative_prompt"] = gr.Textbox("", label="Hires negative prompt (empty = same)", lines=2,
                                                       elem_id=f"{prefix}-hr-negative")
+
+
+def build_refiner_section(ctx: AppContext, fields: dict[str, Any], prefix: str) -> None:
+    """A1111 1.6's Refiner: the last steps of the last pass run on another checkpoint of the same family."""
+    with gr.Accordion("Refiner", open=False, elem_id=f"{prefix}-refiner"):
+        with gr.Row():
+            fields["refiner_checkpoint"] = gr.Dropdown([NO_REFINER, *checkpoint_choices(ctx)], value=NO_REFINER,
+                                                       label="Refiner checkpoint",
+                                                       elem_id=f"{prefix}-refiner-checkpoint")
+            fields["refiner_switch_at"] = gr.Slider(0.01, 1.0, value=0.8, step=0.01, label="Switch at",
+                                                    elem_id=f"{prefix}-refiner-switch-at")
