@@ -243,6 +243,19 @@ def test_hires_fix_applies_units_to_the_passes_their_hr_option_names(cn_context)
             assert distance(values[i], values[j]) > 0.05, (i, j)
 
 
+@pytest.mark.slow
+def test_units_guide_until_a_refiner_takes_over(cn_context):
+    ctx = cn_context(["sd1", "sd1b"], ["sd15_orig"])
+    refine = {"steps": 8, "refiner_checkpoint": "sd1b.safetensors", "refiner_switch_at": 0.5}
+    refined = run(ctx, **refine)
+    guided = run(ctx, **refine, controlnet_units=[unit("sd15_orig")])
+    until_half = run(ctx, **refine, controlnet_units=[unit("sd15_orig", guidance_end=0.5)])
+    assert distance(guided, refined) > 1
+    # After the switch the refiner's UNet denoises without the ControlNet, as with the extension in A1111:
+    # guiding to the end and to the switch point are the same picture.
+    assert np.array_equal(guided, until_half)
+
+
 def test_progress_and_interrupt_keep_working_with_a_unit(cn_context):
     ctx = cn_context(["sd1"], ["sd15_orig"])
     seen = []
