@@ -117,6 +117,23 @@ def test_sdxl_controlnets_single_file_in_both_layouts_and_folder(cn_context):
 
 
 @pytest.mark.slow
+def test_an_sd21_shaped_controlnet_in_the_original_layout(cn_context):
+    from tests.support.tiny_models import tiny_components, write_single_file
+
+    ctx = cn_context(["sd1"], [])
+    parts = tiny_components("sd2", seed=6)  # one resnet per level, linear projections: other counts than SD 1.x
+    write_single_file(ctx.settings.models_dir / "Stable-diffusion" / "sd2.safetensors", "sd2", parts)
+    ctx.registry.refresh()
+    folder = ctx.settings.models_dir / "ControlNet"
+    cnf.write_original(folder / "sd21_canny.safetensors", cnf.tiny_controlnet(parts["unet"], seed=15), prefix="")
+    plain = run(ctx, checkpoint="sd2.safetensors")
+    guided = run(ctx, checkpoint="sd2.safetensors", controlnet_units=[unit("sd21_canny")])
+    assert distance(guided, plain) > 1
+    with pytest.raises(ControlNetFileError, match="sd21_canny.safetensors cannot guide checkpoint sd1: its blocks"):
+        run(ctx, checkpoint="sd1.safetensors", controlnet_units=[unit("sd21_canny")])
+
+
+@pytest.mark.slow
 def test_a_union_controlnet_loads_takes_its_control_type_from_the_module_and_guides(cn_context):
     ctx = cn_context(["sdxl"], ["xl_union"])
     xl = {"checkpoint": "sdxl.safetensors"}

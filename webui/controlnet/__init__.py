@@ -11,10 +11,17 @@ Modules, one job each (importing the package imports nothing heavy; the torch on
   tensor names and shapes (pure).
 - ``layout``: original-layout keys -> diffusers ``ControlNetModel`` keys, and the model config read off the
   tensors (pure).
-- ``library``: the model folders, titles "name [hash]", lookup, and loading into the checkpoint RAM cache (torch).
+- ``files``: the model folders, entries and their titles "name [hash]" (the extension's short hash) (pure).
+- ``library``: ``ControlNetLibrary``: listing, lookup, and loading into the checkpoint RAM cache (torch).
 - ``loader``: one file or folder -> a diffusers ControlNetModel / ControlNetUnionModel (torch).
+- ``placement``: where a ControlNet sits during a pass, following the checkpoint's offload plan (torch).
 - ``guidance``: the UNet hook that adds each unit's residuals with its weight, steps and control mode (torch).
 - ``session``: one job's units, resolved, loaded and preprocessed, attached to each denoising pass (torch).
+
+What front ends call: ``ControlUnit.from_dict`` (A1111 unit dicts, or let ``build_request`` do it),
+``catalog.module_list`` / ``module_detail`` (``/controlnet/module_list``), ``PipelineManager.controlnets.titles()``
+(``/controlnet/model_list``), ``preprocess.detect_map`` (the preview button, ``/controlnet/detect``),
+``infotext.units_from_params`` (PNG Info; ``request_fields_from_infotext`` already returns ``controlnet_units``).
 """
 
 # What GET /controlnet/version answers: the sd-webui-controlnet API version clients check for.
