@@ -14,7 +14,8 @@ Per unit, as sd-webui-controlnet's hook.py does:
   conditional rows only, as diffusers' guess mode does;
 - guidance start / end: the unit acts at step i of n (of this pass) while start <= i / n <= end;
 - in the hires pass canny and MLSD units always use soft injection (the extension's forced soft injection);
-- models trained with global average pooling (v1.1 shuffle) get their residuals averaged over the picture.
+- models trained with global average pooling (v1.1 shuffle) get their residuals averaged over the picture, and
+  guide the conditional half only (the extension's hook treats them like cfg_injection).
 Several units add up. A unit with weight 0 never gets here: the session drops it, so the picture is exactly
 the one without it.
 """

@@ -123,12 +123,13 @@ class ControlSession:
             soft = unit.control_mode is not ControlMode.BALANCED or (hires and prepared.pre.soft_in_hires)
             guided.append(GuidedUnit(
                 prepared.loaded.model, self._hint(prepared, width, height, box, full_size), float(unit.weight),
-                float(unit.guidance_start), float(unit.guidance_end), soft, unit.control_mode is ControlMode.CONTROL,
-                prepared.loaded.global_pool, prepared.pre.union_type if prepared.loaded.union else None,
+                float(unit.guidance_start), float(unit.guidance_end), soft,
+                unit.control_mode is ControlMode.CONTROL or prepared.loaded.global_pool, prepared.loaded.global_pool, prepared.pre.union_type if prepared.loaded.union else None,
                 prepared.loaded.num_control_types))
         hook = ControlNetHook(guided, images, self.sdxl, lambda: getattr(pipe, "num_timesteps", 0) or
                               len(pipe.scheduler.timesteps))
-        undo = [self._place(p, plan) for p in chosen]
+        distinct = {id(p.loaded.model): p for p in chosen}  # two units may use one model: place it once
+        undo = [self._place(p, plan) for p in distinct.values()]
         handle = pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
         try:
             yield
