@@ -121,11 +121,12 @@ class ControlSession:
         for prepared in chosen:
             unit = prepared.unit
             soft = unit.control_mode is not ControlMode.BALANCED or (hires and prepared.pre.soft_in_hires)
+            loaded = prepared.loaded
             guided.append(GuidedUnit(
-                prepared.loaded.model, self._hint(prepared, width, height, box, full_size), float(unit.weight),
+                loaded.model, self._hint(prepared, width, height, box, full_size), float(unit.weight),
                 float(unit.guidance_start), float(unit.guidance_end), soft,
-                unit.control_mode is ControlMode.CONTROL or prepared.loaded.global_pool, prepared.loaded.global_pool, prepared.pre.union_type if prepared.loaded.union else None,
-                prepared.loaded.num_control_types))
+                cond_only=unit.control_mode is ControlMode.CONTROL or loaded.global_pool, global_pool=loaded.global_pool,
+                union_type=prepared.pre.union_type if loaded.union else None, num_types=loaded.num_control_types))
         hook = ControlNetHook(guided, images, self.sdxl, lambda: getattr(pipe, "num_timesteps", 0) or
                               len(pipe.scheduler.timesteps))
         distinct = {id(p.loaded.model): p for p in chosen}  # two units may use one model: place it once
