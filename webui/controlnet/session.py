@@ -124,8 +124,8 @@ class ControlSession:
             loaded = prepared.loaded
             guided.append(GuidedUnit(
                 loaded.model, self._hint(prepared, width, height, box, full_size), float(unit.weight),
-                float(unit.guidance_start), float(unit.guidance_end), soft,
-                cond_only=unit.control_mode is ControlMode.CONTROL or loaded.global_pool, global_pool=loaded.global_pool,
+                float(unit.guidance_start), float(unit.guidance_end), soft, global_pool=loaded.global_pool,
+                cond_only=unit.control_mode is ControlMode.CONTROL or loaded.global_pool,
                 union_type=prepared.pre.union_type if loaded.union else None, num_types=loaded.num_control_types))
         hook = ControlNetHook(guided, images, self.sdxl, lambda: getattr(pipe, "num_timesteps", 0) or
                               len(pipe.scheduler.timesteps))
