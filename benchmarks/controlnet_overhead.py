@@ -1,12 +1,13 @@
 """ControlNet costs, each against its baseline in the same run:
 
-1. step time of the engine with one ControlNet unit vs diffusers' own StableDiffusionControlNetPipeline over
+1. RSS with two ControlNets loaded beside the checkpoint, against the RAM cache's byte budget: the cache's
+   bytes stay within the budget, and the process holds about what the cache says above the bare process.
+   With a budget for only one ControlNet, the second job evicts the first (least recently used), never the
+   checkpoint in use;
+2. step time of the engine with one ControlNet unit vs diffusers' own StableDiffusionControlNetPipeline over
    the same checkpoint components and the same loaded ControlNet (same sampler, seed, map, weight). Goal:
-   <= 1.05x. The per-step time is the difference of two step counts, so encoding and decoding cancel out;
-   the pixels must also be identical;
-2. RSS with two ControlNets loaded beside the checkpoint, against the RAM cache's byte budget: the cache's
-   bytes stay within the budget, and the process grows by about what the cache says it holds. With a budget
-   for only one ControlNet, the second job evicts the first (least recently used), never the checkpoint.
+   <= 1.05x. A step is the gap between the starts of two UNet calls (the median over all steps), so it
+   includes the ControlNet either way and leaves encoding and decoding out; the pixels must be identical.
 
     .venv/bin/python -m benchmarks.controlnet_overhead                 # SD 1.5 shapes, random weights, bf16
     .venv/bin/python -m benchmarks.controlnet_overhead --shape tiny    # the tests' tiny models (seconds)
@@ -18,7 +19,9 @@ benchmarks/_work/.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
+import statistics
 import time
 
 import numpy as np
@@ -54,6 +57,20 @@ def _map(size: int) -> Image.Image:
     return image
 
 
+class StepClock:
+    """Timestamps at the start of every UNet call (a pre-hook registered before the ControlNet's): the gaps
+    are whole denoising steps, ControlNet and scheduler included, whichever way the ControlNet is called."""
+
+    def __init__(self, unet) -> None:
+        self.stamps: list[float] = []
+        self.handle = unet.register_forward_pre_hook(lambda module, args: self.stamps.append(time.perf_counter()))
+
+    def steps(self) -> list[float]:
+        gaps = [b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)]
+        self.stamps = []
+        return gaps
+
+
 def step_time(args, models, work) -> None:
     from diffusers import StableDiffusionControlNetPipeline
 
@@ -79,6 +96,7 @@ def step_time(args, models, work) -> None:
 
     entry = manager.controlnets.find("cn_a")
     assert entry is not None
+    clock = StepClock(model.components["unet"])
     with manager.controlnets.use(entry, dict(model.components["unet"].config), manager.dtype) as loaded:
         c = model.components
         pipe = StableDiffusionControlNetPipeline(c["vae"], c["text_encoder"], c["tokenizer"], c["unet"],
@@ -98,69 +116,70 @@ def step_time(args, models, work) -> None:
                             generator=[torch.Generator("cpu").manual_seed(7)],
                             controlnet_conditioning_scale=0.8).images[0]
 
-        same = np.array_equal(np.asarray(engine(args.low)), np.asarray(direct(args.low)))
-        timings: dict[str, dict[int, float]] = {"engine": {}, "diffusers": {}}
+        same = np.array_equal(np.asarray(engine(2)), np.asarray(direct(2)))
+        clock.steps()
+        gaps: dict[str, list[float]] = {"engine": [], "diffusers": []}
+        jobs: dict[str, list[float]] = {"engine": [], "diffusers": []}
         for _ in range(args.repeats):  # interleaved, so a busy neighbour slows both alike
             for name, fn in (("diffusers", direct), ("engine", engine)):
-                for steps in (args.low, args.high):
-                    start = time.perf_counter()
-                    fn(steps)
-                    elapsed = time.perf_counter() - start
-                    timings[name][steps] = min(timings[name].get(steps, elapsed), elapsed)
-    per_step = {name: (t[args.high] - t[args.low]) / (args.high - args.low) for name, t in timings.items()}
-    print(f"step time at {args.size}x{args.size} ({args.precision}, CFG, one unit, best of {args.repeats}): "
-          f"diffusers {per_step['diffusers']:.3f} s, engine {per_step['engine']:.3f} s")
+                start = time.perf_counter()
+                fn(args.steps)
+                jobs[name].append(time.perf_counter() - start)
+                gaps[name].extend(clock.steps())
+    clock.handle.remove()
+    per_step = {name: statistics.median(values) for name, values in gaps.items()}
+    whole = {name: statistics.median(values) for name, values in jobs.items()}
+    print(f"step time at {args.size}x{args.size} ({args.precision}, CFG, one unit; median of "
+          f"{len(gaps['engine'])} steps each): diffusers {per_step['diffusers']:.3f} s, "
+          f"engine {per_step['engine']:.3f} s", flush=True)
     print(f"  ratio engine/diffusers = {per_step['engine'] / per_step['diffusers']:.3f} (goal <= 1.05); "
-          f"whole {args.high}-step job {timings['engine'][args.high]:.2f} s vs {timings['diffusers'][args.high]:.2f} s;"
-          f" identical pixels: {same}")
+          f"whole {args.steps}-step job (median) {whole['engine']:.2f} s vs {whole['diffusers']:.2f} s; "
+          f"identical pixels: {same}", flush=True)
     ctx.close()
 
 
+def _release_memory() -> None:
+    gc.collect()
+    try:  # glibc keeps freed pages; give them back so RSS shows what is really held
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
 def memory(args, models, work) -> None:
+    from webui.controlnet.library import estimate_nbytes
     from webui.controlnet.units import ControlUnit
+    from webui.models.loader import estimate_nbytes as checkpoint_nbytes
     from webui.pipelines.generate import generate
     from webui.pipelines.request import GenerationRequest
-
-    probe = make_context(models, work / "outputs", precision=args.precision, include_builtin=False)
-    checkpoint = probe.manager.load("sd15").nbytes
-    probe.close()
-    del probe
-    gc.collect()
 
     def job(ctx, *names: str) -> None:
         units = [ControlUnit(module="none", model=name, image=_map(args.size)) for name in names]
         generate(ctx.manager, GenerationRequest(prompt="a circle", steps=2, width=args.size, height=args.size,
                                                 seed=1, save_images=False, controlnet_units=units))
 
-    base = rss_bytes()
-    for label, extra in (("two ControlNets fit", 2.2), ("room for one ControlNet", 1.5)):
-        gc.collect()
-        start = rss_bytes()
-        probe_ctx = make_context(models, work / "outputs", precision=args.precision, include_builtin=False,
-                                 ram_cache_bytes=10 * 2**40)
-        job(probe_ctx, "cn_a")
-        one = probe_ctx.manager.cache.total_bytes - checkpoint
-        probe_ctx.close()
-        del probe_ctx
-        gc.collect()
-        budget = checkpoint + int(extra * one)
-        ctx = make_context(models, work / "outputs", precision=args.precision, include_builtin=False,
-                           ram_cache_bytes=budget)
-        if extra > 2:
-            job(ctx, "cn_a", "cn_b")
-        else:
-            job(ctx, "cn_a")
-            job(ctx, "cn_b")
-        gc.collect()
+    _release_memory()
+    base = rss_bytes()  # the process with its libraries, before any model
+    for label, room, order in (("two ControlNets loaded", 2.2, [("cn_a", "cn_b")]),
+                               ("room for one ControlNet", 1.5, [("cn_a",), ("cn_b",)])):
+        ctx = make_context(models, work / "outputs", precision=args.precision, include_builtin=False)
+        checkpoint = checkpoint_nbytes(ctx.registry.find("sd15"), ctx.manager.dtype) or 0
+        one = estimate_nbytes(ctx.manager.controlnets.find("cn_a"), ctx.manager.dtype)
+        budget = checkpoint + int(room * one)
+        ctx.manager.cache.set_budget(budget)
+        peak = 0
+        for names in order:
+            job(ctx, *names)
+            _release_memory()
+            peak = max(peak, rss_bytes())
         held = ctx.manager.cache.total_bytes
-        grown = rss_bytes() - start
         loaded = [k.split("|")[0].removeprefix("ControlNet/") for k in ctx.manager.controlnets.loaded()]
-        print(f"{label}: budget {gib(budget)} (checkpoint {gib(checkpoint)}, one ControlNet {gib(one)}); cache holds "
-              f"{gib(held)} ({'within' if held <= budget else 'OVER'} budget), ControlNets in RAM: {loaded}; "
-              f"process grew {gib(grown)} (RSS {gib(rss_bytes())}, {gib(base)} before)")
+        print(f"{label}: budget {gib(budget)} (checkpoint {gib(checkpoint)} + {room} x ControlNet {gib(one)}); "
+              f"cache holds {gib(held)} ({'within' if held <= budget else 'OVER'} budget), ControlNets in RAM "
+              f"{loaded}; RSS over the bare process {gib(peak - base)} (bare {gib(base)})", flush=True)
         ctx.close()
         del ctx
-        gc.collect()
+        _release_memory()
 
 
 def main() -> None:
@@ -168,16 +187,15 @@ def main() -> None:
     parser.add_argument("--shape", choices=("sd15", "tiny"), default="sd15")
     parser.add_argument("--size", type=int, default=None, help="picture side (default 256 for sd15, 128 tiny)")
     parser.add_argument("--precision", default=None, help="fp32 / bf16 (default bf16 for sd15, fp32 tiny)")
-    parser.add_argument("--low", type=int, default=3)
-    parser.add_argument("--high", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     args.size = args.size or (256 if args.shape == "sd15" else 128)
     args.precision = args.precision or ("bf16" if args.shape == "sd15" else "fp32")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work, models = _files(args.shape)
+    memory(args, models, work)  # first: the bare process's RSS is its baseline
     step_time(args, models, work)
-    memory(args, models, work)
 
 
 if __name__ == "__main__":
