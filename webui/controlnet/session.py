@@ -203,6 +203,7 @@ def control_session(manager: Any, model: Any, request: Any, seed: int) -> Iterat
                 width, height = request.hr_size if request.hires and unit.hr_option is HiresOption.HIGH_RES_ONLY \
                     else (request.width, request.height)
                 resolution = preprocess.pixel_perfect_resolution(image.size, width, height, unit.resize_mode)
+                resolution = int(min(max(resolution, pre.resolution.minimum), pre.resolution.maximum))
             detected = preprocess.run(pre.name, image, resolution, unit.threshold_a, unit.threshold_b, seed,
                                       annotators_dir=library.annotators_dir, field=f"{field_name}.module")
             session.units.append(_Prepared(index, unit, pre, loaded, detected, image.size))
