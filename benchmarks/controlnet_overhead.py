@@ -120,8 +120,9 @@ def step_time(args, models, work) -> None:
         clock.steps()
         gaps: dict[str, list[float]] = {"engine": [], "diffusers": []}
         jobs: dict[str, list[float]] = {"engine": [], "diffusers": []}
-        for _ in range(args.repeats):  # interleaved, so a busy neighbour slows both alike
-            for name, fn in (("diffusers", direct), ("engine", engine)):
+        order = [("diffusers", direct), ("engine", engine)]
+        for repeat in range(args.repeats):  # interleaved, in turn first, so a busy neighbour slows both alike
+            for name, fn in order if repeat % 2 == 0 else order[::-1]:
                 start = time.perf_counter()
                 fn(args.steps)
                 jobs[name].append(time.perf_counter() - start)
@@ -188,14 +189,17 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None, help="picture side (default 256 for sd15, 128 tiny)")
     parser.add_argument("--precision", default=None, help="fp32 / bf16 (default bf16 for sd15, fp32 tiny)")
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--only", choices=("memory", "steps"), default=None)
     args = parser.parse_args()
     args.size = args.size or (256 if args.shape == "sd15" else 128)
     args.precision = args.precision or ("bf16" if args.shape == "sd15" else "fp32")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work, models = _files(args.shape)
-    memory(args, models, work)  # first: the bare process's RSS is its baseline
-    step_time(args, models, work)
+    if args.only != "steps":
+        memory(args, models, work)  # first: the bare process's RSS is its baseline
+    if args.only != "memory":
+        step_time(args, models, work)
 
 
 if __name__ == "__main__":
