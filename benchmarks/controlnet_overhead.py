@@ -62,11 +62,14 @@ class StepClock:
     are whole denoising steps, ControlNet and scheduler included, whichever way the ControlNet is called."""
 
     def __init__(self, unet) -> None:
-        self.stamps: list[float] = []
-        self.handle = unet.register_forward_pre_hook(lambda module, args: self.stamps.append(time.perf_counter()))
+        self.stamps: list[tuple[float, float]] = []
+        self.handle = unet.register_forward_pre_hook(
+            lambda module, args: self.stamps.append((time.perf_counter(), time.process_time())))
 
-    def steps(self) -> list[float]:
-        gaps = [b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)]
+    def steps(self) -> list[tuple[float, float]]:
+        """(wall seconds, CPU seconds of this process) per step. The CPU time does not count the time a busy
+        machine leaves this process waiting, so it is the steadier of the two on a shared machine."""
+        gaps = [(b[0] - a[0], b[1] - a[1]) for a, b in zip(self.stamps, self.stamps[1:], strict=False)]
         self.stamps = []
         return gaps
 
@@ -118,7 +121,7 @@ def step_time(args, models, work) -> None:
 
         same = np.array_equal(np.asarray(engine(2)), np.asarray(direct(2)))
         clock.steps()
-        gaps: dict[str, list[float]] = {"engine": [], "diffusers": []}
+        gaps: dict[str, list[tuple[float, float]]] = {"engine": [], "diffusers": []}
         jobs: dict[str, list[float]] = {"engine": [], "diffusers": []}
         order = [("diffusers", direct), ("engine", engine)]
         for repeat in range(args.repeats):  # interleaved, in turn first, so a busy neighbour slows both alike
@@ -128,14 +131,16 @@ def step_time(args, models, work) -> None:
                 jobs[name].append(time.perf_counter() - start)
                 gaps[name].extend(clock.steps())
     clock.handle.remove()
-    per_step = {name: statistics.median(values) for name, values in gaps.items()}
+    wall = {name: statistics.median(w for w, _ in values) for name, values in gaps.items()}
+    cpu = {name: statistics.median(c for _, c in values) for name, values in gaps.items()}
     whole = {name: statistics.median(values) for name, values in jobs.items()}
     print(f"step time at {args.size}x{args.size} ({args.precision}, CFG, one unit; median of "
-          f"{len(gaps['engine'])} steps each): diffusers {per_step['diffusers']:.3f} s, "
-          f"engine {per_step['engine']:.3f} s", flush=True)
-    print(f"  ratio engine/diffusers = {per_step['engine'] / per_step['diffusers']:.3f} (goal <= 1.05); "
-          f"whole {args.steps}-step job (median) {whole['engine']:.2f} s vs {whole['diffusers']:.2f} s; "
-          f"identical pixels: {same}", flush=True)
+          f"{len(gaps['engine'])} steps each, {torch.get_num_threads()} threads):", flush=True)
+    print(f"  CPU time per step: diffusers {cpu['diffusers']:.3f} s, engine {cpu['engine']:.3f} s, ratio "
+          f"{cpu['engine'] / cpu['diffusers']:.3f} (goal <= 1.05)", flush=True)
+    print(f"  wall time per step: diffusers {wall['diffusers']:.3f} s, engine {wall['engine']:.3f} s, ratio "
+          f"{wall['engine'] / wall['diffusers']:.3f}; whole {args.steps}-step job (median) engine "
+          f"{whole['engine']:.2f} s vs diffusers {whole['diffusers']:.2f} s; identical pixels: {same}", flush=True)
     ctx.close()
 
 
