@@ -163,3 +163,20 @@ def test_prompt_editing_differs_from_both_plain_prompts(demo, seed):
     for colour in ("red", "blue"):
         plain = np.asarray(run(demo, f"a {colour} square on a green background", seed=seed), dtype=np.float32)
         assert np.abs(edited - plain).mean() > 1.0, colour
+
+
+@pytest.mark.slow
+def test_hires_fix_with_the_demo_upscaler_keeps_what_the_picture_shows(demo):
+    """The built-in ×2 upscaler as hires fix's upscaler: the 128 px picture shows what the 64 px one did."""
+    colours = list(shapes.COLOURS)
+    changed = []
+    for i, fg in enumerate(colours):
+        shape = shapes.SHAPES[i % len(shapes.SHAPES)]
+        prompt = scene_prompt(fg, shape, shapes.eval_background(fg, i))
+        first = run(demo, prompt, seed=300 + i)
+        hires = run(demo, prompt, seed=300 + i, enable_hr=True, hr_upscaler="atelier-demo-2x", hr_scale=2.0,
+                    hr_second_pass_steps=10, denoising_strength=0.35)
+        assert hires.size == (2 * SIZE, 2 * SIZE)
+        if shapes.classify(hires) != shapes.classify(first):
+            changed.append((prompt, shapes.classify(first), shapes.classify(hires)))
+    assert len(changed) <= 1, changed
