@@ -180,3 +180,14 @@ def test_hires_fix_with_the_demo_upscaler_keeps_what_the_picture_shows(demo):
         if shapes.classify(hires) != shapes.classify(first):
             changed.append((prompt, shapes.classify(first), shapes.classify(hires)))
     assert len(changed) <= 1, changed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 3])
+def test_and_of_two_colour_phrases_differs_from_each_phrase_alone(demo, seed):
+    """A1111's composable prompts: both parts guide the picture, so it is neither part's picture."""
+    both = np.asarray(run(demo, "a red circle on a green background AND a blue circle on a green background",
+                          seed=seed), dtype=np.float32)
+    for colour in ("red", "blue"):
+        alone = np.asarray(run(demo, f"a {colour} circle on a green background", seed=seed), dtype=np.float32)
+        assert np.abs(both - alone).mean() > 1.0, colour

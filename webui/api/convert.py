@@ -51,7 +51,8 @@ RESIZE_MODES = {0: ResizeMode.JUST_RESIZE, 1: ResizeMode.CROP_AND_RESIZE, 2: Res
 FILLS = {0: MaskedContent.FILL, 1: MaskedContent.ORIGINAL, 2: MaskedContent.LATENT_NOISE,
          3: MaskedContent.LATENT_NOTHING}
 # Options a request may override for itself (override_settings).
-OVERRIDABLE = ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae")
+OVERRIDABLE = ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae", "emphasis", "randn_source",
+               "eta_noise_seed_delta")
 
 
 @dataclass
@@ -195,6 +196,9 @@ def _common(body: Txt2ImgRequest, ctx: AppContext, styles: StyleStore) -> tuple[
         "batch_size": body.batch_size,
         "clip_skip": clip_skip,
         "vae": vae or None,
+        "emphasis": overrides.get("emphasis"),
+        "rng": overrides.get("randn_source"),
+        "eta_noise_seed_delta": overrides.get("eta_noise_seed_delta"),
         "save_images": body.save_images,
         "subseed": body.subseed,
         "subseed_strength": body.subseed_strength,

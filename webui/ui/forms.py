@@ -217,6 +217,11 @@ def token_count_label(token_count: int) -> str:
     return f"{token_count}/{chunks * 75}"
 
 
+def part_token_count_label(counts: list[int]) -> str:
+    """One count per ``AND`` part: "12/75" for a plain prompt, "12/75 AND 80/150" for two parts."""
+    return " AND ".join(token_count_label(count) for count in counts or [0])
+
+
 def insert_into_prompt(prompt: str, text: str) -> str:
     """The prompt with a LoRA tag or embedding name added at the end (once), comma-separated as artists write."""
     prompt = prompt or ""

@@ -16,7 +16,7 @@ from ..context import EXAMPLE_PROMPT
 from ..errors import AtelierError
 from ..extensions.scripts import run_script
 from ..jobs import Progress
-from ..pipelines.conditioning import count_tokens
+from ..pipelines.conditioning import count_part_tokens
 from ..pipelines.request import InpaintArea, MaskedContent, ResizeMode
 from ..samplers import SAMPLERS, SCHEDULE_TYPES
 from . import forms
@@ -275,8 +275,9 @@ def _wire_helpers(ctx: AppContext, tab: ModeTab, styles: Any, tokenizer: Any, to
     f = tab.fields
 
     def on_prompt(text: str) -> str:
-        # Emphasis and editing syntax cost no tokens; BREAK and the chunking follow the encoder's rules.
-        return forms.token_count_label(count_tokens(tokenizer.get(), text or ""))
+        # Emphasis and editing syntax cost no tokens; BREAK and the chunking follow the encoder's rules; each AND
+        # part is encoded on its own, so each has its own count.
+        return forms.part_token_count_label(count_part_tokens(tokenizer.get(), text or ""))
 
     f["prompt"].change(on_prompt, [f["prompt"]], [token_count], queue=False, api_visibility="private",
                        show_progress="hidden")
