@@ -208,6 +208,14 @@ def _infotext(req: GenerationRequest, choice: SamplerChoice, seed: int, subseed:
     return format_infotext(req.prompt, req.negative_prompt, params)
 
 
+class _StoppedEarly(Exception):
+    """Interrupt or Skip during a pipeline call: the latents after the last step run."""
+
+    def __init__(self, latents: torch.Tensor) -> None:
+        super().__init__("stopped early")
+        self.latents = latents
+
+
 class _StepCallback:
     """Progress, previews, interrupt, skip and extensions' on_step hooks, called by diffusers after every
     denoising step."""
@@ -274,7 +282,7 @@ class _StepCallback:
             self.hooks.on_step(StepState(control.job_id, done, total, control.progress.batch,
                                          None if latents is None else latents.detach().clone()), control)
         if control.interrupted or control.skipped:
-            pipe._interrupt = True  # diffusers stops after this step and still decodes what it has
+            raise _StoppedEarly(kwargs["latents"])  # _call_pipeline decodes what the steps so far made
         if self.composed is not None:
             self.composed.step = step + 2  # the AND parts' prompts for the next step
         turn = self.refiner_turn
@@ -695,6 +703,8 @@ def _call_pipeline(
     try:
         with torch.inference_mode():
             output = pipe(**kwargs)
+    except _StoppedEarly as stopped:
+        return stopped.latents if output_type == "latent" else _decode_latents(pipe, stopped.latents)
     finally:
         composable.uninstall(pipe, callback.composed)
         callback.composed = None
