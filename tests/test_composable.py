@@ -92,13 +92,18 @@ def test_and_with_negative_prompt_editing_and_lora_tags(contexts):
 
 def test_xyz_prompt_search_replace_reaches_every_part():
     import importlib.util
+    import sys
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "extensions" / "xyz-plot" / "axes.py"
     spec = importlib.util.spec_from_file_location("xyz_axes_for_test", path)
     assert spec is not None and spec.loader is not None
     axes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(axes)
+    sys.modules[spec.name] = axes  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(axes)
+    finally:
+        del sys.modules[spec.name]
     axis = axes.AXES["Prompt S/R"]
     base = GenerationRequest(prompt="a red circle :1.2 AND a red background :0.8")
     changed = axis.apply(base, "blue", ["red", "blue"])
