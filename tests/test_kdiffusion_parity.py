@@ -21,7 +21,9 @@ import torch
 
 from webui.samplers import resolve_sampler
 
-WHEEL = Path(os.environ.get("KDIFFUSION_WHEEL", "/tmp/pk/k_diffusion-0.1.1.post1-py3-none-any.whl"))
+# scripts/bootstrap.sh downloads the wheel (without installing it) into .venv/reference/.
+WHEEL = Path(os.environ.get("KDIFFUSION_WHEEL", Path(__file__).resolve().parents[1] / ".venv" / "reference"
+                            / "k_diffusion-0.1.1.post1-py3-none-any.whl"))
 pytestmark = pytest.mark.skipif(not WHEEL.exists(), reason="k-diffusion wheel not at hand")
 
 
