@@ -22,7 +22,8 @@ from ..errors import AtelierError
 from . import configs
 from .detect import Detection, UnknownArchitectureError, detect_architecture
 from .header import CorruptCheckpointError, read_header
-from .registry import CheckpointEntry
+from .registry import CheckpointEntry, Identity
+from .tensor_reader import read_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class LoadedModel:
     source: Path
     load_seconds: float = 0.0
     sha256: str | None = None
+    # The file(s) as they were when read (CheckpointEntry.identity); a different one now means stale.
+    identity: tuple[Identity, ...] | None = None
     # Pipelines built over these components, per pipeline class (see pipelines/manager.py).
     pipelines: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -102,26 +105,16 @@ def read_checkpoint_file(
 
     Floating-point tensors are cast to `dtype` one at a time as they are read, so peak
     memory stays near one copy of the model instead of the file plus the converted copy.
+    Every tensor returned lives in process memory, never in pages of the file: a file
+    replaced or truncated later cannot change or crash a model built from them.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointLoadError(f"{path.name}: file not found ({path})")
     if path.suffix.lower() == ".safetensors":
-        header = read_header(path)  # validates lengths and offsets before safetensors maps the file
-        from safetensors import safe_open
-
-        tensors: dict[str, torch.Tensor] = {}
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as fh:
-                for key in fh.keys():
-                    if key.startswith(skip):
-                        continue
-                    tensors[key] = _to_dtype(fh.get_tensor(key), dtype)
-        except Exception as exc:  # safetensors raises its own error types
-            raise CorruptCheckpointError(f"{path.name}: corrupt file ({exc})") from exc
-        return tensors, header.metadata
+        return read_safetensors(path, dtype, skip)
     raw, metadata = _read_pickled(path)
-    tensors = {}
+    tensors: dict[str, torch.Tensor] = {}
     for key in list(raw):
         value = raw.pop(key)
         if not key.startswith(skip):
@@ -345,6 +338,15 @@ def _detect_diffusers_folder(folder: Path) -> Detection:
     return Detection("sd1-inpaint" if inpaint else "sd1")
 
 
+@torch.no_grad()
+def _own_memory(module: torch.nn.Module) -> None:
+    """Copy weights that from_pretrained left in memory-mapped pages of the files (when the load dtype is
+    the files' dtype) into process memory, one tensor at a time, so rewriting a file cannot reach them."""
+    for tensor in [*module.parameters(), *module.buffers()]:  # tied weights are listed once and stay tied
+        if tensor.device.type == "cpu":
+            tensor.data = tensor.data.clone()
+
+
 def _load_diffusers_folder(folder: Path, dtype: torch.dtype) -> tuple[Detection, dict[str, Any]]:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -360,6 +362,7 @@ def _load_diffusers_folder(folder: Path, dtype: torch.dtype) -> tuple[Detection,
         components["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", **opts)
     for module in components.values():
         module.eval().requires_grad_(False)
+        _own_memory(module)
     _add_tokenizers_and_scheduler(components, detection)
     for tok in ("tokenizer", "tokenizer_2"):
         files = ("vocab.json", "tokenizer.json")  # transformers 5 saves only tokenizer.json
@@ -379,6 +382,7 @@ def load_checkpoint(entry: CheckpointEntry, dtype: torch.dtype) -> LoadedModel:
     """Load one checkpoint to CPU memory in `dtype`. Raises CheckpointLoadError with a clear message."""
     start = time.perf_counter()
     name = entry.name
+    identity = entry.identity()  # before reading: a change during the read shows as stale at the next job
     try:
         if entry.kind == "diffusers":
             detection, components = _load_diffusers_folder(entry.path, dtype)
@@ -398,7 +402,7 @@ def load_checkpoint(entry: CheckpointEntry, dtype: torch.dtype) -> LoadedModel:
         raise CheckpointLoadError(f"{name}: cannot load ({type(exc).__name__}: {exc})") from exc
     elapsed = time.perf_counter() - start
     log.info("Loaded %s (%s, %s) in %.1f s", name, detection.arch, str(dtype).replace("torch.", ""), elapsed)
-    return LoadedModel(name, detection.arch, detection, components, dtype, entry.path, elapsed)
+    return LoadedModel(name, detection.arch, detection, components, dtype, entry.path, elapsed, identity=identity)
 
 
 def estimate_nbytes(entry: CheckpointEntry, dtype: torch.dtype) -> int | None:

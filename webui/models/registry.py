@@ -18,6 +18,13 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 
+Identity = tuple[int, int, int, int]
+
+
+def file_identity(stat: os.stat_result) -> Identity:
+    """What changes when a file is replaced, rewritten or truncated: (device, inode, size, mtime in ns)."""
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
 
 @dataclass
 class CheckpointEntry:
@@ -43,6 +50,22 @@ class CheckpointEntry:
         if self.kind == "diffusers" or self._hashes is None:
             return None
         return self._hashes.sha256(self.name, self.path)
+
+    def identity(self) -> tuple[Identity, ...] | None:
+        """The identity of the file (of every file in a diffusers folder); None when it is missing.
+
+        A cached model whose file no longer has the identity it was loaded from is stale (see the manager).
+        """
+        try:
+            if self.kind != "diffusers":
+                return (file_identity(self.path.stat()),)
+            found = []
+            for folder, _, files in sorted(os.walk(self.path)):
+                for name in sorted(files):
+                    found.append(file_identity(os.stat(os.path.join(folder, name))))
+            return tuple(found)
+        except OSError:
+            return None
 
     @property
     def short_hash(self) -> str | None:

@@ -166,10 +166,23 @@ class PipelineManager:
         entry = self.resolve(query)
         with self._load_lock:
             model = self.cache.get(entry.name)
+            if model is not None and self._is_stale(entry, model):
+                model = None
             if model is None:
                 model = self._load_into_cache(entry)
             self._current = entry.name
         return model
+
+    def _is_stale(self, entry: CheckpointEntry, model: LoadedModel) -> bool:
+        """True (and the old copy dropped) when the file was replaced or rewritten since it was loaded.
+
+        A missing file keeps the cached copy serving: the weights live in process memory. A model a job
+        is using is never pulled out from under it; it is checked again before the next job."""
+        now = entry.identity()
+        if now is None or now == model.identity or not self.cache.evict(entry.name):
+            return False
+        log.info("%s changed on disk since it was loaded; loading it again", entry.name)
+        return True
 
     def native_size(self, query: str | None = None) -> int:
         """The side a checkpoint was trained at, without loading it when its files tell (header or config)."""
