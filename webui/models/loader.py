@@ -22,6 +22,7 @@ from ..errors import AtelierError
 from . import configs
 from .detect import Detection, UnknownArchitectureError, detect_architecture
 from .header import CorruptCheckpointError, read_header
+from .open_clip_keys import open_clip_to_hf
 from .registry import CheckpointEntry, Identity
 from .tensor_reader import read_safetensors
 
@@ -201,26 +202,11 @@ def instantiate_module(build: Any, state_dict: dict[str, torch.Tensor], dtype: t
     return module.eval().requires_grad_(False)
 
 
-def _released_projection(subset: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """OpenCLIP's projection spelled as in Stability's files: ``text_projection``, [hidden, projection].
-
-    diffusers' convert_diffusers_to_original_sdxl.py writes it as ``text_projection.weight`` in Linear
-    layout ([projection, hidden]) instead, and fine-tunes converted with it are common. SDXL's projection
-    is square (1280 x 1280), so the orientation must follow the name, never the shape.
-    """
-    linear = subset.get(prefix + "text_projection.weight")
-    if linear is None or prefix + "text_projection" in subset:
-        return subset
-    fixed = {k: v for k, v in subset.items() if k != prefix + "text_projection.weight"}
-    fixed[prefix + "text_projection"] = linear.T  # diffusers' converter transposes it back
-    return fixed
-
-
 def _text_encoder_from_ldm(
     kind: str, prefix: str, config: dict[str, Any], checkpoint: dict[str, torch.Tensor], dtype, name: str
 ):
     from accelerate import init_empty_weights
-    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     with_projection = "CLIPTextModelWithProjection" in (config.get("architectures") or [])
@@ -228,11 +214,10 @@ def _text_encoder_from_ldm(
     text_config = CLIPTextConfig(**{k: v for k, v in config.items() if k != "architectures"})
     with init_empty_weights():
         probe = cls(text_config)  # weightless: only its structure is consulted
-    subset = {k: v for k, v in checkpoint.items() if k.startswith(prefix)}
     if kind == "clip":
-        converted = convert_ldm_clip_checkpoint(subset)
+        converted = convert_ldm_clip_checkpoint({k: v for k, v in checkpoint.items() if k.startswith(prefix)})
     else:
-        converted = convert_open_clip_checkpoint(probe, _released_projection(subset, prefix), prefix=prefix)
+        converted = open_clip_to_hf(checkpoint, prefix)  # splits q/k/v without copies (diffusers' copies)
     converted = {k: v for k, v in converted.items() if not k.endswith("position_ids")}
     # transformers 5 flattened CLIPTextModel (no `text_model.` wrapper); the projection model still wraps.
     if not hasattr(probe, "text_model"):

@@ -28,6 +28,8 @@ _TORCH_DTYPES = {
 }
 # Linux caps one read() at just under 2 GiB; larger tensors are read in chunks.
 _CHUNK = 1 << 30
+# Values to be cast pass through a buffer of this size: small, and allocated once per file.
+_CAST_CHUNK = 8 << 20
 
 
 def read_safetensors(
@@ -39,6 +41,8 @@ def read_safetensors(
     try:
         with path.open("rb", buffering=0) as fh:
             before = file_identity(os.fstat(fh.fileno()))
+            if hasattr(os, "posix_fadvise"):  # one pass from start to end: let the kernel read far ahead
+                os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
             header = read_header_from(fh, path.name)
             tensors = _read_tensors(fh, header, path.name, dtype, skip)
             if file_identity(os.fstat(fh.fileno())) != before:
@@ -55,18 +59,39 @@ def _read_tensors(
     fh: FileIO, header: SafetensorsHeader, name: str, dtype: torch.dtype | None, skip: tuple[str, ...]
 ) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
+    staging: torch.Tensor | None = None  # reused for every cast, so the casts allocate only their results
     # In file order, so the reads are sequential.
     for key, info in sorted(header.tensors.items(), key=lambda item: item[1].start):
         if key.startswith(skip):
             continue
-        raw = torch.empty(info.end - info.start, dtype=torch.uint8)
+        stored = _TORCH_DTYPES[info.dtype]
         fh.seek(header.data_start + info.start)
-        _read_exactly(fh, raw.numpy().data, name)
-        tensor = raw.view(_TORCH_DTYPES[info.dtype]).reshape(info.shape)
-        if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
-            tensor = tensor.to(dtype)  # the stored bytes are dropped at once
+        if dtype is None or not stored.is_floating_point or stored == dtype:
+            tensor = torch.empty(info.shape, dtype=stored)  # read straight into its final place
+            _read_exactly(fh, _bytes_of(tensor), name)
+        else:
+            if staging is None:
+                staging = torch.empty(_CAST_CHUNK, dtype=torch.uint8)
+            tensor = torch.empty(info.shape, dtype=dtype)
+            _read_cast(fh, tensor, stored, staging, name)
         tensors[key] = tensor
     return tensors
+
+
+def _bytes_of(tensor: torch.Tensor) -> memoryview:
+    return tensor.reshape(-1).view(torch.uint8).numpy().data
+
+
+def _read_cast(fh: FileIO, out: torch.Tensor, stored: torch.dtype, staging: torch.Tensor, name: str) -> None:
+    """Fill `out` from the file's `stored`-dtype values, a chunk at a time through `staging`."""
+    flat = out.reshape(-1)
+    size = torch.tensor([], dtype=stored).element_size()
+    per_chunk = len(staging) // size
+    for first in range(0, flat.numel(), per_chunk):
+        count = min(per_chunk, flat.numel() - first)
+        chunk = staging[: count * size]
+        _read_exactly(fh, chunk.numpy().data, name)
+        flat[first: first + count].copy_(chunk.view(stored))
 
 
 def _read_exactly(fh: FileIO, view: memoryview, name: str) -> None:
