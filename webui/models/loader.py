@@ -20,9 +20,10 @@ import torch
 
 from ..errors import AtelierError
 from . import configs
-from .detect import Detection, UnknownArchitectureError, detect_architecture
+from .detect import FROM_WEIGHTS, Detection, UnknownArchitectureError, detect_architecture
 from .header import CorruptCheckpointError, read_header
 from .open_clip_keys import open_clip_to_hf
+from .parameterization import probe_prediction
 from .registry import CheckpointEntry, Identity
 from .tensor_reader import read_safetensors
 
@@ -267,15 +268,36 @@ def build_components(
 
 
 def _add_tokenizers_and_scheduler(components: dict[str, Any], detection: Detection) -> None:
-    from diffusers import EulerDiscreteScheduler
-
     pads = configs.tokenizer_pad_tokens(detection.arch)
     components["tokenizer"] = configs.load_clip_tokenizer(pads[0])
     if detection.is_sdxl:
         components["tokenizer_2"] = configs.load_clip_tokenizer(pads[1] if len(pads) > 1 else "!")
+    components["scheduler"] = _scheduler_for(detection)
+
+
+def _scheduler_for(detection: Detection) -> Any:
+    """The default scheduler: it only carries the model's noise schedule (and, for SD 2.x, the
+    parameterisation as decided); each job builds its own sampler from it."""
+    from diffusers import EulerDiscreteScheduler
+
     scheduler_config = _component_config(detection, "scheduler")
-    # The default scheduler only carries the model's noise schedule; each job builds its own sampler from it.
-    components["scheduler"] = EulerDiscreteScheduler.from_config(scheduler_config)
+    if detection.prediction_from is not None:
+        scheduler_config["prediction_type"] = detection.prediction_type
+    return EulerDiscreteScheduler.from_config(scheduler_config)
+
+
+def _decide_prediction(detection: Detection, components: dict[str, Any], name: str) -> Detection:
+    """An SD 2.x file with no hint of its parameterisation: run its UNet once and go by what it predicts."""
+    probe = probe_prediction(components["unet"], components["text_encoder"], components["tokenizer"],
+                             int(components["scheduler"].config.num_train_timesteps))
+    decided = detection.decided(probe.v_prediction, FROM_WEIGHTS)
+    log.info("%s has no sidecar .yaml, metadata or name that tells epsilon from v-prediction; "
+             "%s, so it is %s", name, probe.describe(), decided.describe())
+    if decided.embedded_config is None:  # the UNet was built from the 768-v config: only its size differs
+        sample_size = configs.load_component_config(decided.arch, "unet")["sample_size"]
+        components["unet"].register_to_config(sample_size=sample_size)
+    components["scheduler"] = _scheduler_for(decided)
+    return decided
 
 
 def _detect_from_state_dict(checkpoint: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> Detection:
@@ -300,6 +322,31 @@ def detect_file(path: Path) -> Detection | None:
         if not any(key.startswith(prefixes) for key in header.tensors):
             raise CheckpointLoadError(f"{Path(path).name}: the file has no {part} ({prefixes[0]}* tensors)")
     return detection
+
+
+def detect_entry(entry: CheckpointEntry) -> Detection | None:
+    """detect_file, plus what an earlier load read off the weights (an SD 2 file's parameterisation)."""
+    detection = detect_file(entry.path)
+    if detection is not None and detection.prediction_undecided:
+        remembered = entry.remembered_prediction
+        if remembered is not None:
+            detection = detection.decided(remembered == "v_prediction", FROM_WEIGHTS)
+    return detection
+
+
+def describe_checkpoint(entry: CheckpointEntry) -> str:
+    """What the model list shows beside a checkpoint's title: family, and for SD 2.x the parameterisation
+    and where it was decided. Reads the header only (a pickled file: nothing is known before loading)."""
+    if entry.kind == "diffusers":
+        try:
+            return _detect_diffusers_folder(entry.path).describe()
+        except CheckpointLoadError as exc:
+            return f"unreadable: {exc}"
+    try:
+        detection = detect_entry(entry)
+    except (CheckpointLoadError, CorruptCheckpointError, UnknownArchitectureError) as exc:
+        return f"unreadable: {exc}"
+    return detection.describe() if detection is not None else "known when loaded"
 
 
 # --------------------------------------------------------------------------- diffusers folders
@@ -377,6 +424,8 @@ def load_checkpoint(entry: CheckpointEntry, dtype: torch.dtype) -> LoadedModel:
             detection = from_header or _detect_from_state_dict(checkpoint, metadata, entry.path)
             components = build_components(checkpoint, detection, dtype, name)
             del checkpoint
+            if detection.prediction_undecided:
+                detection = _decide_prediction(detection, components, name)
     except CheckpointLoadError:
         raise
     except (CorruptCheckpointError, UnknownArchitectureError) as exc:
@@ -386,7 +435,7 @@ def load_checkpoint(entry: CheckpointEntry, dtype: torch.dtype) -> LoadedModel:
     except Exception as exc:  # any other failure inside conversion is still a problem with this file
         raise CheckpointLoadError(f"{name}: cannot load ({type(exc).__name__}: {exc})") from exc
     elapsed = time.perf_counter() - start
-    log.info("Loaded %s (%s, %s) in %.1f s", name, detection.arch, str(dtype).replace("torch.", ""), elapsed)
+    log.info("Loaded %s (%s, %s) in %.1f s", name, detection.describe(), str(dtype).replace("torch.", ""), elapsed)
     return LoadedModel(name, detection.arch, detection, components, dtype, entry.path, elapsed, identity=identity)
 
 

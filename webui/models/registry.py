@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 
 Identity = tuple[int, int, int, int]
+# The hash cache's name for an SD 2 file's parameterisation as its weights told ("epsilon" / "v_prediction").
+PREDICTION_FACT = "prediction_type"
 
 
 def file_identity(stat: os.stat_result) -> Identity:
@@ -50,6 +52,17 @@ class CheckpointEntry:
         if self.kind == "diffusers" or self._hashes is None:
             return None
         return self._hashes.sha256(self.name, self.path)
+
+    @property
+    def remembered_prediction(self) -> str | None:
+        """The parameterisation an earlier load read off this version of the file's weights, if any."""
+        if self.kind == "diffusers" or self._hashes is None:
+            return None
+        return self._hashes.recall(self.name, self.path, PREDICTION_FACT)
+
+    def remember_prediction(self, prediction_type: str) -> None:
+        if self.kind != "diffusers" and self._hashes is not None:
+            self._hashes.remember(self.name, self.path, PREDICTION_FACT, prediction_type)
 
     def identity(self) -> tuple[Identity, ...] | None:
         """The identity of the file (of every file in a diffusers folder); None when it is missing.

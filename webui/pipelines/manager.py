@@ -24,10 +24,12 @@ import torch
 from .. import devices
 from ..errors import AtelierError
 from ..models.cache import ModelCache
+from ..models.detect import FROM_WEIGHTS
 from ..models.embeddings import EmbeddingLibrary
 from ..models.loader import (
     CheckpointLoadError,
     LoadedModel,
+    detect_entry,
     detect_file,
     estimate_nbytes,
     load_checkpoint,
@@ -194,7 +196,7 @@ class PipelineManager:
             config = json.loads((entry.path / "unet" / "config.json").read_text(encoding="utf-8"))
             return int(config.get("sample_size") or 64) * 8
         try:
-            detection = detect_file(entry.path)
+            detection = detect_entry(entry)
         except Exception as exc:
             raise CheckpointLoadError(str(exc)) from exc
         return detection.native_size if detection is not None else self.load(query).native_size
@@ -214,6 +216,8 @@ class PipelineManager:
         if expected:
             self.cache.make_room(expected)
         model = load_checkpoint(entry, self.dtype)
+        if model.detection.prediction_from == FROM_WEIGHTS:  # the model list shows it before the next load
+            entry.remember_prediction(model.detection.prediction_type)
         self.cache.put(entry.name, model, model.nbytes)
         devices.release_memory(self.device)  # the conversion's temporaries, and anything just evicted
         self._start_hashing(entry, model)
