@@ -115,3 +115,19 @@ def test_cached_weights_do_not_live_in_the_files_pages(tmp_path):
     after = model.components["unet"].state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert model.identity != CheckpointEntry(NAME, path, "safetensors").identity()
+
+
+def test_a_file_replaced_under_the_same_name_is_loaded_again(make_context, tiny_files):
+    """A download tool renaming the finished file over the old one: the next load takes the new weights;
+    an unchanged file is served from the cache."""
+    ctx = make_context(["sd1"])
+    first = ctx.manager.load("sd1.safetensors")
+    assert ctx.manager.load("sd1.safetensors") is first
+    old_weight = next(first.components["unet"].parameters()).clone()
+    path = ctx.registry.find("sd1.safetensors").path
+    staged = path.with_name(".download.tmp")
+    shutil.copy2(tiny_files["sd1b"], staged)
+    os.replace(staged, path)
+    second = ctx.manager.load("sd1.safetensors")
+    assert second is not first and ctx.manager.cache.keys() == ["sd1.safetensors"]
+    assert not torch.equal(next(second.components["unet"].parameters()), old_weight)
