@@ -167,13 +167,16 @@ class PipelineManager:
         """
         entry = self.resolve(query)
         with self._load_lock:
-            model = self.cache.get(entry.name)
-            if model is not None and self._is_stale(entry, model):
-                model = None
-            if model is None:
-                model = self._load_into_cache(entry)
+            model = self._cached_or_loaded(entry)
             self._current = entry.name
         return model
+
+    def _cached_or_loaded(self, entry: CheckpointEntry) -> LoadedModel:
+        """The cached model if its file is unchanged, else a fresh load. Call it holding the load lock."""
+        model = self.cache.get(entry.name)
+        if model is not None and not self._is_stale(entry, model):
+            return model
+        return self._load_into_cache(entry)
 
     def _is_stale(self, entry: CheckpointEntry, model: LoadedModel) -> bool:
         """True (and the old copy dropped) when the file was replaced or rewritten since it was loaded.
@@ -266,9 +269,7 @@ class PipelineManager:
         budget for the job; the budget applies again at the next load."""
         entry = self.resolve(query)
         with self._load_lock:
-            model = self.cache.get(entry.name)
-            if model is None:
-                model = self._load_into_cache(entry)
+            model = self._cached_or_loaded(entry)
         with self.cache.use(model.name) as pinned:
             yield pinned
 
