@@ -145,7 +145,7 @@ def _prediction_hint(
                 text = sidecar.read_text(encoding="utf-8", errors="replace")[:100_000]
             except OSError:
                 text = ""
-            return bool(re.search(r"parameterization:\s*[\"']?v[\"']?\s*$", text, re.M)), f"{sidecar.name}"
+            return bool(re.search(r"parameterization:\s*[\"']?v[\"']?\s*$", text, re.M)), sidecar.name
     scheduler = (embedded or {}).get("scheduler") or {}
     if "prediction_type" in scheduler:
         return str(scheduler["prediction_type"]).startswith("v"), "the file's embedded config"

@@ -33,7 +33,8 @@ class PredictionProbe:
     noise_error: float  # |prediction - noise| / |noise| at the last timestep
 
     def describe(self) -> str:
-        return f"the UNet's prediction at the last timestep is {self.noise_error:.2f} away from the noise"
+        return (f"its UNet's prediction at the last timestep is {self.noise_error:.2f} from the noise "
+                "(an epsilon model's is near 0, a v model's near 1)")
 
 
 @torch.no_grad()
