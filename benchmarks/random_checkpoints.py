@@ -184,3 +184,25 @@ def _stream_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], dtype: t
         for name, shape in shapes.items():
             fh.write(draw(name, shape).contiguous().reshape(-1).view(torch.uint8).numpy().data)
     tmp.replace(path)
+def write_random_sd15_controlnet(path: Path, seed: int = 0, dtype: torch.dtype = torch.float16) -> Path:
+    """An SD 1.5 ControlNet (v1.1 shape) of random weights in the original single-file layout
+    (``control_model.*``, as lllyasviel's files); ~720 MB in fp16."""
+    if path.exists():
+        return path
+    from accelerate import init_empty_weights
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    from tests.support.controlnet_files import original_names
+    from webui.models import configs
+
+    gen = torch.Generator().manual_seed(seed)
+    with init_empty_weights(include_buffers=False):
+        unet = UNet2DConditionModel.from_config(configs.load_component_config("sd1", "unet"))
+        controlnet = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
+    state = original_names(_random_state_dict(controlnet, gen, dtype), controlnet.config.layers_per_block)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({f"control_model.{k}": v.contiguous() for k, v in state.items()}, str(tmp))
+    tmp.replace(path)
+    return path

@@ -59,6 +59,7 @@ class AppContext:
     @classmethod
     def create(cls, settings: Settings) -> AppContext:
         from . import devices
+        from .controlnet.files import BUILTIN_DIR as BUILTIN_CONTROLNET_DIR
         from .pipelines.manager import PipelineManager, import_model_libraries
         from .upscalers import BUILTIN_UPSCALER_DIR, default_upscaler_dirs
 
@@ -84,6 +85,7 @@ class AppContext:
             upscaler_dirs=default_upscaler_dirs(settings.models_dir),
             upscaler_builtin_dir=BUILTIN_UPSCALER_DIR if settings.include_builtin else None,
             upscaler_tile_size=settings.upscaler_tile_size,
+            controlnet_builtin_dir=BUILTIN_CONTROLNET_DIR if settings.include_builtin else None,
         )
         outputs = OutputLayout(settings.outputs_dir, settings.filename_pattern)
         remove_stale_temp_files(settings.outputs_dir, settings.settings_file.parent)

@@ -14,6 +14,7 @@ import json
 import re
 from collections.abc import Mapping
 
+from .controlnet.infotext import units_from_params
 from .pipelines.request import MAX_HR_SCALE, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE
 from .samplers import SCHEDULE_TYPES, canonical_sampler_name, resolve_sampler, split_legacy_sampler_name
 
@@ -184,6 +185,9 @@ def request_fields_from_infotext(text: str) -> dict[str, object]:
     fields.update(_variation_fields(parsed))
     fields.update(_hires_fields(parsed))
     fields.update(_refiner_fields(parsed))
+    units = units_from_params(parsed)  # "ControlNet N" entries; their images are not in the text
+    if units:
+        fields["controlnet_units"] = units
     fields.update(_noise_and_emphasis_fields(parsed))
     return fields
 

@@ -74,6 +74,17 @@ def _replace(request: Any, value: str, values: list[Any]) -> Any:
                            negative_prompt=request.negative_prompt.replace(search, value))
 
 
+def _controlnet(field: str) -> Callable[[Any, Any, list[Any]], Any]:
+    """Set ``field`` of every ControlNet unit in use (the extension's axes do the same for its units)."""
+    def apply(request: Any, value: Any, values: list[Any]) -> Any:
+        units = list(getattr(request, "controlnet_units", []))
+        if not any(unit.used for unit in units):
+            raise AxisError(f"{field.replace('_', ' ')}: enable a ControlNet unit first")
+        return request.replace(controlnet_units=[unit.replace(**{field: value}) if unit.used else unit
+                                                 for unit in units])
+    return apply
+
+
 AXES: dict[str, AxisType] = {axis.label: axis for axis in (
     AxisType("Nothing", str, lambda r, v, vs: r),
     AxisType("Seed", int, lambda r, v, vs: r.replace(seed=v)),
@@ -88,6 +99,9 @@ AXES: dict[str, AxisType] = {axis.label: axis for axis in (
     AxisType("Var. strength", float, lambda r, v, vs: r.replace(subseed_strength=v)),
     AxisType("Hires steps", int, lambda r, v, vs: r.replace(hr_second_pass_steps=v)),
     AxisType("Hires upscaler", str, lambda r, v, vs: r.replace(hr_upscaler=v)),
+    AxisType("ControlNet weight", float, _controlnet("weight")),
+    AxisType("ControlNet start", float, _controlnet("guidance_start")),
+    AxisType("ControlNet end", float, _controlnet("guidance_end")),
 )}
 
 

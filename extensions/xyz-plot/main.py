@@ -61,9 +61,12 @@ class XYZPlot:
             if job.interrupted:
                 break
             cell_request = base
-            for axis, value, values in ((x_axis, x, xs), (y_axis, y, ys), (z_axis, z, zs)):
-                if value is not None:
-                    cell_request = axis.apply(cell_request, value, values)
+            try:
+                for axis, value, values in ((x_axis, x, xs), (y_axis, y, ys), (z_axis, z, zs)):
+                    if value is not None:
+                        cell_request = axis.apply(cell_request, value, values)
+            except AxisError as exc:
+                raise RequestError("xyz", str(exc)) from None
             result = job.generate(cell_request)
             if not result.images:
                 break

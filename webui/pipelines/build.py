@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..config import Settings
+from ..controlnet.units import ControlUnit
 from ..samplers import resolve_sampler
 from .request import GenerationRequest, InpaintArea, MaskedContent, RequestError, ResizeMode
 
@@ -58,6 +59,9 @@ def build_request(settings: Settings, given: Mapping[str, Any], native_size: Cal
     for name, kind in _ENUMS.items():
         if name in fields:
             fields[name] = _enum_value(name, kind, fields[name])
+    if "controlnet_units" in fields:  # A1111 clients' unit dicts (field names, enum names or indices)
+        fields["controlnet_units"] = [unit if isinstance(unit, ControlUnit) else ControlUnit.from_dict(unit, index)
+                                      for index, unit in enumerate(fields["controlnet_units"])]
     fields["width"], fields["height"] = _size(settings, fields, native_size)
     choice = resolve_sampler(str(fields["sampler"]), str(fields.get("schedule_type") or "Automatic"))
     fields.update(sampler=choice.name, schedule_type=choice.schedule_type)

@@ -24,6 +24,8 @@ import torch
 from PIL import Image
 
 from .. import devices
+from ..controlnet.infotext import infotext_params as controlnet_infotext
+from ..controlnet.session import ControlSession, attach_controls, control_session, resolve_units
 from ..errors import AtelierError, Cause
 from ..extensions.api import ImageInfo, StepState
 from ..infotext import format_infotext
@@ -196,6 +198,7 @@ def _infotext(req: GenerationRequest, choice: SamplerChoice, seed: int, subseed:
     if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
         params["Seed resize from"] = f"{req.seed_resize_from_w}x{req.seed_resize_from_h}"
     params.update(hires_infotext(req))
+    params.update(controlnet_infotext(req.controlnet_units))
     if req.task is Task.INPAINT:
         params["Mask blur"] = req.mask_blur
         if req.inpaint_area is InpaintArea.ONLY_MASKED:
@@ -396,7 +399,8 @@ class _SecondPassRun:
         return cls(hires, hr_model, vae, choice, task, networks, encoder, plan, title)
 
     def run(self, manager: PipelineManager, first: Any, seeds: list[int], callback: _StepCallback,
-            result: GenerationResult, refiner: Refiner | None) -> list[Image.Image]:
+            result: GenerationResult, refiner: Refiner | None,
+            controls: ControlSession | None = None) -> list[Image.Image]:
         """The second pass over a first pass's output (latents, or pictures)."""
         hires, hr = self.pass_, self.pass_.request
         width, height = hr.width + hires.crop[0], hr.height + hires.crop[1]
@@ -411,7 +415,7 @@ class _SecondPassRun:
             else _Prepared()
         images, self.plan, _ = _run_batch(manager, self.model, self.task, hr, self.choice, prepared, seeds, callback,
                                           self.plan, result, self.vae, self.encoder, self.networks, images=source,
-                                          refiner=refiner)
+                                          refiner=refiner, controls=controls)
         return images
 
 
@@ -469,6 +473,7 @@ def generate(
                           schedule_type=choice.schedule_type)
     used = effective_source(req.rng, manager.device.type)  # "GPU" without CUDA: the NV generator
     req = req.replace(rng=used)
+    req = req.replace(controlnet_units=resolve_units(manager.controlnets, req.controlnet_units))  # titles, defaults
     hires = second_pass(req) if req.hires else None
     hr_choice = resolve_sampler(hires.request.sampler, hires.request.schedule_type) if hires else None
     result = GenerationResult(req)
@@ -482,8 +487,10 @@ def generate(
 
     # 2. take the model and the device for the whole job
     control.update(state="loading", batches=req.batch_count, steps=req.steps)
-    with manager.use(req.checkpoint) as model, ExitStack() as second_models:
+    with manager.use(req.checkpoint) as model, ExitStack() as second_models, \
+            control_session(manager, model, req, first_seed) as controls:
         result.model_name = model.display_name
+        result.warnings.extend(controls.warnings)
         control.update(state="running", started=time.monotonic())
         # 3. prepare the init image and mask (once; "latent noise" fill is redone per seed below)
         vae, vae_file = manager.vae_for(model, req.vae)
@@ -529,7 +536,7 @@ def generate(
                 output, plan, pipe = _run_batch(manager, model, task, req, choice, prepared, group, callback, plan,
                                                 result, vae, encoder, networks, latents=noise,
                                                 output_type="latent" if latent_out else "pil",
-                                                refiner=refiner if second is None else None)
+                                                refiner=refiner if second is None else None, controls=controls)
                 if second is not None and not (control.interrupted or control.skipped):
                     if req.save_first_pass and req.save_images and outputs is not None:
                         firsts = _decode_latents(pipe, output) if latent_out else output
@@ -539,7 +546,7 @@ def generate(
                             _save(outputs, req, image, seed, text, save_format, model.display_name,
                                   "-before-highres-fix")
                     callback.next_pass()
-                    images = second.run(manager, output, group, callback, result, refiner)
+                    images = second.run(manager, output, group, callback, result, refiner, controls)
                 else:
                     images = _decode_latents(pipe, output) if latent_out else output
                 # 5. inpainting: paste into the original through the blurred mask
@@ -604,6 +611,7 @@ def _run_batch(
     latents: torch.Tensor | None = None,
     output_type: str = "pil",
     refiner: Refiner | None = None,
+    controls: ControlSession | None = None,
 ) -> tuple[Any, Any, Any]:
     """One pass over a batch: (its pictures, or latents when ``output_type`` is "latent"; the offload plan it
     ended with; the pipeline). ``images`` replaces the prepared source (a hires pass: one per image);
@@ -620,8 +628,10 @@ def _run_batch(
             if refiner is not None:
                 warnings += manager.apply_loras(refiner.model, refiner.networks.loras)
             result.warnings.extend(w for w in warnings if w not in result.warnings)
-            output = _call_pipeline(pipe, task, req, prepared, seeds, callback, encoder, networks, images=images,
-                                    latents=latents, output_type=output_type, refiner=refiner)
+            with attach_controls(controls, pipe, req.width, req.height, len(seeds), plan, images is not None,
+                                 prepared.crop, prepared.original):
+                output = _call_pipeline(pipe, task, req, prepared, seeds, callback, encoder, networks, images=images,
+                                        latents=latents, output_type=output_type, refiner=refiner)
             return output, plan, pipe
         except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
             if not devices.is_out_of_memory(exc):

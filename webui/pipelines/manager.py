@@ -22,6 +22,8 @@ from typing import Any
 import torch
 
 from .. import devices
+from ..controlnet.files import default_controlnet_dirs
+from ..controlnet.library import ControlNetLibrary
 from ..errors import AtelierError
 from ..models.cache import ModelCache
 from ..models.detect import FROM_WEIGHTS
@@ -103,6 +105,8 @@ class PipelineManager:
         upscaler_dirs: list[Path] | None = None,
         upscaler_builtin_dir: Path | None = None,
         upscaler_tile_size: int = 192,
+        controlnet_dirs: list[Path] | None = None,
+        controlnet_builtin_dir: Path | None = None,
     ) -> None:
         self.registry = registry
         models_dir = registry.checkpoints_dir.parent
@@ -123,6 +127,9 @@ class PipelineManager:
         # whose kernels round slightly differently per batch size. "auto": exact on CPU, fast on GPUs.
         self.exact_batches = batch_mode == "exact" or (batch_mode == "auto" and device.type == "cpu")
         self.cache: ModelCache[LoadedModel] = ModelCache(ram_cache_bytes, on_evict=self._on_evict)
+        # ControlNets share the checkpoints' cache and its byte budget (under "ControlNet/..." keys).
+        self.controlnets = ControlNetLibrary(controlnet_dirs or default_controlnet_dirs(models_dir),
+                                             controlnet_builtin_dir, self.cache, models_dir / "ControlNetAnnotators")
         # One job at a time on the model and the device; waiting jobs queue on this lock.
         self._run_lock = threading.Lock()
         self._load_lock = threading.Lock()
@@ -243,6 +250,8 @@ class PipelineManager:
         return model.sha256[:10] if model.sha256 else None
 
     def _on_evict(self, name: str, model: LoadedModel) -> None:
+        if not isinstance(model, LoadedModel):  # a ControlNet: nothing of it is kept elsewhere
+            return
         self._lora_patchers.pop(name, None)
         if self._on_device == name:
             self._on_device = None
@@ -325,7 +334,8 @@ class PipelineManager:
 
     def plan_offload(self, model: LoadedModel, width: int, height: int, batch_size: int) -> OffloadPlan:
         unet_bytes = sum(t.numel() * t.element_size() for t in model.components["unet"].parameters())
-        needs = MemoryNeeds(model.nbytes, unet_bytes, width, height, batch_size)
+        # The job's ControlNets run beside the UNet every step: they count with the model.
+        needs = MemoryNeeds(model.nbytes + self.controlnets.in_use_nbytes(), unet_bytes, width, height, batch_size)
         free = devices.free_vram(self.device)
         if free is not None:
             # What this job's own model already occupies on the device is available to it.

@@ -13,6 +13,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..controlnet.units import ControlUnit
 from ..errors import AtelierError
 
 
@@ -127,6 +128,8 @@ class GenerationRequest:
     outpaint_right: int = 0
     outpaint_top: int = 0
     outpaint_bottom: int = 0
+    # ControlNet units (webui/controlnet): several may guide one job
+    controlnet_units: list[ControlUnit] = field(default_factory=list)
     # output
     save_images: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -213,6 +216,10 @@ class GenerationRequest:
             self._validate_hires()
         if any(self.outpaint):
             self._validate_outpaint()
+        for index, unit in enumerate(self.controlnet_units):
+            if not isinstance(unit, ControlUnit):
+                raise RequestError(f"controlnet_units[{index}]", "is not a ControlNet unit")
+            unit.validate(index, has_init_image=self.init_image is not None)
 
     def _validate_outpaint(self) -> None:
         for name in ("outpaint_left", "outpaint_right", "outpaint_top", "outpaint_bottom"):
