@@ -74,8 +74,8 @@ def _build_unit(ctx: AppContext, fields: dict[str, Any], mode: str, index: int, 
         return component
 
     with gr.Row():
-        image = put("image", gr.Image(label="Control image", type="pil", sources=["upload", "clipboard"],
-                                      image_mode="RGB", elem_id=f"{prefix}-image", height=240))
+        image = gr.Image(label="Control image", type="pil", sources=["upload", "clipboard"], image_mode="RGB",
+                         elem_id=f"{prefix}-image", height=240)
         detected = gr.Image(label="Preprocessor preview", type="pil", interactive=False, elem_id=f"{prefix}-detected",
                             height=240)
     with gr.Row():
@@ -109,6 +109,11 @@ def _build_unit(ctx: AppContext, fields: dict[str, Any], mode: str, index: int, 
         put("hr_option", gr.Radio([o.value for o in HiresOption], value=HiresOption.BOTH.value,
                                   label="Hires fix passes it guides", elem_id=f"{prefix}-hr-option"))
 
+    # Generate reads the picture from a State: a gr.Image input without a value would be a required argument
+    # of the txt2img / img2img API endpoints and break gradio clients that send only the older fields.
+    held = put("image", gr.State(None))
+    image.change(lambda picture: picture, [image], [held], queue=False, api_visibility="private",
+                 show_progress="hidden")
     module.change(slider_updates, [module], [resolution, threshold_a, threshold_b], queue=False,
                   api_visibility="private", show_progress="hidden")
 
