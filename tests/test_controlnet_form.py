@@ -99,3 +99,14 @@ def test_weight_outside_the_slider_is_refused_by_the_request():
 
 def test_unit_count_setting_is_kept_in_range():
     assert (unit_count(3), unit_count(0), unit_count(99), unit_count("x")) == (3, 1, 10, 3)
+
+
+def test_a_scribble_is_strokes_over_white_and_an_empty_canvas_is_nothing():
+    from webui.ui.controlnet_form import scribble_picture
+
+    strokes = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    strokes.putpixel((3, 4), (0, 0, 0, 255))
+    picture = scribble_picture({"background": None, "layers": [], "composite": strokes})
+    assert picture is not None and picture.mode == "RGB"
+    assert picture.getpixel((3, 4)) == (0, 0, 0) and picture.getpixel((0, 0)) == (255, 255, 255)
+    assert scribble_picture({"composite": Image.new("RGBA", (16, 16), (0, 0, 0, 0))}) is None

@@ -15,7 +15,7 @@ from PIL import Image
 from ..controlnet import catalog, preprocess
 from ..controlnet.units import ControlMode, ControlResizeMode, HiresOption, UnitError, resize_mode_from_value
 from ..errors import AtelierError
-from .controlnet_form import NO_MODEL, unit_count, unit_field
+from .controlnet_form import NO_MODEL, scribble_picture, unit_count, unit_field
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -78,6 +78,11 @@ def _build_unit(ctx: AppContext, fields: dict[str, Any], mode: str, index: int, 
                          elem_id=f"{prefix}-image", height=240)
         detected = gr.Image(label="Preprocessor preview", type="pil", interactive=False, elem_id=f"{prefix}-detected",
                             height=240)
+    with gr.Accordion("Draw a scribble on a blank canvas", open=False, elem_id=f"{prefix}-scribble"):
+        canvas = gr.Sketchpad(type="pil", image_mode="RGB", canvas_size=(512, 512), layers=False, transforms=(),
+                              brush=gr.Brush(default_size=6, colors=["#000000"], color_mode="fixed"),
+                              elem_id=f"{prefix}-canvas", label="Scribble (black on white: pick \"invert\")")
+        use_drawing = gr.Button("⬆️ Use the drawing as control image", size="sm", elem_id=f"{prefix}-use-drawing")
     with gr.Row():
         put("enabled", gr.Checkbox(label="Enable", elem_id=f"{prefix}-enable"))
         pixel_perfect = put("pixel_perfect", gr.Checkbox(label="Pixel Perfect", elem_id=f"{prefix}-pixel-perfect"))
@@ -126,5 +131,12 @@ def _build_unit(ctx: AppContext, fields: dict[str, Any], mode: str, index: int, 
 
     preview.click(on_preview, [module, image, resolution, threshold_a, threshold_b, pixel_perfect, resize_mode,
                                fields["width"], fields["height"]], [detected], api_visibility="private")
+    def on_use_drawing(drawing: Any) -> Image.Image:
+        picture = scribble_picture(drawing)
+        if picture is None:
+            raise gr.Error("Draw on the canvas first.")
+        return picture
+
+    use_drawing.click(on_use_drawing, [canvas], [image], queue=False, api_visibility="private")
     use.click(lambda picture: gr.skip() if picture is None else picture, [detected], [image], queue=False,
               api_visibility="private")

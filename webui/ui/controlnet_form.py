@@ -45,8 +45,22 @@ def unit_count(setting: Any) -> int:
 def _control_image(value: Any) -> Image.Image | None:
     """An uploaded picture, or an image editor's drawing (its composite: a scribble on a blank canvas)."""
     if isinstance(value, Mapping):
-        value = value.get("composite") or value.get("background")
+        return scribble_picture(value)
     return value.convert("RGB") if isinstance(value, Image.Image) else None
+
+
+def scribble_picture(value: Any) -> Image.Image | None:
+    """A drawing on the blank canvas as an RGB picture: the strokes over white (the extension's canvas, for the
+    "invert" preprocessor), or None when nothing is drawn."""
+    if not isinstance(value, Mapping):
+        return None
+    composite = value.get("composite") or value.get("background")
+    if not isinstance(composite, Image.Image):
+        return None
+    white = Image.new("RGBA", composite.size, "white")
+    picture = Image.alpha_composite(white, composite.convert("RGBA")).convert("RGB")
+    darkest, _ = picture.convert("L").getextrema()
+    return None if darkest == 255 else picture
 
 
 def units_from_values(values: Mapping[str, Any]) -> list[dict[str, Any]]:
