@@ -72,3 +72,40 @@ def test_an_enabled_unit_without_an_image_says_so(page_at, server):  # noqa: F81
     _choose(page, "txt2img-cn1-model", title)
     page.click("#txt2img-generate")
     page.get_by_text("controlnet_units[1].image: give a control image").first.wait_for()
+
+
+def test_a_scribble_drawn_on_the_blank_canvas_becomes_the_control_image(page_at):  # noqa: F811
+    import io
+    import urllib.request
+
+    import numpy as np
+    from PIL import Image
+
+    page = page_at()
+    page.click("#txt2img-controlnet")
+    page.click("#txt2img-cn0-scribble")  # the canvas's accordion
+    canvas = page.locator("#txt2img-cn0-canvas canvas").first
+    canvas.wait_for(state="visible")
+    page.wait_for_timeout(500)
+    canvas.scroll_into_view_if_needed()
+    # The sketchpad starts with no tool chosen ("select the draw tool to start"): pick the brush.
+    page.locator("#txt2img-cn0-canvas button[aria-label*='rush'], #txt2img-cn0-canvas [title*='rush']").first.click()
+    page.wait_for_timeout(300)
+    box = canvas.bounding_box()
+    x, y = box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + box["width"] * 0.4, y, steps=8)
+    page.mouse.up()
+    page.wait_for_timeout(300)
+    page.click("#txt2img-cn0-use-drawing")
+    page.wait_for_selector("#txt2img-cn0-image img")
+    _choose(page, "txt2img-cn0-module", "invert")
+    page.click("#txt2img-cn0-preview")
+    page.wait_for_selector("#txt2img-cn0-detected img")
+    src = page.get_attribute("#txt2img-cn0-detected img", "src")
+    with urllib.request.urlopen(src) as response:
+        detected = np.asarray(Image.open(io.BytesIO(response.read())).convert("L"))
+    lines = detected > 128
+    assert 0 < lines.mean() < 0.2, lines.mean()  # the stroke, white on black after "invert"
+    _screenshot(page, "txt2img-controlnet-scribble")
