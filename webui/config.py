@@ -82,6 +82,7 @@ class Settings:
     randn_source: str = "CPU"
     eta_noise_seed_delta: int = 0
     upscaler_tile_size: int = 192  # upscaler models run on tiles this big (pixels); 0 = the whole picture at once
+    controlnet_unit_count: int = 3  # ControlNet units in each generation tab (1..10; the page reads it at start)
 
     @property
     def checkpoints_dir(self) -> Path:

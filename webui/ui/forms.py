@@ -14,6 +14,7 @@ from PIL import Image
 
 from ..infotext import request_fields_from_infotext
 from ..pipelines.request import RequestError
+from .controlnet_form import units_from_values
 
 # Fields every mode has, in the order the txt2img API takes them after the checkpoint.
 COMMON_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule_type", "steps", "width", "height", "batch_count",
@@ -146,6 +147,9 @@ def form_fields(mode: str, checkpoint: str | None, values: Mapping[str, Any],
         )
     elif mode != "txt2img":
         raise ValueError(f"unknown mode {mode!r}")
+    controlnet_units = units_from_values(values)  # the ControlNet accordion's units (controlnet_form)
+    if controlnet_units:
+        fields["controlnet_units"] = controlnet_units
     return fields
 
 
