@@ -89,6 +89,101 @@ def write_random_lora(path: Path, seed: int = 0, rank: int = 16) -> Path:
     return path
 
 
+def sdxl_configs(scale: float = 1.0) -> dict[str, dict]:
+    """SDXL's component configs with every width times `scale` (depths, head counts and vocabulary kept).
+
+    Widths stay multiples of 32 (the group norms); 1.0 gives the released configs unchanged.
+    """
+    from webui.models import configs
+
+    parts = {name: configs.load_component_config("sdxl", name)
+             for name in ("unet", "vae", "text_encoder", "text_encoder_2", "scheduler")}
+    if scale == 1.0:
+        return parts
+
+    def width(n: int) -> int:
+        return max(32, round(n * scale / 32) * 32)
+
+    unet, vae, te1, te2 = parts["unet"], parts["vae"], parts["text_encoder"], parts["text_encoder_2"]
+    for te in (te1, te2):
+        te["hidden_size"], te["intermediate_size"] = width(te["hidden_size"]), width(te["intermediate_size"])
+    te2["projection_dim"] = te2["hidden_size"]
+    unet["block_out_channels"] = [width(c) for c in unet["block_out_channels"]]
+    unet["cross_attention_dim"] = te1["hidden_size"] + te2["hidden_size"]
+    unet["projection_class_embeddings_input_dim"] = 6 * unet["addition_time_embed_dim"] + te2["projection_dim"]
+    vae["block_out_channels"] = [width(c) for c in vae["block_out_channels"]]
+    return parts
+
+
+def write_random_sdxl(path: Path, scale: float = 1.0, seed: int = 0, dtype: torch.dtype = torch.float16) -> Path:
+    """An SDXL-shaped single file of random weights (~6.9 GB in fp16 at scale 1, about scale² of that
+    otherwise). Scaled files carry their configs in the ``atelier.config`` metadata, as the test models do.
+
+    Names and shapes come from weightless (meta) modules; each tensor is drawn as it is written, so
+    writing takes the memory of one tensor, not of the model.
+    """
+    if path.exists():
+        return path
+    import json
+
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from tools.ldm_writer import to_original_layout
+    from webui.models.detect import CONFIG_METADATA_KEY
+
+    parts = sdxl_configs(scale)
+
+    def text(cls, config):
+        return cls(CLIPTextConfig(**{k: v for k, v in config.items() if k != "architectures"}))
+
+    with init_empty_weights(include_buffers=True):
+        modules = {
+            "unet": UNet2DConditionModel.from_config(parts["unet"]),
+            "vae": AutoencoderKL.from_config(parts["vae"]),
+            "text_encoder": text(CLIPTextModel, parts["text_encoder"]),
+            "text_encoder_2": text(CLIPTextModelWithProjection, parts["text_encoder_2"]),
+        }
+    shapes = to_original_layout("sdxl", **{name: m.state_dict() for name, m in modules.items()})
+    metadata = {"format": "pt"}
+    if scale != 1.0:
+        metadata[CONFIG_METADATA_KEY] = json.dumps({"arch": "sdxl", **parts})
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        if name.endswith("weight") and "norm" in name:
+            return torch.ones(shape, dtype=dtype)
+        return (torch.randn(shape, generator=gen) * 0.02).to(dtype)
+
+    _stream_safetensors(path, {k: tuple(v.shape) for k, v in shapes.items()}, dtype, draw, metadata)
+    return path
+
+
+_SAFETENSORS_DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32"}
+
+
+def _stream_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, draw, metadata) -> None:
+    """A .safetensors file written tensor by tensor (safetensors' save_file holds a bytes copy of all)."""
+    import json
+    import struct
+
+    size = torch.tensor([], dtype=dtype).element_size()
+    header: dict = {"__metadata__": metadata}
+    offset = 0
+    for name, shape in shapes.items():
+        n = size * int(torch.Size(shape).numel())
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)) + raw)
+        for name, shape in shapes.items():
+            fh.write(draw(name, shape).contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    tmp.replace(path)
 def write_random_sd15_controlnet(path: Path, seed: int = 0, dtype: torch.dtype = torch.float16) -> Path:
     """An SD 1.5 ControlNet (v1.1 shape) of random weights in the original single-file layout
     (``control_model.*``, as lllyasviel's files); ~720 MB in fp16."""

@@ -39,3 +39,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     "${pip[@]}" install --no-deps "spandrel>=0.4,<0.5"
     echo "$want" > "$stamp"
 fi
+
+# The test suite compares the samplers with k-diffusion's own sampling code; only its wheel is fetched
+# (never installed: it depends on torchvision, which must not sit beside a CPU torch).
+if [ "$extras" = "test" ] && [ ! -f .venv/reference/k_diffusion-0.1.1.post1-py3-none-any.whl ]; then
+    "${pip[@]}" download --no-deps --dest .venv/reference "k-diffusion==0.1.1.post1"
+fi

@@ -163,3 +163,37 @@ def test_prompt_editing_differs_from_both_plain_prompts(demo, seed):
     for colour in ("red", "blue"):
         plain = np.asarray(run(demo, f"a {colour} square on a green background", seed=seed), dtype=np.float32)
         assert np.abs(edited - plain).mean() > 1.0, colour
+
+
+@pytest.mark.slow
+def test_hires_fix_with_the_demo_upscaler_keeps_what_the_picture_shows(demo):
+    """The built-in ×2 upscaler as hires fix's upscaler: the 128 px picture keeps the colours the 64 px one
+    showed, and its shapes are right at least as often (the shape verdict on a 64 px picture is the shakier one:
+    a square drawn at 64 may read as a circle at 128)."""
+    colours = list(shapes.COLOURS)
+    changed, right_first, right_hires = [], 0, 0
+    for i, fg in enumerate(colours):
+        shape = shapes.SHAPES[i % len(shapes.SHAPES)]
+        prompt = scene_prompt(fg, shape, shapes.eval_background(fg, i))
+        first = shapes.classify(run(demo, prompt, seed=300 + i))
+        image = run(demo, prompt, seed=300 + i, enable_hr=True, hr_upscaler="atelier-demo-2x", hr_scale=2.0,
+                    hr_second_pass_steps=10, denoising_strength=0.35)
+        assert image.size == (2 * SIZE, 2 * SIZE)
+        hires = shapes.classify(image)
+        if hires[:2] != first[:2]:
+            changed.append((prompt, first, hires))
+        right_first += first[2] == shape
+        right_hires += hires[2] == shape
+    assert not changed, changed
+    assert right_hires >= right_first
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 3])
+def test_and_of_two_colour_phrases_differs_from_each_phrase_alone(demo, seed):
+    """A1111's composable prompts: both parts guide the picture, so it is neither part's picture."""
+    both = np.asarray(run(demo, "a red circle on a green background AND a blue circle on a green background",
+                          seed=seed), dtype=np.float32)
+    for colour in ("red", "blue"):
+        alone = np.asarray(run(demo, f"a {colour} circle on a green background", seed=seed), dtype=np.float32)
+        assert np.abs(both - alone).mean() > 1.0, colour

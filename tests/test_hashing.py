@@ -50,3 +50,14 @@ def test_a_cache_that_cannot_be_saved_only_warns(tmp_path, caplog):
         assert HashCache(cache_file).sha256("m", path) == hashlib.sha256(b"one").hexdigest()
     assert "Could not save hash cache" in caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hashes.json", "m.safetensors"], "no temp file left"
+
+
+def test_facts_persist_beside_the_hash_and_are_forgotten_when_the_file_changes(tmp_path):
+    path, cache_file = tmp_path / "m.safetensors", tmp_path / "hashes.json"
+    path.write_bytes(b"one")
+    HashCache(cache_file).remember("m", path, "prediction_type", "epsilon")
+    assert HashCache(cache_file).cached("m", path) is None, "a fact alone is no hash"
+    HashCache(cache_file).sha256("m", path)
+    assert HashCache(cache_file).recall("m", path, "prediction_type") == "epsilon", "hashing kept the fact"
+    path.write_bytes(b"other")
+    assert HashCache(cache_file).recall("m", path, "prediction_type") is None

@@ -79,6 +79,20 @@ def test_v_prediction_hints():
     assert detect_architecture(sd_shapes(1024), {"modelspec.prediction_type": "epsilon"}).arch == "sd2"
 
 
+def test_sd2_without_hints_is_left_to_the_weights(tmp_path):
+    """No marker, metadata, sidecar or telling name: undecided (768-v until the loader has run the UNet)."""
+    detection = detect_architecture(sd_shapes(1024), path=tmp_path / "dreamy.safetensors")
+    assert detection.prediction_undecided and detection.arch == "sd2-v"
+    assert "decided from the weights when first loaded" in detection.describe()
+    decided = detection.decided(False, "the weights")
+    assert (decided.arch, decided.native_size, decided.describe()) == (
+        "sd2", 512, "SD 2.x, epsilon (512), decided from the weights")
+    named = detect_architecture(sd_shapes(1024), path=tmp_path / "dreamy-768-v.safetensors")
+    assert named.arch == "sd2-v" and named.prediction_from == "the file name"
+    assert detect_architecture(sd_shapes(768)).prediction_from is None  # SD 1.x: nothing to decide
+    assert detect_architecture(sd_shapes(1024, 9)).describe() == "SD 2.x, inpainting"
+
+
 def test_sidecar_yaml_decides_parameterization(tmp_path):
     ckpt = tmp_path / "custom.safetensors"
     ckpt.with_suffix(".yaml").write_text("model:\n  params:\n    parameterization: \"v\"\n")
@@ -109,7 +123,7 @@ def test_non_checkpoints_get_a_helpful_message(shapes, hint):
 def test_pure_modules_do_not_import_torch():
     code = (
         "import sys; import webui.config, webui.models.detect, webui.models.header, webui.models.offload, "
-        "webui.models.registry, webui.pipelines.request; "
+        "webui.models.registry, webui.models.open_clip_keys, webui.pipelines.request; "
         "bad = [m for m in ('torch', 'gradio', 'diffusers') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

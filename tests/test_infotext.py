@@ -123,6 +123,7 @@ def test_request_fields_from_a1111_text():
         "checkpoint": "v1-5-pruned-emaonly",
         # A1111's hires-fix fields turn hires fix on with the same second pass
         "enable_hr": True, "hr_scale": 2.0, "hr_second_pass_steps": 12, "hr_upscaler": "R-ESRGAN 4x+",
+        "rng": "GPU",  # A1111 writes no "RNG" for its default source, the GPU
     }
     GenerationRequest(**fields).validate()
 
@@ -131,7 +132,7 @@ def test_request_fields_skip_odd_values_and_unknown_keys():
     text = ("x\nSteps: many, Sampler: Fancy New Sampler, CFG scale: 99, Seed: -5, Size: 513x512, "
             "Denoising strength: 2, Clip skip: 0, Model hash: 6ce0161689, Mystery key: 1")
     fields = request_fields_from_infotext(text)
-    assert fields == {"prompt": "x", "negative_prompt": "", "checkpoint": "6ce0161689"}
+    assert fields == {"prompt": "x", "negative_prompt": "", "checkpoint": "6ce0161689", "rng": "GPU"}
     GenerationRequest(**fields).validate()
 
 
@@ -143,3 +144,14 @@ def test_request_fields_sampler_aliases_and_impossible_schedule():
     text = "x\nSteps: 4, Sampler: DPM++ 2M SDE, Schedule type: Uniform, Seed: 3"  # not offered here
     fields = request_fields_from_infotext(text)
     assert fields["sampler"] == "DPM++ 2M SDE" and "schedule_type" not in fields
+
+
+def test_rng_ensd_and_emphasis_are_read_as_a1111_writes_them():
+    text = "a cat\nSteps: 6, Sampler: Euler, Seed: 1, Size: 64x64, RNG: NV, ENSD: 31337, Emphasis: No norm"
+    fields = request_fields_from_infotext(text)
+    assert (fields["rng"], fields["eta_noise_seed_delta"], fields["emphasis"]) == ("NV", 31337, "No norm")
+    # Without "RNG": A1111's default (GPU); Atelier's own older files drew on the CPU.
+    assert request_fields_from_infotext("a\nSteps: 6, Sampler: Euler, Seed: 1")["rng"] == "GPU"
+    assert request_fields_from_infotext("a\nSteps: 6, Sampler: Euler, Version: atelier-0.1.0")["rng"] == "CPU"
+    odd = request_fields_from_infotext("a\nSteps: 6, Sampler: Euler, RNG: quantum, ENSD: -3, Emphasis: loud")
+    assert "rng" not in odd and "eta_noise_seed_delta" not in odd and "emphasis" not in odd

@@ -64,10 +64,15 @@ def test_lists_plain_upscalers_then_models_from_every_folder(tmp_path):
     assert list(entries) == ["None", "Lanczos", "Nearest", "Alpha-2x", "atelier-demo-2x", "comfy", "zeta-4x"]
     assert entries["zeta-4x"] == {"name": "zeta-4x", "model_name": "ESRGAN",
                                   "model_path": str(models / "ESRGAN" / "zeta-4x.pth"), "model_url": None,
-                                  "scale": None}
+                                  "scale": 4}, "a name that says its scale is listed with it before loading"
+    assert entries["comfy"]["scale"] is None, "nothing says comfy's scale before it is loaded"
     assert entries["None"]["model_path"] is None
-    lib.upscale(picture(), 280, 200, "zeta-4x")
-    assert {e["name"]: e["scale"] for e in lib.entries()}["zeta-4x"] == 4, "the scale is known once loaded"
+    write_upscaler(models / "ESRGAN" / "liar-4x.pth", compact_state(2))
+    lib.refresh()
+    lib.upscale(picture(), 280, 200, "comfy")
+    lib.upscale(picture(), 100, 100, "liar-4x")
+    scales = {e["name"]: e["scale"] for e in lib.entries()}
+    assert scales["comfy"] == 2 and scales["liar-4x"] == 2, "the loaded model's own scale wins over its name"
     (models / "ESRGAN" / "zeta-4x.pth").unlink()
     lib.refresh()
     assert "zeta-4x" not in lib.names()

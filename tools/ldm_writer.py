@@ -19,7 +19,15 @@ import torch
 from webui.models.ldm_layout import UNET_PREFIX, unet_to_ldm
 from webui.models.ldm_layout import unmapped as _unmapped
 
-__all__ = ["UNET_PREFIX", "VAE_PREFIX", "text_encoder_prefixes", "to_original_layout", "vae_to_ldm"]
+__all__ = [
+    "SPELLINGS",
+    "UNET_PREFIX",
+    "VAE_PREFIX",
+    "text_encoder_prefixes",
+    "to_original_layout",
+    "training_leftovers",
+    "vae_to_ldm",
+]
 
 VAE_PREFIX = "first_stage_model."
 SD1_CLIP_PREFIX = "cond_stage_model.transformer."
@@ -28,6 +36,11 @@ SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
 SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
 
 StateDict = dict[str, torch.Tensor]
+
+# How the file's writer spelled the OpenCLIP text projection: "stability" as in the released files
+# (``text_projection``, transposed), "diffusers" as diffusers' scripts/convert_diffusers_to_original_sdxl.py
+# writes it (``text_projection.weight``, Linear layout). Both circulate on model sites.
+SPELLINGS = ("stability", "diffusers")
 
 
 def text_encoder_prefixes(arch: str) -> list[tuple[str, str]]:
@@ -48,12 +61,17 @@ def to_original_layout(
     vae: torch.nn.Module | Mapping[str, torch.Tensor],
     text_encoder: torch.nn.Module | Mapping[str, torch.Tensor],
     text_encoder_2: torch.nn.Module | Mapping[str, torch.Tensor] | None = None,
+    spelling: str = "stability",
 ) -> StateDict:
     """One flat state dict as in an original SD/SDXL ``.safetensors`` (modules or diffusers state dicts in).
+
+    ``spelling`` is one of ``SPELLINGS``.
 
     Tensors are detached and may share memory with the given modules; ``.contiguous()`` or
     ``.clone()`` them before saving or changing them.
     """
+    if spelling not in SPELLINGS:
+        raise ValueError(f"unknown spelling {spelling!r}; expected one of {', '.join(SPELLINGS)}")
     encoders = text_encoder_prefixes(arch)
     if len(encoders) == 2 and text_encoder_2 is None:
         raise ValueError(f"{arch} needs text_encoder_2")
@@ -65,7 +83,50 @@ def to_original_layout(
     _add(out, VAE_PREFIX, vae_to_ldm(_state_dict(vae)))
     for (layout, prefix), module in zip(encoders, (text_encoder, text_encoder_2), strict=False):
         sd = _state_dict(module)
-        _add(out, prefix, clip_to_hf_ldm(sd) if layout == "clip" else clip_to_open_clip(sd))
+        _add(out, prefix, clip_to_hf_ldm(sd) if layout == "clip" else clip_to_open_clip(sd, spelling))
+    return out
+
+
+def training_leftovers(arch: str, tensors: Mapping[str, torch.Tensor]) -> StateDict:
+    """Tensors real checkpoints carry beside the weights, which inference never uses.
+
+    - ``model_ema.*``: the EMA copy of the UNet as the original trainer names it (dots dropped), plus its
+      ``decay`` and ``num_updates``; halved here, so a loader that took the EMA copy by mistake shows it.
+    - SD 1.x / 2.x: the DDPM schedule buffers (``betas``, ``alphas_cumprod``, ...); SDXL: ``denoiser.sigmas``.
+    - ``logit_scale`` of the OpenCLIP encoders; int64 ``position_ids`` of the CLIP-L encoders (and of
+      OpenCLIP under diffusers' spelling, as its converter wrote with older transformers).
+    """
+    out: StateDict = {}
+    for key, value in tensors.items():
+        if key.startswith(UNET_PREFIX):
+            out["model_ema." + key.removeprefix("model.").replace(".", "")] = value * 0.5
+    out["model_ema.decay"] = torch.tensor(0.9999)
+    out["model_ema.num_updates"] = torch.tensor(470000, dtype=torch.int32)
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+    if arch.startswith("sdxl"):
+        out["denoiser.sigmas"] = (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).float()
+    else:
+        previous = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+        schedule = {
+            "betas": betas,
+            "alphas_cumprod": alphas_cumprod,
+            "alphas_cumprod_prev": previous,
+            "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
+            "sqrt_one_minus_alphas_cumprod": (1 - alphas_cumprod).sqrt(),
+            "log_one_minus_alphas_cumprod": (1 - alphas_cumprod).log(),
+            "sqrt_recip_alphas_cumprod": (1 / alphas_cumprod).sqrt(),
+            "sqrt_recipm1_alphas_cumprod": (1 / alphas_cumprod - 1).sqrt(),
+            "posterior_variance": betas * (1 - previous) / (1 - alphas_cumprod),
+        }
+        out.update({name: value.float() for name, value in schedule.items()})
+    for layout, prefix in text_encoder_prefixes(arch):
+        if layout == "clip":
+            out[prefix + "text_model.embeddings.position_ids"] = torch.arange(77, dtype=torch.int64)[None]
+        else:
+            out[prefix + "logit_scale"] = torch.tensor(4.6052)
+            if prefix + "text_projection.weight" in tensors:  # diffusers' spelling
+                out[prefix + "text_model.embeddings.position_ids"] = torch.arange(77, dtype=torch.int64)[None]
     return out
 
 
@@ -185,11 +246,12 @@ _OPEN_CLIP_PARTS = {
 _QKV = re.compile(r"^self_attn\.([qkv])_proj\.(weight|bias)$")
 
 
-def clip_to_open_clip(sd: Mapping[str, torch.Tensor]) -> StateDict:
+def clip_to_open_clip(sd: Mapping[str, torch.Tensor], spelling: str = "stability") -> StateDict:
     """OpenCLIP text tower (SD 2.x, SDXL's second encoder) under ``<prefix>`` (not included).
 
     q/k/v projections are one ``attn.in_proj_*`` tensor in q, k, v order; ``text_projection``
-    is stored as [hidden, projection], the transpose of the diffusers linear weight.
+    is stored as [hidden, projection], the transpose of the diffusers linear weight (under the
+    "diffusers" spelling: ``text_projection.weight``, the linear weight as it is).
     """
     out: StateDict = {}
     qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
@@ -197,7 +259,10 @@ def clip_to_open_clip(sd: Mapping[str, torch.Tensor]) -> StateDict:
         if key in _OPEN_CLIP_FIXED:
             out[_OPEN_CLIP_FIXED[key]] = value
         elif key == "text_projection.weight":
-            out["text_projection"] = value.T.contiguous()
+            if spelling == "diffusers":
+                out["text_projection.weight"] = value
+            else:
+                out["text_projection"] = value.T.contiguous()
         elif m := _OPEN_CLIP_LAYER.match(key):
             layer, suffix = int(m[1]), m[2]
             if q := _QKV.match(suffix):

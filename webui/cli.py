@@ -16,6 +16,7 @@ from PIL import Image
 
 from .config import OFFLOAD_MODES, PRECISIONS, Settings, load_settings
 from .errors import AtelierError
+from .models.loader import describe_checkpoint
 from .pipelines.request import InpaintArea, MaskedContent, RequestError, ResizeMode
 
 if TYPE_CHECKING:
@@ -180,7 +181,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     for entry in entries:
         if args.hash:
             entry.compute_sha256()
-        print(entry.title)
+        print(f"{entry.title}  ({describe_checkpoint(entry)})")
     return 0
 
 

@@ -76,7 +76,13 @@ class Settings:
     save_images_before_highres_fix: bool = False  # hires fix also saves its first pass (A1111's option)
     default_clip_skip: int = 1  # the top bar's clip skip at start, and API jobs' (A1111's CLIP_stop_at_last_layers)
     default_vae: str = "Automatic"  # likewise for the VAE (A1111's sd_vae)
+    # A1111's options that change pictures: "Original" | "No norm" | "None"; "CPU" | "GPU" | "NV" (A1111's default is
+    # GPU; CPU keeps a seed's picture the same on every device); the per-step noise's seed offset (ENSD)
+    emphasis: str = "Original"
+    randn_source: str = "CPU"
+    eta_noise_seed_delta: int = 0
     upscaler_tile_size: int = 192  # upscaler models run on tiles this big (pixels); 0 = the whole picture at once
+    controlnet_unit_count: int = 3  # ControlNet units in each generation tab (1..10; the page reads it at start)
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -183,6 +189,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, env: Mapping[str, 
 # What the Settings tab may change and save; folders and the server address stay with flags and the file.
 EDITABLE = ("outputs_dir", "ram_cache_bytes", "offload", "preview_every_n_steps", "default_sampler",
             "default_steps", "default_size", "save_format", "filename_pattern", "save_images", "default_clip_skip",
+            "emphasis", "randn_source", "eta_noise_seed_delta",
             "default_vae", "upscaler_tile_size", "save_images_before_highres_fix")
 
 
@@ -222,6 +229,12 @@ def _validate(settings: Settings) -> None:
         raise ValueError("default_steps must be between 1 and 150")
     if settings.default_size is not None and (not 64 <= settings.default_size <= 4096 or settings.default_size % 8):
         raise ValueError("default_size must be a multiple of 8 between 64 and 4096")
+    if settings.emphasis not in ("Original", "No norm", "None"):
+        raise ValueError("emphasis must be Original, No norm or None")
+    if settings.randn_source not in ("GPU", "CPU", "NV"):
+        raise ValueError("randn_source must be GPU, CPU or NV")
+    if not 0 <= settings.eta_noise_seed_delta < 2**32:
+        raise ValueError("eta_noise_seed_delta must be between 0 and 4294967295")
     if not 1 <= settings.default_clip_skip <= 12:
         raise ValueError("default_clip_skip must be between 1 and 12")
     if not settings.default_vae.strip():

@@ -188,6 +188,26 @@ def request_fields_from_infotext(text: str) -> dict[str, object]:
     units = units_from_params(parsed)  # "ControlNet N" entries; their images are not in the text
     if units:
         fields["controlnet_units"] = units
+    fields.update(_noise_and_emphasis_fields(parsed))
+    return fields
+
+
+def _noise_and_emphasis_fields(parsed: Mapping[str, object]) -> dict[str, object]:
+    """A1111's "RNG", "ENSD" and "Emphasis". A text without "RNG" means A1111's default, the GPU, except one
+    written by an Atelier version from before the setting, which drew on the CPU."""
+    fields: dict[str, object] = {}
+    rng = parsed.get("RNG")
+    if isinstance(rng, str) and rng.strip() in ("GPU", "CPU", "NV"):
+        fields["rng"] = rng.strip()
+    elif rng is None:
+        version = parsed.get("Version")
+        fields["rng"] = "CPU" if isinstance(version, str) and version.startswith("atelier") else "GPU"
+    ensd = parsed.get("ENSD")
+    if _is_int(ensd) and 0 <= ensd <= MAX_SEED:  # type: ignore[operator]
+        fields["eta_noise_seed_delta"] = ensd
+    emphasis = parsed.get("Emphasis")
+    if isinstance(emphasis, str) and emphasis.strip() in ("Original", "No norm", "None"):
+        fields["emphasis"] = emphasis.strip()
     return fields
 
 

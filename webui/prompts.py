@@ -9,6 +9,10 @@ Emphasis: ``(x)`` ×1.1, ``[x]`` ÷1.1, ``(x:w)`` ×w, nesting multiplies, ``\\(
 brackets. A bracket left open applies to the rest of the prompt; a closing one with no opener is text.
 ``BREAK`` (upper case, a word on its own) comes out as the marker ``("BREAK", -1.0)``, inside brackets too.
 
+Composition (A1111's composable diffusion): ``split_and("a red circle :1.2 AND a blue background :0.8")`` ->
+``[("a red circle", 1.2), ("a blue background", 0.8)]``; each part is conditioned separately and its CFG delta
+weighted. A trailing ``:w`` weights a part even without ``AND``, as in A1111.
+
 Editing: ``[from:to:when]``, ``[to:when]``, ``[from::when]``; ``when`` below 1 is a fraction of the steps,
 otherwise a step number. ``[a|b|c]`` alternates every step. Both nest. Round and square brackets
 that are not editing keep their text, so the scheduled prompts still carry their emphasis.
@@ -19,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["BREAK", "parse_attention", "prompt_schedule"]
+__all__ = ["BREAK", "parse_attention", "prompt_schedule", "split_and"]
 
 BREAK = ("BREAK", -1.0)
 ROUND = 1.1
@@ -36,6 +40,19 @@ _ATTENTION_TOKEN = re.compile(
     re.VERBOSE,
 )
 _BREAK_WORD = re.compile(r"\s*\bBREAK\b\s*")
+# A1111's prompt_parser.re_AND / re_weight: parts split at the word AND, each with an optional trailing ":weight".
+_AND = re.compile(r"\bAND\b")
+_PART_WEIGHT = re.compile(r"^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")
+
+
+def split_and(prompt: str) -> list[tuple[str, float]]:
+    """The prompt's ``AND`` parts with their weights (1 where none is written), in order."""
+    parts: list[tuple[str, float]] = []
+    for part in _AND.split(prompt):
+        match = _PART_WEIGHT.search(part)
+        text, weight = match.groups() if match is not None else (part, None)
+        parts.append((text, float(weight) if weight is not None else 1.0))
+    return parts
 
 
 def parse_attention(text: str) -> list[tuple[str, float]]:

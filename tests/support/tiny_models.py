@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from tools.ldm_writer import to_original_layout
+from tools.ldm_writer import to_original_layout, training_leftovers
 from webui.models.detect import CONFIG_METADATA_KEY
 
 ARCHES = ("sd1", "sd1-inpaint", "sd2", "sd2-v", "sd2-inpaint", "sdxl", "sdxl-inpaint")
@@ -138,10 +138,16 @@ def _family(arch: str) -> str:
     return arch.split("-")[0]
 
 
-def tiny_configs(arch: str) -> dict[str, dict[str, Any]]:
-    """JSON-able configs of ``unet``, ``vae``, ``text_encoder`` (+ ``text_encoder_2``), ``scheduler``."""
+def tiny_configs(arch: str, pooled_dim: int = SDXL_POOLED_DIM) -> dict[str, dict[str, Any]]:
+    """JSON-able configs of ``unet``, ``vae``, ``text_encoder`` (+ ``text_encoder_2``), ``scheduler``.
+
+    ``pooled_dim``: SDXL's projection width; the hidden size (32) makes the projection square, as in
+    the real SDXL, where only the tensor's name tells its orientation.
+    """
     family = _family(arch)
     unet = _unet(family)
+    if family == "sdxl":
+        unet["projection_class_embeddings_input_dim"] = 6 * SDXL_TIME_EMBED_DIM + pooled_dim
     if arch.endswith("inpaint"):
         unet["in_channels"] = 9  # noisy latents + mask + masked-image latents
     vae = dict(_VAE)
@@ -163,7 +169,7 @@ def tiny_configs(arch: str) -> dict[str, dict[str, Any]]:
             "hidden_act": "gelu",
             # Ten layers: diffusers recognises SDXL by a tensor of the tenth OpenCLIP block.
             "num_hidden_layers": 10,
-            "projection_dim": SDXL_POOLED_DIM,
+            "projection_dim": pooled_dim,
         }
     return copy.deepcopy(configs)
 
@@ -199,13 +205,13 @@ def _jitter(module: torch.nn.Module, generator: torch.Generator) -> None:
         param.add_(torch.randn(param.shape, generator=generator) * 0.02)
 
 
-def tiny_components(arch: str, seed: int = 0) -> dict[str, Any]:
+def tiny_components(arch: str, seed: int = 0, pooled_dim: int = SDXL_POOLED_DIM) -> dict[str, Any]:
     """Real diffusers/transformers modules with seeded random weights, float32, eval mode, no grad.
 
     Keys: ``unet``, ``vae``, ``text_encoder`` (+ ``text_encoder_2`` for SDXL), ``scheduler``.
     The same (arch, seed) always gives the same weights; the global RNG is left untouched.
     """
-    configs = tiny_configs(arch)
+    configs = tiny_configs(arch, pooled_dim)
     components: dict[str, Any] = {}
     with torch.random.fork_rng(devices=[]):
         for index, (name, config) in enumerate(configs.items()):
@@ -255,11 +261,19 @@ def write_single_file(
     *,
     config_in_metadata: bool = True,
     dtype: torch.dtype | None = None,
+    spelling: str = "stability",
+    leftovers: bool = False,
+    hint_prediction: bool = True,
 ) -> Path:
     """Save as one ``.safetensors`` in the original SD layout; returns the path.
 
     With ``config_in_metadata`` the header metadata ``atelier.config`` holds the component
-    configs as JSON, so loaders can rebuild models whose sizes match no release.
+    configs as JSON, so loaders can rebuild models whose sizes match no release; without
+    ``hint_prediction`` that config leaves out the scheduler's prediction type, so an SD 2 file
+    carries no hint of its parameterisation (the loader must tell from the weights).
+    ``spelling`` is how the writer names the OpenCLIP projection ("stability" as released files,
+    "diffusers" as diffusers' convert_diffusers_to_original_sdxl.py); ``leftovers`` adds the
+    tensors real files carry beside the weights (EMA copy, schedule buffers, position_ids, ...).
     The file appears complete or not at all (written beside it, then renamed).
     """
     from safetensors.torch import save_file
@@ -272,13 +286,19 @@ def write_single_file(
         vae=components["vae"],
         text_encoder=components["text_encoder"],
         text_encoder_2=components.get("text_encoder_2"),
+        spelling=spelling,
     )
+    if leftovers:
+        tensors.update(training_leftovers(arch, tensors))
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     metadata = {"format": "pt"}
     if config_in_metadata:
-        metadata[CONFIG_METADATA_KEY] = json.dumps(embedded_config(arch, components), sort_keys=True)
+        config = embedded_config(arch, components)
+        if not hint_prediction:
+            config["scheduler"].pop("prediction_type", None)
+        metadata[CONFIG_METADATA_KEY] = json.dumps(config, sort_keys=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

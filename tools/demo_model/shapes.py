@@ -28,7 +28,9 @@ __all__ = [
     "classify",
     "draw",
     "eval_background",
+    "mass_centre_of",
     "random_scene",
+    "shape_box",
     "with_article",
 ]
 
@@ -73,7 +75,7 @@ BACKGROUND_TEMPLATES: tuple[str, ...] = (
 )
 PLAIN_TEMPLATES: tuple[str, ...] = ("{obj}", "a picture of {obj}")
 
-_MARGIN = 3  # pixels kept free between a placed shape and the picture's edge
+MARGIN = 3  # pixels kept free between a placed shape and the picture's edge
 _SUPERSAMPLE = 4  # drawn larger and scaled down, for smooth edges
 
 
@@ -133,13 +135,13 @@ def caption(scene: Scene, rng: np.random.Generator | None = None) -> str:
     return PLAIN_TEMPLATES[scene.template % len(PLAIN_TEMPLATES)].format(obj=obj)
 
 
-def _shape_box(scene: Scene, image_size: int) -> tuple[float, float, float]:
+def shape_box(scene: Scene, image_size: int) -> tuple[float, float, float]:
     """Centre x, centre y and width of the shape, in pixels of the final picture."""
     width = SIZES[scene.size] * image_size / IMAGE_SIZE
     fx, fy = POSITIONS[scene.position]
-    room = image_size - 2 * _MARGIN - width
-    cx = _MARGIN + width / 2 + fx * room + scene.jitter[0]
-    cy = _MARGIN + width / 2 + fy * room + scene.jitter[1]
+    room = image_size - 2 * MARGIN - width
+    cx = MARGIN + width / 2 + fx * room + scene.jitter[0]
+    cy = MARGIN + width / 2 + fy * room + scene.jitter[1]
     return cx, cy, width
 
 
@@ -177,7 +179,7 @@ def draw(scene: Scene, size: int = IMAGE_SIZE) -> Image.Image:
     """The picture of a scene: a flat background and one flat shape, anti-aliased."""
     big = size * _SUPERSAMPLE
     image = Image.new("RGB", (big, big), COLOURS[scene.bg])
-    cx, cy, width = _shape_box(scene, size)
+    cx, cy, width = shape_box(scene, size)
     s = _SUPERSAMPLE
     draw_shape(ImageDraw.Draw(image), scene.shape, cx * s, cy * s, width * s, COLOURS[scene.fg])
     return image.resize((size, size), Image.Resampling.BOX)
@@ -268,3 +270,13 @@ def centre_of(image: Image.Image) -> tuple[float, float] | None:
     rows = np.where(mask.any(axis=1))[0]
     cols = np.where(mask.any(axis=0))[0]
     return (cols[0] + cols[-1]) / 2, (rows[0] + rows[-1]) / 2
+
+
+def mass_centre_of(image: Image.Image) -> tuple[float, float] | None:
+    """Centre of mass (x, y) of the foreground pixels, or None if there is none: where the shape sits,
+    less swayed than the bounding box by a stray blob at one side."""
+    mask, _ = foreground_mask(image)
+    if mask.sum() < 12:
+        return None
+    rows, cols = np.nonzero(mask)
+    return float(cols.mean()), float(rows.mean())

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..auth import Credentials
 from .auth import caller_dependency
+from .controlnet_routes import build_controlnet_router
 from .routes import PREFIX, build_router
 from .service import ApiService, QueueRunner
 
@@ -30,6 +31,8 @@ def mount_api(app: Any, ctx: AppContext, credentials: Credentials | None = None,
     """Add the /sdapi/v1 routes to ``app`` (a FastAPI app, e.g. Gradio's). ``queue`` runs jobs in the UI's
     job queue; without one, API jobs only wait for each other."""
     service = ApiService(ctx, queue)
-    app.include_router(build_router(ctx, service, caller_dependency(credentials), flags))
+    check = caller_dependency(credentials)
+    app.include_router(build_router(ctx, service, check, flags))
+    app.include_router(build_controlnet_router(ctx, check))
     app.openapi_schema = None  # /docs is rebuilt with the new routes
     return service

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..controlnet.units import ControlUnit, decode_image_data
 from ..errors import AtelierError, Cause
 from ..models.vae import VaeNotFoundError, resolve_vae
 from ..pipelines.manager import NoCheckpointError
@@ -51,7 +52,8 @@ RESIZE_MODES = {0: ResizeMode.JUST_RESIZE, 1: ResizeMode.CROP_AND_RESIZE, 2: Res
 FILLS = {0: MaskedContent.FILL, 1: MaskedContent.ORIGINAL, 2: MaskedContent.LATENT_NOISE,
          3: MaskedContent.LATENT_NOTHING}
 # Options a request may override for itself (override_settings).
-OVERRIDABLE = ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae")
+OVERRIDABLE = ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae", "emphasis", "randn_source",
+               "eta_noise_seed_delta")
 
 
 @dataclass
@@ -69,7 +71,7 @@ class ApiJob:
 
 def engine_error(exc: AtelierError) -> ApiError:
     """An Atelier error as the API reports it: the status from its cause, the field under A1111's name."""
-    field = API_FIELDS.get(exc.field, exc.field) if exc.field else None
+    field = _api_field(exc.field) if exc.field else None
     if exc.cause is Cause.STORAGE:
         return ApiError(507, field, str(exc), "save_failed")
     if exc.cause is Cause.EXTENSION:  # an extension broke this job; it is switched off, the next job runs
@@ -164,9 +166,7 @@ def _built(job: ApiJob, given: dict[str, Any], ctx: AppContext) -> ApiJob:
 
 def _common(body: Txt2ImgRequest, ctx: AppContext, styles: StyleStore) -> tuple[ApiJob, dict[str, Any]]:
     """The job and the request fields txt2img and img2img share (None: the settings' default)."""
-    if body.alwayson_scripts:
-        names = ", ".join(sorted(body.alwayson_scripts))
-        raise invalid("alwayson_scripts", f"always-on scripts are not available in Atelier: {names}")
+    units = controlnet_units(body.alwayson_scripts or {})
     warnings = _unsupported(body)
     overrides, restore = dict(body.override_settings or {}), body.override_settings_restore_afterwards
     unknown = sorted(k for k in overrides if k not in OVERRIDABLE)
@@ -195,6 +195,9 @@ def _common(body: Txt2ImgRequest, ctx: AppContext, styles: StyleStore) -> tuple[
         "batch_size": body.batch_size,
         "clip_skip": clip_skip,
         "vae": vae or None,
+        "emphasis": overrides.get("emphasis"),
+        "rng": overrides.get("randn_source"),
+        "eta_noise_seed_delta": overrides.get("eta_noise_seed_delta"),
         "save_images": body.save_images,
         "subseed": body.subseed,
         "subseed_strength": body.subseed_strength,
@@ -202,6 +205,7 @@ def _common(body: Txt2ImgRequest, ctx: AppContext, styles: StyleStore) -> tuple[
         "seed_resize_from_h": max(body.seed_resize_from_h, 0),
         "refiner_checkpoint": second_checkpoint(body.refiner_checkpoint),
         "refiner_switch_at": body.refiner_switch_at,
+        "controlnet_units": units,
     }
     if body.enable_hr:
         given.update(_hires_fields(body))
@@ -242,6 +246,40 @@ def _unsupported(body: Txt2ImgRequest) -> list[str]:
     if body.tiling:
         notes.append("tiling is not available: ignored")
     return notes
+
+
+CONTROLNET_SCRIPT = "controlnet"  # sd-webui-controlnet's always-on script, named in any case by clients
+UNITS_FIELD = "alwayson_scripts.controlnet.args"
+
+
+def controlnet_units(scripts: dict[str, Any]) -> list[ControlUnit] | None:
+    """The ControlNet units of ``alwayson_scripts`` (the extension's ``{"controlnet": {"args": [unit, ...]}}``);
+    any other always-on script is refused by name. Images are decoded with the API's limits."""
+    others = sorted(name for name in scripts if name.lower() != CONTROLNET_SCRIPT)
+    if others:
+        raise invalid("alwayson_scripts", f"always-on scripts not available in Atelier: {', '.join(others)} "
+                                          "(only ControlNet is)")
+    script = next((value for name, value in scripts.items() if name.lower() == CONTROLNET_SCRIPT), None)
+    if script is None:
+        return None
+    args = script.get("args") if isinstance(script, dict) else script
+    if not isinstance(args, list):
+        raise invalid(UNITS_FIELD, "must be a list of ControlNet units")
+
+    def decode(value: Any, field_name: str) -> Any:
+        return decode_image(value, _api_field(field_name)) if isinstance(value, str) else \
+            decode_image_data(value, field_name)
+
+    try:
+        return [ControlUnit.from_dict(unit, index, decode) for index, unit in enumerate(args)]
+    except AtelierError as exc:
+        raise engine_error(exc) from exc
+
+
+def _api_field(field_name: str) -> str:
+    """controlnet_units[0].weight -> alwayson_scripts.controlnet.args[0].weight, as the client sent it."""
+    return UNITS_FIELD + field_name[len("controlnet_units"):] if field_name.startswith("controlnet_units") \
+        else API_FIELDS.get(field_name, field_name)
 
 
 def second_checkpoint(name: str | None) -> str | None:

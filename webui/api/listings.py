@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..models.header import CorruptCheckpointError, read_header
+from ..models.loader import describe_checkpoint
 from ..models.vae import list_vaes
 from ..samplers import AUTOMATIC, SAMPLERS, SCHEDULE_TYPES
 
@@ -30,8 +31,10 @@ _SCHEDULER_IDS = {"Automatic": "automatic", "Karras": "karras", "Exponential": "
 
 
 def sd_models(ctx: AppContext) -> list[dict[str, Any]]:
+    """A1111's fields, plus Atelier's "description": the family and, for SD 2.x, v or epsilon and what decided it."""
     return [{"title": e.title, "model_name": e.model_name, "hash": e.short_hash, "sha256": e.sha256,
-             "filename": str(e.path), "config": None} for e in ctx.registry.entries()]
+             "filename": str(e.path), "config": None, "description": describe_checkpoint(e)}
+            for e in ctx.registry.entries()]
 
 
 def sd_vaes(ctx: AppContext) -> list[dict[str, Any]]:

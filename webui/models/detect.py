@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-UNET_PREFIX = "model.diffusion_model."
+from .ldm_layout import UNET_PREFIX
+
 CONFIG_METADATA_KEY = "atelier.config"
 
 # Architecture ids; each has a config folder under webui/models/configs/.
@@ -32,11 +33,45 @@ class UnknownArchitectureError(ValueError):
     """The file is readable but is not a Stable Diffusion checkpoint we can load."""
 
 
+# How an SD 2.x file's parameterisation was decided (Detection.prediction_from): a hint, the weights, or
+# not yet. Undecided files are taken as 768-v (most SD 2.x files shared are) until the loader has run
+# their UNet once (models/parameterization.py).
+UNDECIDED = "undecided"
+FROM_WEIGHTS = "the weights"
+
+
 @dataclass(frozen=True)
 class Detection:
     arch: str
     # Component configs carried inside the file (tiny test models, the built-in demo model).
     embedded_config: dict[str, Any] | None = None
+    # SD 2.x (not inpainting) only: where epsilon vs v-prediction came from, e.g. "the file name".
+    prediction_from: str | None = None
+
+    @property
+    def prediction_undecided(self) -> bool:
+        return self.prediction_from == UNDECIDED
+
+    @property
+    def prediction_type(self) -> str:
+        """The scheduler's prediction_type for this model."""
+        return "v_prediction" if self.arch == SD2_V else "epsilon"
+
+    def decided(self, v_prediction: bool, source: str) -> Detection:
+        """This SD 2.x detection with its parameterisation settled by `source`."""
+        return replace(self, arch=SD2_V if v_prediction else SD2, prediction_from=source)
+
+    def describe(self) -> str:
+        """What the model list shows, e.g. "SD 2.x, v-prediction (768), decided from the weights"."""
+        text = FAMILY[self.arch]
+        if self.is_inpaint:
+            return text + ", inpainting"
+        if self.prediction_from is None:
+            return text
+        if self.prediction_undecided:
+            return text + ", epsilon or v-prediction: decided from the weights when first loaded"
+        kind = "v-prediction" if self.arch == SD2_V else "epsilon"
+        return f"{text}, {kind} ({self.native_size}), decided from {self.prediction_from}"
 
     @property
     def is_sdxl(self) -> bool:
@@ -93,13 +128,16 @@ def _check_embedded_sizes(config: Mapping[str, Any]) -> None:
         raise ValueError("unet sample_size out of range")
 
 
-def _looks_v_prediction(path: Path | None, metadata: Mapping[str, str], shapes: Mapping[str, Any]) -> bool | None:
-    """v-prediction cannot be read off the weights; use the hints users and trainers leave."""
+def _prediction_hint(
+    path: Path | None, metadata: Mapping[str, str], shapes: Mapping[str, Any], embedded: Mapping[str, Any] | None
+) -> tuple[bool, str] | None:
+    """(v-prediction?, where that came from) from the hints users and trainers leave, strongest first;
+    None when there is none and the weights must tell."""
     if "v_pred" in shapes:  # A1111's marker key for v-prediction SDXL/SD2 files
-        return True
+        return True, "the file's v_pred marker"
     pred = (metadata.get("modelspec.prediction_type") or "").lower()
     if pred:
-        return pred.startswith("v")
+        return pred.startswith("v"), "the file's metadata"
     if path is not None:
         sidecar = path.with_suffix(".yaml")
         if sidecar.is_file():
@@ -107,13 +145,29 @@ def _looks_v_prediction(path: Path | None, metadata: Mapping[str, str], shapes: 
                 text = sidecar.read_text(encoding="utf-8", errors="replace")[:100_000]
             except OSError:
                 text = ""
-            return bool(re.search(r"parameterization:\s*[\"']?v[\"']?\s*$", text, re.M))
+            return bool(re.search(r"parameterization:\s*[\"']?v[\"']?\s*$", text, re.M)), sidecar.name
+    scheduler = (embedded or {}).get("scheduler") or {}
+    if "prediction_type" in scheduler:
+        return str(scheduler["prediction_type"]).startswith("v"), "the file's embedded config"
+    if path is not None:
         stem = path.stem.lower()
         if re.search(r"v[-_]?pred|768[-_]?v|\bv\b", stem):
-            return True
+            return True, "the file name"
         if re.search(r"base|512", stem):
-            return False
+            return False, "the file name"
     return None
+
+
+def _sd2(
+    arch: str, path: Path | None, metadata: Mapping[str, str], shapes: Mapping[str, Any],
+    embedded: dict[str, Any] | None = None,
+) -> Detection:
+    if arch == SD2_INPAINT:
+        return Detection(arch, embedded)
+    hint = _prediction_hint(path, metadata, shapes, embedded)
+    if hint is None:
+        return Detection(SD2_V, embedded, prediction_from=UNDECIDED)
+    return Detection(SD2_V if hint[0] else SD2, embedded, prediction_from=hint[1])
 
 
 def detect_architecture(
@@ -133,6 +187,8 @@ def detect_architecture(
 
     embedded = _embedded_config(metadata, name)
     if embedded is not None:
+        if embedded["arch"] in (SD2, SD2_V, SD2_INPAINT):
+            return _sd2(embedded["arch"], path, metadata, shapes, embedded)
         return Detection(embedded["arch"], embedded)
 
     unet_keys = [k for k in shapes if k.startswith(UNET_PREFIX)]
@@ -153,11 +209,7 @@ def detect_architecture(
             raise UnknownArchitectureError(f"{name}: SDXL refiner checkpoints are not supported yet")
         return Detection(SDXL_INPAINT if inpaint else SDXL)
     if 1024 in context_dims or any(k.startswith("cond_stage_model.model.") for k in shapes):
-        if inpaint:
-            return Detection(SD2_INPAINT)
-        v_pred = _looks_v_prediction(path, metadata, shapes)
-        # Most SD 2.x checkpoints shared today are 2.1 768-v derivatives, as diffusers also assumes.
-        return Detection(SD2 if v_pred is False else SD2_V)
+        return _sd2(SD2_INPAINT if inpaint else SD2, path, metadata, shapes)
     if context_dims and context_dims != {768}:
         raise UnknownArchitectureError(f"{name}: unknown UNet (cross-attention width {sorted(context_dims)})")
     return Detection(SD1_INPAINT if inpaint else SD1)

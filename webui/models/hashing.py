@@ -1,7 +1,8 @@
 """SHA-256 file hashes (A1111's "AutoV2": first 10 hex digits), cached by path + size + mtime.
 
 Hashing a multi-GB checkpoint takes seconds to minutes, so it is never done at start-up;
-results persist in a small JSON file written atomically.
+results persist in a small JSON file written atomically. The same file keeps other facts that cost
+a load to learn (an SD 2 file's parameterisation), valid for the same file version.
 """
 
 from __future__ import annotations
@@ -62,9 +63,42 @@ class HashCache:
             return None
         with self._lock:
             entry = self._entries.get(key)
-        if entry and entry.get("size") == size and entry.get("mtime") == mtime:
+        if entry and entry.get("size") == size and entry.get("mtime") == mtime and "sha256" in entry:
             return str(entry["sha256"])
         return None
+
+    def recall(self, key: str, path: Path, fact: str) -> str | None:
+        """A fact remembered about this version of the file (None if unknown or the file changed)."""
+        try:
+            size, mtime = self._stamp(path)
+        except OSError:
+            return None
+        with self._lock:
+            entry = self._entries.get(key) or {}
+            facts = entry.get("facts")
+        if entry.get("size") == size and entry.get("mtime") == mtime and isinstance(facts, dict):
+            value = facts.get(fact)
+            return str(value) if value is not None else None
+        return None
+
+    def remember(self, key: str, path: Path, fact: str, value: str) -> None:
+        """Keep `fact` about this version of the file (persisted); a changed file forgets it."""
+        try:
+            size, mtime = self._stamp(path)
+        except OSError:
+            return
+        with self._lock:
+            entry = self._current_locked(key, size, mtime)
+            facts = entry.get("facts")
+            entry["facts"] = {**(facts if isinstance(facts, dict) else {}), fact: value}
+            self._write_locked()
+
+    def _current_locked(self, key: str, size: int, mtime: int) -> dict[str, object]:
+        """The entry for this file version, started afresh when the file changed."""
+        entry = self._entries.get(key)
+        if not entry or entry.get("size") != size or entry.get("mtime") != mtime:
+            entry = self._entries[key] = {"size": size, "mtime": mtime}
+        return entry
 
     def sha256(self, key: str, path: Path, compute: Callable[[Path], str] = sha256_file) -> str:
         """The file's hash, from the cache when the file is unchanged; `compute` hashes it otherwise
@@ -75,7 +109,7 @@ class HashCache:
         size, mtime = self._stamp(path)
         digest = compute(path)
         with self._lock:
-            self._entries[key] = {"size": size, "mtime": mtime, "sha256": digest}
+            self._current_locked(key, size, mtime)["sha256"] = digest
             self._write_locked()
         return digest
 

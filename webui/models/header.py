@@ -7,9 +7,11 @@ Every check here guards against hostile or damaged files before anything else op
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import BinaryIO
 
 # Real headers are well under 10 MB (SDXL's is ~200 KB); anything larger is damage or an attack.
 MAX_HEADER_BYTES = 100 * 2**20
@@ -28,6 +30,9 @@ class CorruptCheckpointError(ValueError):
 class TensorInfo:
     dtype: str
     shape: tuple[int, ...]
+    # Byte range inside the data section (after the header), as the header's data_offsets give it.
+    start: int = 0
+    end: int = 0
 
     @property
     def numel(self) -> int:
@@ -41,6 +46,7 @@ class TensorInfo:
 class SafetensorsHeader:
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str]
+    data_start: int = 0  # file offset of the data section: 8 + the header's length
 
     def shape(self, key: str) -> tuple[int, ...] | None:
         info = self.tensors.get(key)
@@ -62,19 +68,29 @@ def read_header(path: Path) -> SafetensorsHeader:
     if not path.is_file():
         raise CorruptCheckpointError(f"{path.name}: file not found ({path})")
     try:
-        file_size = path.stat().st_size
         with path.open("rb") as fh:
-            prefix = fh.read(8)
-            if len(prefix) < 8:
-                raise CorruptCheckpointError(f"{path.name}: file is too short to be a safetensors file")
-            (header_len,) = struct.unpack("<Q", prefix)
-            if header_len > MAX_HEADER_BYTES or header_len > file_size - 8:
-                raise CorruptCheckpointError(
-                    f"{path.name}: corrupt file (header length {header_len} does not fit a {file_size}-byte file)"
-                )
-            raw = fh.read(header_len)
+            return read_header_from(fh, path.name)
     except OSError as exc:
         raise CorruptCheckpointError(f"{path.name}: cannot read file ({exc.strerror or exc})") from exc
+
+
+def read_header_from(fh: BinaryIO, name: str) -> SafetensorsHeader:
+    """The header of the open file `fh` (at offset 0), so a caller can go on reading the very same file."""
+    file_size = os.fstat(fh.fileno()).st_size
+    prefix = fh.read(8)
+    if len(prefix) < 8:
+        raise CorruptCheckpointError(f"{name}: file is too short to be a safetensors file")
+    (header_len,) = struct.unpack("<Q", prefix)
+    if header_len > MAX_HEADER_BYTES or header_len > file_size - 8:
+        raise CorruptCheckpointError(
+            f"{name}: corrupt file (header length {header_len} does not fit a {file_size}-byte file)"
+        )
+    raw = fh.read(header_len)
+    return _parse(raw, name, file_size, header_len)
+
+
+def _parse(raw: bytes, file_name: str, file_size: int, header_len: int) -> SafetensorsHeader:
+    path = PurePath(file_name)  # messages name the file only
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -96,10 +112,11 @@ def read_header(path: Path) -> SafetensorsHeader:
             raise CorruptCheckpointError(f"{path.name}: corrupt file (bad entry for tensor {name!r})") from exc
         if dtype not in DTYPE_SIZES or any(d < 0 for d in shape):
             raise CorruptCheckpointError(f"{path.name}: corrupt file (tensor {name!r} has dtype {dtype!r})")
-        info = TensorInfo(dtype, shape)
+        info = TensorInfo(dtype, shape, start, end)
         if not 0 <= start <= end <= data_size or end - start != info.numel * DTYPE_SIZES[dtype]:
             raise CorruptCheckpointError(
                 f"{path.name}: corrupt or truncated file (tensor {name!r} lies outside the file's data)"
             )
         tensors[name] = info
-    return SafetensorsHeader(tensors=tensors, metadata={str(k): str(v) for k, v in metadata.items()})
+    return SafetensorsHeader(tensors=tensors, metadata={str(k): str(v) for k, v in metadata.items()},
+                             data_start=8 + header_len)

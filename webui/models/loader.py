@@ -20,9 +20,12 @@ import torch
 
 from ..errors import AtelierError
 from . import configs
-from .detect import Detection, UnknownArchitectureError, detect_architecture
+from .detect import FROM_WEIGHTS, Detection, UnknownArchitectureError, detect_architecture
 from .header import CorruptCheckpointError, read_header
-from .registry import CheckpointEntry
+from .open_clip_keys import open_clip_to_hf
+from .parameterization import probe_prediction
+from .registry import CheckpointEntry, Identity
+from .tensor_reader import read_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ class LoadedModel:
     source: Path
     load_seconds: float = 0.0
     sha256: str | None = None
+    # The file(s) as they were when read (CheckpointEntry.identity); a different one now means stale.
+    identity: tuple[Identity, ...] | None = None
     # Pipelines built over these components, per pipeline class (see pipelines/manager.py).
     pipelines: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -102,26 +107,16 @@ def read_checkpoint_file(
 
     Floating-point tensors are cast to `dtype` one at a time as they are read, so peak
     memory stays near one copy of the model instead of the file plus the converted copy.
+    Every tensor returned lives in process memory, never in pages of the file: a file
+    replaced or truncated later cannot change or crash a model built from them.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointLoadError(f"{path.name}: file not found ({path})")
     if path.suffix.lower() == ".safetensors":
-        header = read_header(path)  # validates lengths and offsets before safetensors maps the file
-        from safetensors import safe_open
-
-        tensors: dict[str, torch.Tensor] = {}
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as fh:
-                for key in fh.keys():
-                    if key.startswith(skip):
-                        continue
-                    tensors[key] = _to_dtype(fh.get_tensor(key), dtype)
-        except Exception as exc:  # safetensors raises its own error types
-            raise CorruptCheckpointError(f"{path.name}: corrupt file ({exc})") from exc
-        return tensors, header.metadata
+        return read_safetensors(path, dtype, skip)
     raw, metadata = _read_pickled(path)
-    tensors = {}
+    tensors: dict[str, torch.Tensor] = {}
     for key in list(raw):
         value = raw.pop(key)
         if not key.startswith(skip):
@@ -212,7 +207,7 @@ def _text_encoder_from_ldm(
     kind: str, prefix: str, config: dict[str, Any], checkpoint: dict[str, torch.Tensor], dtype, name: str
 ):
     from accelerate import init_empty_weights
-    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     with_projection = "CLIPTextModelWithProjection" in (config.get("architectures") or [])
@@ -221,10 +216,9 @@ def _text_encoder_from_ldm(
     with init_empty_weights():
         probe = cls(text_config)  # weightless: only its structure is consulted
     if kind == "clip":
-        subset = {k: v for k, v in checkpoint.items() if k.startswith(prefix)}
-        converted = convert_ldm_clip_checkpoint(subset)
+        converted = convert_ldm_clip_checkpoint({k: v for k, v in checkpoint.items() if k.startswith(prefix)})
     else:
-        converted = convert_open_clip_checkpoint(probe, checkpoint, prefix=prefix)
+        converted = open_clip_to_hf(checkpoint, prefix)  # splits q/k/v without copies (diffusers' copies)
     converted = {k: v for k, v in converted.items() if not k.endswith("position_ids")}
     # transformers 5 flattened CLIPTextModel (no `text_model.` wrapper); the projection model still wraps.
     if not hasattr(probe, "text_model"):
@@ -274,15 +268,36 @@ def build_components(
 
 
 def _add_tokenizers_and_scheduler(components: dict[str, Any], detection: Detection) -> None:
-    from diffusers import EulerDiscreteScheduler
-
     pads = configs.tokenizer_pad_tokens(detection.arch)
     components["tokenizer"] = configs.load_clip_tokenizer(pads[0])
     if detection.is_sdxl:
         components["tokenizer_2"] = configs.load_clip_tokenizer(pads[1] if len(pads) > 1 else "!")
+    components["scheduler"] = _scheduler_for(detection)
+
+
+def _scheduler_for(detection: Detection) -> Any:
+    """The default scheduler: it only carries the model's noise schedule (and, for SD 2.x, the
+    parameterisation as decided); each job builds its own sampler from it."""
+    from diffusers import EulerDiscreteScheduler
+
     scheduler_config = _component_config(detection, "scheduler")
-    # The default scheduler only carries the model's noise schedule; each job builds its own sampler from it.
-    components["scheduler"] = EulerDiscreteScheduler.from_config(scheduler_config)
+    if detection.prediction_from is not None:
+        scheduler_config["prediction_type"] = detection.prediction_type
+    return EulerDiscreteScheduler.from_config(scheduler_config)
+
+
+def _decide_prediction(detection: Detection, components: dict[str, Any], name: str) -> Detection:
+    """An SD 2.x file with no hint of its parameterisation: run its UNet once and go by what it predicts."""
+    probe = probe_prediction(components["unet"], components["text_encoder"], components["tokenizer"],
+                             int(components["scheduler"].config.num_train_timesteps))
+    decided = detection.decided(probe.v_prediction, FROM_WEIGHTS)
+    log.info("%s has no sidecar .yaml, metadata or name that tells epsilon from v-prediction; "
+             "%s, so it is %s", name, probe.describe(), decided.describe())
+    if decided.embedded_config is None:  # the UNet was built from the 768-v config: only its size differs
+        sample_size = configs.load_component_config(decided.arch, "unet")["sample_size"]
+        components["unet"].register_to_config(sample_size=sample_size)
+    components["scheduler"] = _scheduler_for(decided)
+    return decided
 
 
 def _detect_from_state_dict(checkpoint: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> Detection:
@@ -309,6 +324,31 @@ def detect_file(path: Path) -> Detection | None:
     return detection
 
 
+def detect_entry(entry: CheckpointEntry) -> Detection | None:
+    """detect_file, plus what an earlier load read off the weights (an SD 2 file's parameterisation)."""
+    detection = detect_file(entry.path)
+    if detection is not None and detection.prediction_undecided:
+        remembered = entry.remembered_prediction
+        if remembered is not None:
+            detection = detection.decided(remembered == "v_prediction", FROM_WEIGHTS)
+    return detection
+
+
+def describe_checkpoint(entry: CheckpointEntry) -> str:
+    """What the model list shows beside a checkpoint's title: family, and for SD 2.x the parameterisation
+    and where it was decided. Reads the header only (a pickled file: nothing is known before loading)."""
+    if entry.kind == "diffusers":
+        try:
+            return _detect_diffusers_folder(entry.path).describe()
+        except CheckpointLoadError as exc:
+            return f"unreadable: {exc}"
+    try:
+        detection = detect_entry(entry)
+    except (CheckpointLoadError, CorruptCheckpointError, UnknownArchitectureError) as exc:
+        return f"unreadable: {exc}"
+    return detection.describe() if detection is not None else "known when loaded"
+
+
 # --------------------------------------------------------------------------- diffusers folders
 
 
@@ -330,6 +370,15 @@ def _detect_diffusers_folder(folder: Path) -> Detection:
     return Detection("sd1-inpaint" if inpaint else "sd1")
 
 
+@torch.no_grad()
+def _own_memory(module: torch.nn.Module) -> None:
+    """Copy weights that from_pretrained left in memory-mapped pages of the files (when the load dtype is
+    the files' dtype) into process memory, one tensor at a time, so rewriting a file cannot reach them."""
+    for tensor in [*module.parameters(), *module.buffers()]:  # tied weights are listed once and stay tied
+        if tensor.device.type == "cpu":
+            tensor.data = tensor.data.clone()
+
+
 def _load_diffusers_folder(folder: Path, dtype: torch.dtype) -> tuple[Detection, dict[str, Any]]:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -345,6 +394,7 @@ def _load_diffusers_folder(folder: Path, dtype: torch.dtype) -> tuple[Detection,
         components["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", **opts)
     for module in components.values():
         module.eval().requires_grad_(False)
+        _own_memory(module)
     _add_tokenizers_and_scheduler(components, detection)
     for tok in ("tokenizer", "tokenizer_2"):
         files = ("vocab.json", "tokenizer.json")  # transformers 5 saves only tokenizer.json
@@ -364,6 +414,7 @@ def load_checkpoint(entry: CheckpointEntry, dtype: torch.dtype) -> LoadedModel:
     """Load one checkpoint to CPU memory in `dtype`. Raises CheckpointLoadError with a clear message."""
     start = time.perf_counter()
     name = entry.name
+    identity = entry.identity()  # before reading: a change during the read shows as stale at the next job
     try:
         if entry.kind == "diffusers":
             detection, components = _load_diffusers_folder(entry.path, dtype)
@@ -373,6 +424,8 @@ def load_checkpoint(entry: CheckpointEntry, dtype: torch.dtype) -> LoadedModel:
             detection = from_header or _detect_from_state_dict(checkpoint, metadata, entry.path)
             components = build_components(checkpoint, detection, dtype, name)
             del checkpoint
+            if detection.prediction_undecided:
+                detection = _decide_prediction(detection, components, name)
     except CheckpointLoadError:
         raise
     except (CorruptCheckpointError, UnknownArchitectureError) as exc:
@@ -382,8 +435,8 @@ def load_checkpoint(entry: CheckpointEntry, dtype: torch.dtype) -> LoadedModel:
     except Exception as exc:  # any other failure inside conversion is still a problem with this file
         raise CheckpointLoadError(f"{name}: cannot load ({type(exc).__name__}: {exc})") from exc
     elapsed = time.perf_counter() - start
-    log.info("Loaded %s (%s, %s) in %.1f s", name, detection.arch, str(dtype).replace("torch.", ""), elapsed)
-    return LoadedModel(name, detection.arch, detection, components, dtype, entry.path, elapsed)
+    log.info("Loaded %s (%s, %s) in %.1f s", name, detection.describe(), str(dtype).replace("torch.", ""), elapsed)
+    return LoadedModel(name, detection.arch, detection, components, dtype, entry.path, elapsed, identity=identity)
 
 
 def estimate_nbytes(entry: CheckpointEntry, dtype: torch.dtype) -> int | None:

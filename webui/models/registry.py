@@ -18,6 +18,15 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 
+Identity = tuple[int, int, int, int]
+# The hash cache's name for an SD 2 file's parameterisation as its weights told ("epsilon" / "v_prediction").
+PREDICTION_FACT = "prediction_type"
+
+
+def file_identity(stat: os.stat_result) -> Identity:
+    """What changes when a file is replaced, rewritten or truncated: (device, inode, size, mtime in ns)."""
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
 
 @dataclass
 class CheckpointEntry:
@@ -43,6 +52,33 @@ class CheckpointEntry:
         if self.kind == "diffusers" or self._hashes is None:
             return None
         return self._hashes.sha256(self.name, self.path)
+
+    @property
+    def remembered_prediction(self) -> str | None:
+        """The parameterisation an earlier load read off this version of the file's weights, if any."""
+        if self.kind == "diffusers" or self._hashes is None:
+            return None
+        return self._hashes.recall(self.name, self.path, PREDICTION_FACT)
+
+    def remember_prediction(self, prediction_type: str) -> None:
+        if self.kind != "diffusers" and self._hashes is not None:
+            self._hashes.remember(self.name, self.path, PREDICTION_FACT, prediction_type)
+
+    def identity(self) -> tuple[Identity, ...] | None:
+        """The identity of the file (of every file in a diffusers folder); None when it is missing.
+
+        A cached model whose file no longer has the identity it was loaded from is stale (see the manager).
+        """
+        try:
+            if self.kind != "diffusers":
+                return (file_identity(self.path.stat()),)
+            found = []
+            for folder, _, files in sorted(os.walk(self.path)):
+                for name in sorted(files):
+                    found.append(file_identity(os.stat(os.path.join(folder, name))))
+            return tuple(found)
+        except OSError:
+            return None
 
     @property
     def short_hash(self) -> str | None:

@@ -33,6 +33,9 @@ def settings_defaults(settings: Settings) -> dict[str, Any]:
         "steps": settings.default_steps,
         "clip_skip": settings.default_clip_skip,
         "vae": settings.default_vae,
+        "emphasis": settings.emphasis,
+        "rng": settings.randn_source,
+        "eta_noise_seed_delta": settings.eta_noise_seed_delta,
         "save_images": settings.save_images,
         "save_first_pass": settings.save_images_before_highres_fix,
     }

@@ -1,7 +1,10 @@
 """Prompt text -> text-encoder embeddings the way A1111 builds them.
 
 - Emphasis weights (``webui.prompts.parse_attention``) multiply the token embeddings, after which the
-  mean of the whole embedding is restored to its unweighted value.
+  mean of the whole embedding is restored to its unweighted value (A1111's emphasis mode "Original"; "No norm"
+  skips the restoration; "None" reads brackets and BREAK as plain text).
+- ``AND`` (``webui.prompts.split_and``): every part is encoded (and scheduled) on its own, with its weight;
+  ``webui.pipelines.composable`` combines their predictions.
 - Prompts are cut into 75-token chunks (at the last comma when it is near, or at ``BREAK``), each
   encoded as 77 tokens with start and end tokens, and concatenated: nothing is truncated. The
   negative prompt is padded with empty chunks to the same length.
@@ -24,10 +27,13 @@ import torch
 
 from ..extra_networks import extract_tags
 from ..models.embeddings import word_pattern
-from ..prompts import BREAK, parse_attention, prompt_schedule
+from ..prompts import BREAK, parse_attention, prompt_schedule, split_and
 
 CHUNK_TOKENS = 75
 COMMA_BACKTRACK = 20  # a chunk that would split a phrase breaks after its last comma if within 20 tokens
+# A1111's emphasis modes (its "emphasis" option): the first is the default.
+EMPHASIS_MODES = ("Original", "No norm", "None")
+DEFAULT_EMPHASIS = EMPHASIS_MODES[0]
 
 
 @dataclass
@@ -66,9 +72,12 @@ def _split_embeddings(fragments: list[tuple[str, float]], words: EmbeddingWords 
     return out
 
 
-def tokenize_chunks(tokenizer: Any, text: str, words: EmbeddingWords | None = None) -> list[Chunk]:
-    """``text`` as chunks of at most 75 (token, weight) pairs, without start/end tokens."""
-    pieces = _split_embeddings(parse_attention(text), words)
+def tokenize_chunks(tokenizer: Any, text: str, words: EmbeddingWords | None = None,
+                    emphasis: str = DEFAULT_EMPHASIS) -> list[Chunk]:
+    """``text`` as chunks of at most 75 (token, weight) pairs, without start/end tokens. Emphasis "None" takes
+    the text as written (brackets and BREAK are words, as in A1111)."""
+    fragments = [(text, 1.0)] if emphasis == "None" else parse_attention(text)
+    pieces = _split_embeddings(fragments, words)
     comma = tokenizer.convert_tokens_to_ids(",</w>")
     chunks: list[Chunk] = []
     chunk = Chunk()
@@ -131,6 +140,11 @@ def count_tokens(tokenizer: Any, text: str) -> int:
     return sum(len(chunk.tokens) for chunk in tokenize_chunks(tokenizer, first))
 
 
+def count_part_tokens(tokenizer: Any, text: str) -> list[int]:
+    """Tokens each ``AND`` part of a prompt uses (one number for a prompt without ``AND``)."""
+    return [count_tokens(tokenizer, part) for part, _ in split_and(extract_tags(text)[0])]
+
+
 def _final_norm(encoder: Any) -> Any:
     inner = getattr(encoder, "text_model", encoder)
     return inner.final_layer_norm
@@ -146,9 +160,11 @@ class PromptEncoder:
     """Encodes prompts for one model and one job; caches by text so each distinct prompt is encoded once."""
 
     def __init__(self, components: dict[str, Any], is_sdxl: bool, clip_skip: int, device: torch.device,
-                 embeddings: dict[str, list[torch.Tensor]] | None = None) -> None:
-        """`embeddings`: lower-case name -> its vectors for each text encoder, in encoder order."""
+                 embeddings: dict[str, list[torch.Tensor]] | None = None, emphasis: str = DEFAULT_EMPHASIS) -> None:
+        """`embeddings`: lower-case name -> its vectors for each text encoder, in encoder order; `emphasis`: one of
+        EMPHASIS_MODES."""
         self.components = components
+        self.emphasis = emphasis
         self.is_sdxl = is_sdxl
         self.clip_skip = max(1, int(clip_skip))
         self.device = device
@@ -163,7 +179,7 @@ class PromptEncoder:
         return pairs
 
     def chunk_count(self, text: str) -> int:
-        return len(tokenize_chunks(self.components["tokenizer"], text, self.words))
+        return len(tokenize_chunks(self.components["tokenizer"], text, self.words, self.emphasis))
 
     @torch.no_grad()
     def encode(self, text: str, min_chunks: int = 1) -> Conditioning:
@@ -176,7 +192,7 @@ class PromptEncoder:
         per_encoder: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
         pooled = None
         for index, (tokenizer, encoder) in enumerate(self.encoders()):
-            chunks = tokenize_chunks(tokenizer, text, self.words)
+            chunks = tokenize_chunks(tokenizer, text, self.words, self.emphasis)
             chunks += [Chunk() for _ in range(min_chunks - len(chunks))]
             rows = [chunk_ids(tokenizer, chunk) for chunk in chunks]
             # (chunk, position, vectors): 1 + position because the start token comes first
@@ -196,7 +212,7 @@ class PromptEncoder:
             before = z.float().mean()
             z = z * weights.reshape(1, -1, 1)
             after = z.float().mean()
-            if after.abs() > 0:
+            if self.emphasis == DEFAULT_EMPHASIS and after.abs() > 0:  # "No norm" keeps the weighted scale
                 z = z * (before / after).to(z.dtype)
             chunks_out.append(z)
         return Conditioning(torch.cat(chunks_out, dim=1), pooled)
@@ -232,20 +248,34 @@ class PromptEncoder:
         return hidden.to(self.device), None
 
 
+Schedule = list[tuple[int, Conditioning]]
+
+
 @dataclass
 class ScheduledConditioning:
-    """Positive and negative embeddings per step range, for one job."""
+    """Positive and negative embeddings per step range, for one job. ``parts``: the positive prompt's ``AND``
+    parts, (weight, schedule) each; ``positive`` is the first part's schedule."""
 
-    positive: list[tuple[int, Conditioning]]
-    negative: list[tuple[int, Conditioning]]
+    positive: Schedule
+    negative: Schedule
+    parts: list[tuple[float, Schedule]] = field(default_factory=list)
 
     def at(self, step: int) -> tuple[Conditioning, Conditioning]:
         """The (positive, negative) conditioning in force at 1-based ``step``."""
         return _pick(self.positive, step), _pick(self.negative, step)
 
+    def parts_at(self, step: int) -> list[tuple[float, Conditioning]]:
+        """Each ``AND`` part's (weight, conditioning) at 1-based ``step``."""
+        return [(weight, _pick(schedule, step)) for weight, schedule in self.parts]
+
+    @property
+    def composed(self) -> bool:
+        """Whether predictions must be combined: several parts, or one part with a weight other than 1."""
+        return len(self.parts) > 1 or any(weight != 1.0 for weight, _ in self.parts)
+
     @property
     def changes(self) -> bool:
-        return len(self.positive) > 1 or len(self.negative) > 1
+        return len(self.positive) > 1 or len(self.negative) > 1 or any(len(s) > 1 for _, s in self.parts)
 
 
 def _pick(schedule: list[tuple[int, Conditioning]], step: int) -> Conditioning:
@@ -257,11 +287,15 @@ def _pick(schedule: list[tuple[int, Conditioning]], step: int) -> Conditioning:
 
 def build_conditioning(encoder: PromptEncoder, prompt: str, negative: str, steps: int,
                        zero_empty_negative: bool = False) -> ScheduledConditioning:
-    """Encode the schedules of both prompts; the negative side gets as many chunks as the positive."""
-    positive_schedule = prompt_schedule(prompt, steps)
+    """Encode the schedules of both prompts (each ``AND`` part of the positive one on its own, as A1111 does: the
+    negative prompt is never split); all get as many chunks as the longest."""
+    part_schedules = [(weight, prompt_schedule(text, steps)) for text, weight in split_and(prompt)]
     negative_schedule = prompt_schedule(negative, steps)
-    chunks = max(encoder.chunk_count(text) for _, text in positive_schedule + negative_schedule)
-    positive = [(until, encoder.encode(text, chunks)) for until, text in positive_schedule]
+    every = [text for _, schedule in part_schedules for _, text in schedule] + [t for _, t in negative_schedule]
+    chunks = max(encoder.chunk_count(text) for text in every)
+    parts = [(weight, [(until, encoder.encode(text, chunks)) for until, text in schedule])
+             for weight, schedule in part_schedules]
+    positive = parts[0][1]
     negatives: list[tuple[int, Conditioning]] = []
     for until, text in negative_schedule:
         conditioning = encoder.encode(text, chunks)
@@ -270,4 +304,4 @@ def build_conditioning(encoder: PromptEncoder, prompt: str, negative: str, steps
             pooled = None if conditioning.pooled is None else torch.zeros_like(conditioning.pooled)
             conditioning = Conditioning(torch.zeros_like(conditioning.embeds), pooled)
         negatives.append((until, conditioning))
-    return ScheduledConditioning(positive, negatives)
+    return ScheduledConditioning(positive, negatives, parts)

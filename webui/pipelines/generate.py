@@ -34,6 +34,7 @@ from ..models.loader import LoadedModel
 from ..models.offload import step_up
 from ..outputs import OutputLayout, prompt_words, save_image
 from ..samplers import SamplerChoice, resolve_sampler
+from . import composable
 from . import images as imgs
 from .conditioning import PromptEncoder, ScheduledConditioning, build_conditioning
 from .hires import LATENT_UPSCALERS, SecondPass, crop_image, crop_latents, second_pass, upscale_latents
@@ -41,9 +42,10 @@ from .hires import infotext_params as hires_infotext
 from .manager import NoCheckpointError, PipelineManager
 from .model_switch import Refiner, RefinerTurn, check_refiner, check_same_latent_space, switch_step
 from .networks import JobNetworks, resolve_networks
-from .noise import variation_noise
+from .noise import step_generators, variation_noise
 from .previews import latents_to_preview
 from .request import GenerationRequest, InpaintArea, MaskedContent, RequestError, Task
+from .rng import effective_source, fallback_warning
 from .schedulers import make_scheduler, use_start_noise
 
 log = logging.getLogger(__name__)
@@ -185,6 +187,10 @@ def _infotext(req: GenerationRequest, choice: SamplerChoice, seed: int, subseed:
         "VAE": vae_name,
         "Denoising strength": req.denoising_strength if req.task is not Task.TXT2IMG else None,
         "Clip skip": req.clip_skip if req.clip_skip > 1 else None,
+        # A1111 writes these when not its defaults (RNG: GPU, Emphasis: Original, ENSD: 0)
+        "RNG": req.rng if req.rng != "GPU" else None,
+        "ENSD": req.eta_noise_seed_delta or None,
+        "Emphasis": req.emphasis if req.emphasis != "Original" else None,
     }
     if req.subseed_strength:
         params["Variation seed"] = subseed
@@ -205,6 +211,14 @@ def _infotext(req: GenerationRequest, choice: SamplerChoice, seed: int, subseed:
     return format_infotext(req.prompt, req.negative_prompt, params)
 
 
+class _StoppedEarly(Exception):
+    """Interrupt or Skip during a pipeline call: the latents after the last step run."""
+
+    def __init__(self, latents: torch.Tensor) -> None:
+        super().__init__("stopped early")
+        self.latents = latents
+
+
 class _StepCallback:
     """Progress, previews, interrupt, skip and extensions' on_step hooks, called by diffusers after every
     denoising step."""
@@ -221,6 +235,7 @@ class _StepCallback:
         self.later = 0
         self.ran = 0  # steps the current call has run
         self.refiner_turn: RefinerTurn | None = None  # set for the pass a refiner finishes
+        self.composed: composable.ComposableUNet | None = None  # set while an AND prompt is sampled
 
     def next_pass(self, later: int = 0) -> None:
         """The batch goes on with another pass (hires fix) after the steps run so far."""
@@ -270,7 +285,9 @@ class _StepCallback:
             self.hooks.on_step(StepState(control.job_id, done, total, control.progress.batch,
                                          None if latents is None else latents.detach().clone()), control)
         if control.interrupted or control.skipped:
-            pipe._interrupt = True  # diffusers stops after this step and still decodes what it has
+            raise _StoppedEarly(kwargs["latents"])  # _call_pipeline decodes what the steps so far made
+        if self.composed is not None:
+            self.composed.step = step + 2  # the AND parts' prompts for the next step
         turn = self.refiner_turn
         if turn is not None and not turn.switched:
             at = switch_step(turn.refiner.switch_at, int(pipe.num_timesteps))
@@ -295,7 +312,9 @@ def _starting_noise(req: GenerationRequest, model: LoadedModel, seeds: list[int]
     each image's seed, as always). txt2img starts from it; img2img and inpainting noise the picture with it."""
     resize = (req.seed_resize_from_w, req.seed_resize_from_h)
     resized = min(resize) > 0 and resize != (req.width, req.height)
-    if not (req.subseed_strength or resized):
+    # Drawn here, not by the pipeline, also for another RNG source and for an eta noise seed delta (the pipeline's
+    # generators then give only the per-step noise).
+    if not (req.subseed_strength or resized or req.rng != "CPU" or req.eta_noise_seed_delta):
         return None
     vae = model.components["vae"]
     factor = latent_factor(vae)
@@ -304,7 +323,8 @@ def _starting_noise(req: GenerationRequest, model: LoadedModel, seeds: list[int]
     # starting from pure noise (full strength), which never encodes the picture before drawing its noise.
     encodes_first = req.task is not Task.TXT2IMG and not (model.detection.is_inpaint and req.denoising_strength >= 1)
     noise = [variation_noise(shape, seed, subseed, req.subseed_strength, resize if resized else None, model.dtype,
-                             factor, after_encode=encodes_first) for seed, subseed in zip(seeds, subseeds, strict=True)]
+                             factor, after_encode=encodes_first, source=req.rng)
+             for seed, subseed in zip(seeds, subseeds, strict=True)]
     return torch.stack(noise)
 
 
@@ -369,7 +389,7 @@ class _SecondPassRun:
                                         manager.embeddings)
             result.warnings.extend(w for w in networks.warnings if w not in result.warnings)
             encoder = PromptEncoder(hr_model.components, hr_model.is_sdxl, req.clip_skip, manager.execution_device,
-                                    networks.embeddings)
+                                    networks.embeddings, req.emphasis)
         task = Task.INPAINT if hr_model.detection.is_inpaint else Task.IMG2IMG
         if task is Task.INPAINT and hires.latent:  # an inpainting UNet takes pictures, not latents
             result.warnings.append(f"{hires.upscaler} needs a non-inpainting model: the hires pass upscaled "
@@ -426,7 +446,7 @@ def _refiner(manager: PipelineManager, model: LoadedModel, req: GenerationReques
     negative = req.hr_negative_prompt if req.hires and req.hr_negative_prompt else req.negative_prompt
     networks = resolve_networks(prompt, negative, refiner.components, manager.loras, manager.embeddings)
     encoder = PromptEncoder(refiner.components, refiner.is_sdxl, req.clip_skip, manager.execution_device,
-                            networks.embeddings)
+                            networks.embeddings, req.emphasis)
     return Refiner(refiner, req.refiner_switch_at, encoder, networks, _title(manager, refiner), manager.device)
 
 
@@ -451,10 +471,15 @@ def generate(
     first_seed = resolve_seed(request.seed)
     req = request.replace(seed=first_seed, subseed=resolve_seed(request.subseed), sampler=choice.name,
                           schedule_type=choice.schedule_type)
+    used = effective_source(req.rng, manager.device.type)  # "GPU" without CUDA: the NV generator
+    req = req.replace(rng=used)
     req = req.replace(controlnet_units=resolve_units(manager.controlnets, req.controlnet_units))  # titles, defaults
     hires = second_pass(req) if req.hires else None
     hr_choice = resolve_sampler(hires.request.sampler, hires.request.schedule_type) if hires else None
     result = GenerationResult(req)
+    rng_note = fallback_warning(request.rng, used)
+    if rng_note:
+        result.warnings.append(rng_note)
     if control.interrupted:
         result.interrupted = True
         control.update(state="interrupted")
@@ -474,7 +499,7 @@ def generate(
         result.warnings.extend(networks.warnings)
         # Prompts are encoded once per job (each distinct prompt of an editing schedule once) and reused by every batch.
         encoder = PromptEncoder(model.components, model.is_sdxl, req.clip_skip, manager.execution_device,
-                                networks.embeddings)
+                                networks.embeddings, req.emphasis)
         prepared = _prepare_inputs(req, model, first_seed)
         task = _pipeline_task(req, model)
         plan = manager.plan_offload(model, req.width, req.height, req.batch_size)
@@ -639,8 +664,13 @@ def _call_pipeline(
     refiner: Refiner | None = None,
 ) -> Any:
     count = len(seeds)
-    # One generator per image on the CPU: image i of a batch equals a single run with seed + i, on any device.
-    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    # One generator per image (on the CPU unless the RNG source says otherwise): image i of a batch equals a single
+    # run with seed + i. When the starting noise was drawn outside the pipeline, they continue after it.
+    given_latents = latents is not None and (req.task is Task.TXT2IMG or (task is Task.INPAINT and
+                                                                         _strength(req, images) >= 1.0))
+    drawn = tuple(latents.shape[1:]) if given_latents and latents is not None else None
+    generators = step_generators(seeds, req.rng, req.eta_noise_seed_delta, drawn,
+                                 latents.dtype if latents is not None else torch.float32)
     strength = _strength(req, images)
     steps_run = req.steps if strength >= 1.0 else min(req.steps, int(req.steps * strength))
     zero_empty = bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False))
@@ -677,12 +707,17 @@ def _call_pipeline(
     if task is Task.INPAINT:
         kwargs["mask_image"] = [prepared.mask] * count
     # img2img's noise goes through the scheduler (use_start_noise); inpainting at full strength starts from it.
-    if latents is not None and (req.task is Task.TXT2IMG or (task is Task.INPAINT and strength >= 1.0)):
+    if given_latents:
         kwargs["latents"] = latents
+    callback.composed = composable.install(pipe, schedule, count)  # AND: each part's guidance, weighted
     try:
         with torch.inference_mode():
             output = pipe(**kwargs)
+    except _StoppedEarly as stopped:
+        return stopped.latents if output_type == "latent" else _decode_latents(pipe, stopped.latents)
     finally:
+        composable.uninstall(pipe, callback.composed)
+        callback.composed = None
         if turn is not None:
             turn.give_back(pipe)
         callback.refiner_turn = None

@@ -26,10 +26,12 @@ from ..controlnet.files import default_controlnet_dirs
 from ..controlnet.library import ControlNetLibrary
 from ..errors import AtelierError
 from ..models.cache import ModelCache
+from ..models.detect import FROM_WEIGHTS
 from ..models.embeddings import EmbeddingLibrary
 from ..models.loader import (
     CheckpointLoadError,
     LoadedModel,
+    detect_entry,
     detect_file,
     estimate_nbytes,
     load_checkpoint,
@@ -172,11 +174,27 @@ class PipelineManager:
         """
         entry = self.resolve(query)
         with self._load_lock:
-            model = self.cache.get(entry.name)
-            if model is None:
-                model = self._load_into_cache(entry)
+            model = self._cached_or_loaded(entry)
             self._current = entry.name
         return model
+
+    def _cached_or_loaded(self, entry: CheckpointEntry) -> LoadedModel:
+        """The cached model if its file is unchanged, else a fresh load. Call it holding the load lock."""
+        model = self.cache.get(entry.name)
+        if model is not None and not self._is_stale(entry, model):
+            return model
+        return self._load_into_cache(entry)
+
+    def _is_stale(self, entry: CheckpointEntry, model: LoadedModel) -> bool:
+        """True (and the old copy dropped) when the file was replaced or rewritten since it was loaded.
+
+        A missing file keeps the cached copy serving: the weights live in process memory. A model a job
+        is using is never pulled out from under it; it is checked again before the next job."""
+        now = entry.identity()
+        if now is None or now == model.identity or not self.cache.evict(entry.name):
+            return False
+        log.info("%s changed on disk since it was loaded; loading it again", entry.name)
+        return True
 
     def native_size(self, query: str | None = None) -> int:
         """The side a checkpoint was trained at, without loading it when its files tell (header or config)."""
@@ -188,7 +206,7 @@ class PipelineManager:
             config = json.loads((entry.path / "unet" / "config.json").read_text(encoding="utf-8"))
             return int(config.get("sample_size") or 64) * 8
         try:
-            detection = detect_file(entry.path)
+            detection = detect_entry(entry)
         except Exception as exc:
             raise CheckpointLoadError(str(exc)) from exc
         return detection.native_size if detection is not None else self.load(query).native_size
@@ -208,6 +226,8 @@ class PipelineManager:
         if expected:
             self.cache.make_room(expected)
         model = load_checkpoint(entry, self.dtype)
+        if model.detection.prediction_from == FROM_WEIGHTS:  # the model list shows it before the next load
+            entry.remember_prediction(model.detection.prediction_type)
         self.cache.put(entry.name, model, model.nbytes)
         devices.release_memory(self.device)  # the conversion's temporaries, and anything just evicted
         self._start_hashing(entry, model)
@@ -258,9 +278,7 @@ class PipelineManager:
         budget for the job; the budget applies again at the next load."""
         entry = self.resolve(query)
         with self._load_lock:
-            model = self.cache.get(entry.name)
-            if model is None:
-                model = self._load_into_cache(entry)
+            model = self._cached_or_loaded(entry)
         with self.cache.use(model.name) as pinned:
             yield pinned
 

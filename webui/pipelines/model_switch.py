@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..models.loader import LoadedModel
+from .composable import swap_unet
 from .conditioning import PromptEncoder, ScheduledConditioning
 from .networks import JobNetworks
 from .request import RequestError
@@ -84,12 +85,12 @@ class RefinerTurn:
             unet.to(device)
             if next(self.main_unet.parameters()).device.type != "meta":  # sequential offload keeps no weights there
                 self.main_unet.to("cpu")  # an offload hook brings it back when the main model next runs
-        pipe.register_modules(unet=unet)
+        swap_unet(pipe, unet, self.conditioning)  # behind the AND proxy when one is installed
         self.switched = True
 
     def give_back(self, pipe: Any) -> None:
         if not self.switched:
             return
-        pipe.register_modules(unet=self.main_unet)
+        swap_unet(pipe, self.main_unet)
         if self.refiner.device.type != "cpu":
             self.refiner.model.components["unet"].to("cpu")

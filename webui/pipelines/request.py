@@ -54,6 +54,8 @@ MAX_BATCH_COUNT = 100
 MAX_SEED = 2**32 - 1
 MAX_HR_SCALE = 8.0
 MAX_OUTPAINT = 1024
+EMPHASIS_MODES = ("Original", "No norm", "None")  # A1111's, default first (as webui.pipelines.conditioning)
+RNG_SOURCES = ("GPU", "CPU", "NV")  # A1111's (as webui.pipelines.rng)
 
 
 class RequestError(AtelierError, ValueError):
@@ -82,6 +84,11 @@ class GenerationRequest:
     batch_size: int = 1
     clip_skip: int = 1
     vae: str = "Automatic"  # "Automatic", "None" or a file in models/VAE/
+    # A1111's settings that change the picture, per job (defaults from the Settings): emphasis mode, the
+    # random number generator source, and the eta noise seed delta (ENSD) of the per-step noise
+    emphasis: str = "Original"
+    rng: str = "CPU"
+    eta_noise_seed_delta: int = 0
     # variation seeds (A1111's subseed): noise slerped toward the variation seed's by subseed_strength
     subseed: int = -1
     subseed_strength: float = 0.0
@@ -186,6 +193,11 @@ class GenerationRequest:
         _check_int_range("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
         _check_int_range("batch_count", self.batch_count, 1, MAX_BATCH_COUNT)
         _check_int_range("clip_skip", self.clip_skip, 1, 12)
+        if self.emphasis not in EMPHASIS_MODES:
+            raise RequestError("emphasis", f"must be one of {', '.join(EMPHASIS_MODES)}")
+        if self.rng not in RNG_SOURCES:
+            raise RequestError("rng", f"must be one of {', '.join(RNG_SOURCES)}")
+        _check_int_range("eta_noise_seed_delta", self.eta_noise_seed_delta, 0, MAX_SEED)
         if not isinstance(self.seed, int) or not (self.seed == -1 or 0 <= self.seed <= MAX_SEED):
             raise RequestError("seed", f"must be -1 (random) or between 0 and {MAX_SEED}")
         if not _finite(self.cfg_scale) or not 0.0 <= self.cfg_scale <= 30.0:

@@ -3,6 +3,7 @@ Settings tabs, the buttons that carry pictures and parameters between them, and 
 
 from __future__ import annotations
 
+import html
 import logging
 import socket
 import threading
@@ -16,7 +17,13 @@ from ..errors import AtelierError
 from ..models.vae import AUTOMATIC, NONE, list_vaes
 from ..styles import StyleStore
 from . import extensions_tab, extras_tab, forms, generation_tab, png_info, settings_tab
-from .common import checkpoint_choices, default_checkpoint_title, native_size_of, no_checkpoint_message
+from .common import (
+    checkpoint_choices,
+    checkpoint_description,
+    default_checkpoint_title,
+    native_size_of,
+    no_checkpoint_message,
+)
 from .extension_routes import mount_extension_routes, request_user
 from .generation_tab import GENERATION_QUEUE, ModeTab, TopBar, fill_targets, fill_updates
 from .queue_bridge import QueueBridge
@@ -74,7 +81,8 @@ def build(ctx: AppContext) -> gr.Blocks:
                                    elem_id="no-checkpoint")
         with gr.Row(equal_height=True):
             checkpoint = gr.Dropdown(label="Stable Diffusion checkpoint", choices=checkpoint_choices(ctx),
-                                     value=current, elem_id="checkpoint", scale=4)
+                                     value=current, elem_id="checkpoint", scale=4,
+                                     info=checkpoint_description(ctx, current) or None)
             refresh = gr.Button("🔄", elem_id="refresh-checkpoints", scale=0, min_width=48)
             vaes = vae_choices(ctx)
             vae = gr.Dropdown(label="SD VAE", choices=vaes, elem_id="sd-vae", scale=2,
@@ -126,7 +134,7 @@ def _wire_top_bar(ctx: AppContext, top: TopBar, empty_notice: gr.Markdown, tabs:
             model = ctx.manager.load(title)
         except AtelierError as exc:
             raise gr.Error(str(exc)) from exc
-        return f"Loaded **{model.display_name}**"
+        return f"Loaded **{html.escape(model.display_name)}** ({html.escape(checkpoint_description(ctx, title))})"
 
     top.checkpoint.input(lambda title: "⏳ Loading…", [top.checkpoint], [top.status], queue=False,
                          api_visibility="private") \

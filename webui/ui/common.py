@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from typing import TYPE_CHECKING
 
-from ..models.loader import detect_file
+from ..models.loader import describe_checkpoint, detect_entry
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -26,10 +26,16 @@ def native_size_of(ctx: AppContext, title: str | None, fallback: int = 512) -> i
     if entry is None or entry.kind != "safetensors":
         return fallback
     try:
-        detection = detect_file(entry.path)
+        detection = detect_entry(entry)  # an SD 2 file's parameterisation decided at an earlier load counts
     except Exception:  # an unreadable file shows its error when it is used, not while drawing the page
         return fallback
     return detection.native_size if detection else fallback
+
+
+def checkpoint_description(ctx: AppContext, title: str | None) -> str:
+    """What a checkpoint is (family; for SD 2.x the parameterisation and what decided it), from its header."""
+    entry = ctx.registry.find(title) if title else None
+    return describe_checkpoint(entry) if entry is not None else ""
 
 
 def no_checkpoint_message(ctx: AppContext) -> str:

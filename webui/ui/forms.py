@@ -14,6 +14,7 @@ from PIL import Image
 
 from ..infotext import request_fields_from_infotext
 from ..pipelines.request import RequestError
+from .controlnet_form import units_from_values
 
 # Fields every mode has, in the order the txt2img API takes them after the checkpoint.
 COMMON_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule_type", "steps", "width", "height", "batch_count",
@@ -146,6 +147,9 @@ def form_fields(mode: str, checkpoint: str | None, values: Mapping[str, Any],
         )
     elif mode != "txt2img":
         raise ValueError(f"unknown mode {mode!r}")
+    controlnet_units = units_from_values(values)  # the ControlNet accordion's units (controlnet_form)
+    if controlnet_units:
+        fields["controlnet_units"] = controlnet_units
     return fields
 
 
@@ -215,6 +219,11 @@ def token_count_label(token_count: int) -> str:
     """"12/75", "80/150": tokens used and the size of the 75-token chunks they take, as A1111 shows it."""
     chunks = max(1, -(-token_count // 75))
     return f"{token_count}/{chunks * 75}"
+
+
+def part_token_count_label(counts: list[int]) -> str:
+    """One count per ``AND`` part: "12/75" for a plain prompt, "12/75 AND 80/150" for two parts."""
+    return " AND ".join(token_count_label(count) for count in counts or [0])
 
 
 def insert_into_prompt(prompt: str, text: str) -> str:

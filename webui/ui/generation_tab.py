@@ -16,10 +16,12 @@ from ..context import EXAMPLE_PROMPT
 from ..errors import AtelierError
 from ..extensions.scripts import run_script
 from ..jobs import Progress
-from ..pipelines.conditioning import count_tokens
+from ..pipelines.conditioning import count_part_tokens
 from ..pipelines.request import InpaintArea, MaskedContent, ResizeMode
 from ..samplers import SAMPLERS, SCHEDULE_TYPES
 from . import forms
+from .controlnet_controls import build_controlnet_section
+from .controlnet_form import PREFIX as CONTROLNET_PREFIX
 from .extension_controls import ExtensionControls, build_extension_controls
 from .networks_panel import build_networks_panel
 from .runner import info_html, owner_of, progress_text, run_job
@@ -67,9 +69,13 @@ class ModeTab:
     extensions: ExtensionControls = field(default_factory=ExtensionControls)
 
     def inputs(self, top: TopBar) -> list[Any]:
-        """[checkpoint, *fields in forms.MODE_FIELDS order, *extensions' controls]: the event's inputs."""
-        return [top.checkpoint] + [self.fields[name] for name in forms.MODE_FIELDS[self.mode]] + \
-            self.extensions.inputs()
+        """[checkpoint, *fields in ``names`` order, *extensions' controls]: the event's inputs."""
+        return [top.checkpoint] + [self.fields[name] for name in self.names] + self.extensions.inputs()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """forms.MODE_FIELDS, then the ControlNet units' fields (how many units there are is a setting)."""
+        return forms.MODE_FIELDS[self.mode] + tuple(n for n in self.fields if n.startswith(CONTROLNET_PREFIX))
 
 
 def _progress_bar(progress: Progress | None, text: str = "") -> str:
@@ -162,6 +168,7 @@ def build_mode_tab(ctx: AppContext, mode: str, top: TopBar, size: int, styles: A
             if mode == "txt2img":
                 build_hires_section(ctx, fields, prefix)
             build_refiner_section(ctx, fields, prefix)
+            build_controlnet_section(ctx, fields, mode)
             extension_controls = build_extension_controls(ctx, mode)
         with gr.Column(scale=2):
             with gr.Row():
@@ -192,7 +199,7 @@ def build_mode_tab(ctx: AppContext, mode: str, top: TopBar, size: int, styles: A
 
 
 def _wire_generation(ctx: AppContext, tab: ModeTab, top: TopBar, styles: Any) -> None:
-    names = forms.MODE_FIELDS[tab.mode]
+    names = tab.names
 
     def on_generate(request: gr.Request, checkpoint: str | None, *values: Any):
         form = dict(zip(names, values[:len(names)], strict=True))
@@ -275,8 +282,9 @@ def _wire_helpers(ctx: AppContext, tab: ModeTab, styles: Any, tokenizer: Any, to
     f = tab.fields
 
     def on_prompt(text: str) -> str:
-        # Emphasis and editing syntax cost no tokens; BREAK and the chunking follow the encoder's rules.
-        return forms.token_count_label(count_tokens(tokenizer.get(), text or ""))
+        # Emphasis and editing syntax cost no tokens; BREAK and the chunking follow the encoder's rules; each AND
+        # part is encoded on its own, so each has its own count.
+        return forms.part_token_count_label(count_part_tokens(tokenizer.get(), text or ""))
 
     f["prompt"].change(on_prompt, [f["prompt"]], [token_count], queue=False, api_visibility="private",
                        show_progress="hidden")

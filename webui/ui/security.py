@@ -139,7 +139,8 @@ PUBLIC_PATHS = frozenset({
     "/pwa_icon", "/gradio_api/login_check", "/gradio_api/theme.css", "/gradio_api/startup-events",
     "/gradio_api/user", "/gradio_api/token", "/gradio_api/app_id",
 })
-PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon/", "/sdapi/")
+# /sdapi and /controlnet (the REST API) check their own credentials.
+PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon/", "/sdapi/", "/controlnet/")
 
 
 def public(path: str) -> bool:

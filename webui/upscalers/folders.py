@@ -7,8 +7,11 @@ architecture from the weights, not from the folder. A model's name is its file s
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..models.header import read_header
 
 SUFFIXES = (".pth", ".pt", ".safetensors")
 # Offered before any model, in A1111's order. "None" leaves a picture as it is (see UpscalerLibrary.upscale).
@@ -51,6 +54,24 @@ def scan(folders: list[Path], builtin_dir: Path | None) -> dict[str, UpscalerFil
             taken.add(path.stem.lower())
             found[path.stem] = UpscalerFile(path.stem, path, family)
     return found
+
+
+# "4x_foolhardy_Remacri", "RealESRGAN_x4plus", "4x-UltraSharp", "2xLexicaRRDBNet": the scale model sites name.
+_NAMED_SCALE = re.compile(r"(?:^|[^0-9a-z])([1-8])x(?![0-9])|x([1-8])(?![0-9])", re.IGNORECASE)
+
+
+def announced_scale(file: UpscalerFile) -> int | None:
+    """The scale a file announces before it is loaded: a safetensors "scale" metadata entry, else its name
+    (None: it says nothing; the loaded model tells)."""
+    if file.path.suffix.lower() == ".safetensors":
+        try:
+            value = read_header(file.path).metadata.get("scale", "")
+        except (OSError, ValueError):
+            value = ""
+        if value.isdigit() and 1 <= int(value) <= 8:
+            return int(value)
+    match = _NAMED_SCALE.search(file.name)
+    return int(match.group(1) or match.group(2)) if match else None
 
 
 def sorted_names(files: dict[str, UpscalerFile]) -> list[str]:

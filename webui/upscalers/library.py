@@ -22,7 +22,7 @@ from PIL import Image
 from .. import devices
 from ..models.lora import FileIdentity, file_identity
 from .errors import UpscalerError
-from .folders import LANCZOS, NEAREST, NONE, UpscalerFile, scan, sorted_names
+from .folders import LANCZOS, NEAREST, NONE, UpscalerFile, announced_scale, scan, sorted_names
 from .loading import UpscalerModel, load_upscaler
 from .tiling import upscale_tiled
 
@@ -111,12 +111,13 @@ class UpscalerLibrary:
         return None
 
     def entries(self) -> list[dict[str, Any]]:
-        """A1111's /sdapi/v1/upscalers items. A model's scale is known once it has been loaded (None before)."""
+        """A1111's /sdapi/v1/upscalers items. A model's scale is what it showed when loaded, else what its file
+        announces (metadata or name), else None."""
         plain = [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": scale}
                  for name, scale in ((NONE, 1.0), (LANCZOS, 4.0), (NEAREST, 4.0))]
         files = self.files()
         models = [{"name": name, "model_name": files[name].family, "model_path": str(files[name].path),
-                   "model_url": None, "scale": self._scales.get(name)}
+                   "model_url": None, "scale": self._scales.get(name) or announced_scale(files[name])}
                   for name in sorted(files, key=str.lower)]
         return plain + models
 

@@ -1,0 +1,111 @@
+"""ControlNet from the page, in a real browser on the demo model and the built-in demo ControlNet.
+
+Upload an outline map with a star in the top-left corner into unit 0, enable it with the demo ControlNet
+(preprocessor "none"), generate: the star lands in the top left. The preview button shows the map it makes.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_browser import (  # noqa: F401 (fixtures)
+    _fill,
+    _gallery_images,
+    _screenshot,
+    _wait_for_info,
+    browser,
+    page_at,
+    pytestmark,
+    server,
+)
+from tools.demo_model import outlines, positions, shapes
+
+pytestmark = [*pytestmark, pytest.mark.slow]  # noqa: F811
+
+DEMO_CONTROLNET = "atelier-demo-outline"
+
+
+def _choose(page, elem_id: str, option: str) -> None:
+    page.click(f"#{elem_id} input")
+    page.get_by_role("option", name=option).click()
+
+
+def test_an_outline_in_unit_0_puts_the_shape_top_left(page_at, server, tmp_path):  # noqa: F811
+    ctx, _ = server
+    title = next(t for t in ctx.manager.controlnets.titles() if t.startswith(DEMO_CONTROLNET))
+    scene = positions.grid_scene("yellow", "star", "blue", "in the top left")
+    outline = tmp_path / "outline.png"
+    outlines.to_rgb(outlines.outline_map(scene)).save(outline)
+
+    page = page_at()
+    page.click("#txt2img-controlnet")  # the accordion
+    page.wait_for_selector("#txt2img-cn0-image", state="visible")
+    page.set_input_files("#txt2img-cn0-image input[type=file]", str(outline))
+    page.wait_for_selector("#txt2img-cn0-image img")
+    page.check("#txt2img-cn0-enable input")
+    _choose(page, "txt2img-cn0-model", title)
+    assert page.input_value("#txt2img-cn0-module input") == "none"
+
+    page.click("#txt2img-cn0-preview")  # "none" shows the map itself
+    page.wait_for_selector("#txt2img-cn0-detected img")
+
+    _fill(page, "#txt2img-prompt textarea", "a yellow star on a blue background")
+    _fill(page, "#txt2img-seed input", 0)
+    _fill(page, "#txt2img-steps input[type=number]", 20)
+    page.click("#txt2img-generate")
+    info = _wait_for_info(page, "txt2img", "Seed: 0")
+    assert "ControlNet 0" in info and DEMO_CONTROLNET in info, info
+    picture = _gallery_images(page, "txt2img")[0]
+    _screenshot(page, "txt2img-controlnet")
+    x, y = shapes.mass_centre_of(picture)
+    assert x < 26 and y < 26, (x, y)  # the middle of the 64×64 picture is 32; the map's star is at ~18
+    assert positions.place_of(picture, "star") == "in the top left"
+
+
+def test_an_enabled_unit_without_an_image_says_so(page_at, server):  # noqa: F811
+    ctx, _ = server
+    title = next(t for t in ctx.manager.controlnets.titles() if t.startswith(DEMO_CONTROLNET))
+    page = page_at()
+    page.click("#txt2img-controlnet")
+    page.get_by_role("tab", name="ControlNet Unit 1").click()
+    page.check("#txt2img-cn1-enable input")
+    _choose(page, "txt2img-cn1-model", title)
+    page.click("#txt2img-generate")
+    page.get_by_text("controlnet_units[1].image: give a control image").first.wait_for()
+
+
+def test_a_scribble_drawn_on_the_blank_canvas_becomes_the_control_image(page_at):  # noqa: F811
+    import io
+    import urllib.request
+
+    import numpy as np
+    from PIL import Image
+
+    page = page_at()
+    page.click("#txt2img-controlnet")
+    page.click("#txt2img-cn0-scribble")  # the canvas's accordion
+    canvas = page.locator("#txt2img-cn0-canvas canvas").first
+    canvas.wait_for(state="visible")
+    page.wait_for_timeout(500)
+    canvas.scroll_into_view_if_needed()
+    # The sketchpad starts with no tool chosen ("select the draw tool to start"): pick the brush.
+    page.locator("#txt2img-cn0-canvas button[aria-label*='rush'], #txt2img-cn0-canvas [title*='rush']").first.click()
+    page.wait_for_timeout(300)
+    box = canvas.bounding_box()
+    x, y = box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + box["width"] * 0.4, y, steps=8)
+    page.mouse.up()
+    page.wait_for_timeout(300)
+    page.click("#txt2img-cn0-use-drawing")
+    page.wait_for_selector("#txt2img-cn0-image img")
+    _choose(page, "txt2img-cn0-module", "invert")
+    page.click("#txt2img-cn0-preview")
+    page.wait_for_selector("#txt2img-cn0-detected img")
+    src = page.get_attribute("#txt2img-cn0-detected img", "src")
+    with urllib.request.urlopen(src) as response:
+        detected = np.asarray(Image.open(io.BytesIO(response.read())).convert("L"))
+    lines = detected > 128
+    assert 0 < lines.mean() < 0.2, lines.mean()  # the stroke, white on black after "invert"
+    _screenshot(page, "txt2img-controlnet-scribble")

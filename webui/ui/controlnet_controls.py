@@ -1,0 +1,142 @@
+"""The "ControlNet" accordion of txt2img / img2img / Inpaint: N units, each as sd-webui-controlnet lays it out.
+
+Each unit's components go into the tab's ``fields`` as ``controlnet_<i>_<field>`` (``controlnet_form``), so the
+Generate button sends them like every other field and ``forms.form_fields`` makes the request's unit dicts.
+The preview button runs the preprocessor (``preprocess.detect_map``) and can send the map back as the image.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+from PIL import Image
+
+from ..controlnet import catalog, preprocess
+from ..controlnet.units import ControlMode, ControlResizeMode, HiresOption, UnitError, resize_mode_from_value
+from ..errors import AtelierError
+from .controlnet_form import NO_MODEL, scribble_picture, unit_count, unit_field
+
+if TYPE_CHECKING:
+    from ..context import AppContext
+
+
+def model_choices(ctx: AppContext) -> list[str]:
+    """"None" first, then the ControlNets as the extension titles them ("name [hash]"), the demo one among them."""
+    try:
+        return [NO_MODEL, *ctx.manager.controlnets.titles()]
+    except OSError:  # an unreadable models folder must not take the page down
+        return [NO_MODEL]
+
+
+def slider_updates(module: str) -> tuple[Any, Any, Any]:
+    """The preprocessor's resolution and threshold sliders: its labels, ranges and defaults; hidden where unused."""
+    pre = catalog.find(module) or catalog.find("none")
+    assert pre is not None
+    out = []
+    for slider, fallback in ((pre.resolution, "Preprocessor Resolution"), (pre.slider_1, "Threshold A"),
+                             (pre.slider_2, "Threshold B")):
+        label = fallback if slider is pre.resolution else (slider.label or fallback)
+        out.append(gr.update(label=label, minimum=slider.minimum, maximum=slider.maximum, value=slider.value,
+                             step=slider.step, visible=slider.visible))
+    return out[0], out[1], out[2]
+
+
+def preview_map(ctx: AppContext, module: str, image: Image.Image | None, processor_res: float, threshold_a: float,
+                threshold_b: float, pixel_perfect: bool, resize_mode: str, width: float, height: float,
+                index: int) -> Image.Image:
+    """What the unit's preprocessor makes of its image; the pixel-perfect resolution when that is ticked."""
+    field = f"controlnet_units[{index}]"
+    if not isinstance(image, Image.Image):
+        raise UnitError(f"{field}.image", f"drop a control image into ControlNet Unit {index} first")
+    if pixel_perfect:
+        processor_res = preprocess.pixel_perfect_resolution(
+            image.size, int(width), int(height), resize_mode_from_value(resize_mode, f"{field}.resize_mode"))
+    return preprocess.detect_map(module, image.convert("RGB"), processor_res, threshold_a, threshold_b,
+                                 annotators_dir=ctx.manager.controlnets.annotators_dir, field=f"{field}.module")
+
+
+def build_controlnet_section(ctx: AppContext, fields: dict[str, Any], mode: str) -> None:
+    """Build inside the tab's left column, after ``width`` / ``height`` exist (pixel perfect reads them)."""
+    count = unit_count(ctx.settings.controlnet_unit_count)
+    models = model_choices(ctx)
+    with gr.Accordion("ControlNet", open=False, elem_id=f"{mode}-controlnet"), gr.Tabs():
+        for index in range(count):
+            with gr.Tab(f"ControlNet Unit {index}", elem_id=f"{mode}-cn{index}-tab"):
+                _build_unit(ctx, fields, mode, index, models)
+
+
+def _build_unit(ctx: AppContext, fields: dict[str, Any], mode: str, index: int, models: list[str]) -> None:
+    prefix = f"{mode}-cn{index}"
+
+    def put(name: str, component: Any) -> Any:
+        fields[unit_field(index, name)] = component
+        return component
+
+    with gr.Row():
+        image = gr.Image(label="Control image", type="pil", sources=["upload", "clipboard"], image_mode="RGB",
+                         elem_id=f"{prefix}-image", height=240)
+        detected = gr.Image(label="Preprocessor preview", type="pil", interactive=False, elem_id=f"{prefix}-detected",
+                            height=240)
+    with gr.Accordion("Draw a scribble on a blank canvas", open=False, elem_id=f"{prefix}-scribble"):
+        canvas = gr.Sketchpad(type="pil", image_mode="RGB", canvas_size=(512, 512), layers=False, transforms=(),
+                              brush=gr.Brush(default_size=6, colors=["#000000"], color_mode="fixed"),
+                              elem_id=f"{prefix}-canvas", label="Scribble (black on white: pick \"invert\")")
+        use_drawing = gr.Button("⬆️ Use the drawing as control image", size="sm", elem_id=f"{prefix}-use-drawing")
+    with gr.Row():
+        put("enabled", gr.Checkbox(label="Enable", elem_id=f"{prefix}-enable"))
+        pixel_perfect = put("pixel_perfect", gr.Checkbox(label="Pixel Perfect", elem_id=f"{prefix}-pixel-perfect"))
+        preview = gr.Button("💥 Preview", size="sm", elem_id=f"{prefix}-preview")
+        use = gr.Button("⬅️ Use as control image", size="sm", elem_id=f"{prefix}-use")
+    with gr.Row():
+        module = put("module", gr.Dropdown(catalog.module_list(), value="none", label="Preprocessor",
+                                           elem_id=f"{prefix}-module"))
+        put("model", gr.Dropdown(models, value=NO_MODEL, label="Model", elem_id=f"{prefix}-model"))
+    with gr.Row():
+        put("weight", gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Control Weight", elem_id=f"{prefix}-weight"))
+        put("guidance_start", gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Starting Control Step",
+                                        elem_id=f"{prefix}-start"))
+        put("guidance_end", gr.Slider(0.0, 1.0, value=1.0, step=0.01, label="Ending Control Step",
+                                      elem_id=f"{prefix}-end"))
+    with gr.Row():
+        resolution = put("processor_res", gr.Slider(64, 2048, value=512, step=8, label="Preprocessor Resolution",
+                                                    elem_id=f"{prefix}-res"))
+        threshold_a = put("threshold_a", gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Threshold A", visible=False,
+                                                   elem_id=f"{prefix}-threshold-a"))
+        threshold_b = put("threshold_b", gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Threshold B", visible=False,
+                                                   elem_id=f"{prefix}-threshold-b"))
+    put("control_mode", gr.Radio([m.value for m in ControlMode], value=ControlMode.BALANCED.value,
+                                                label="Control Mode", elem_id=f"{prefix}-control-mode"))
+    resize_mode = put("resize_mode", gr.Radio([m.value for m in ControlResizeMode],
+                                              value=ControlResizeMode.CROP_AND_RESIZE.value, label="Resize Mode",
+                                              elem_id=f"{prefix}-resize-mode"))
+    if mode == "txt2img":
+        put("hr_option", gr.Radio([o.value for o in HiresOption], value=HiresOption.BOTH.value,
+                                  label="Hires fix passes it guides", elem_id=f"{prefix}-hr-option"))
+
+    # Generate reads the picture from a State: a gr.Image input without a value would be a required argument
+    # of the txt2img / img2img API endpoints and break gradio clients that send only the older fields.
+    held = put("image", gr.State(None))
+    image.change(lambda picture: picture, [image], [held], queue=False, api_visibility="private",
+                 show_progress="hidden")
+    module.change(slider_updates, [module], [resolution, threshold_a, threshold_b], queue=False,
+                  api_visibility="private", show_progress="hidden")
+
+    def on_preview(module_name: str, picture: Image.Image | None, res: float, a: float, b: float, perfect: bool,
+                   fit: str, width: float, height: float) -> Image.Image:
+        try:
+            return preview_map(ctx, module_name, picture, res, a, b, perfect, fit, width, height, index)
+        except AtelierError as exc:
+            raise gr.Error(str(exc)) from exc
+
+    preview.click(on_preview, [module, image, resolution, threshold_a, threshold_b, pixel_perfect, resize_mode,
+                               fields["width"], fields["height"]], [detected], api_visibility="private")
+    def on_use_drawing(drawing: Any) -> Image.Image:
+        picture = scribble_picture(drawing)
+        if picture is None:
+            raise gr.Error("Draw on the canvas first.")
+        return picture
+
+    use_drawing.click(on_use_drawing, [canvas], [image], queue=False, api_visibility="private")
+    use.click(lambda picture: gr.skip() if picture is None else picture, [detected], [image], queue=False,
+              api_visibility="private")

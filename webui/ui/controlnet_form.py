@@ -1,0 +1,94 @@
+"""ControlNet units' form values -> the request's ``controlnet_units`` (sd-webui-controlnet unit dicts).
+
+No gradio here: each unit's components are named ``controlnet_<i>_<field>`` in the tab's fields dict, so the
+translation is tested without a server. ``build_request`` turns the dicts into ``ControlUnit`` and validates
+them (a bad weight, start after end, an enabled unit without an image: RequestError naming the unit's field).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from PIL import Image
+
+from ..pipelines.request import RequestError
+
+PREFIX = "controlnet_"
+DEFAULT_UNITS = 3
+NO_MODEL = "None"  # the model dropdown's first choice
+MAX_UNITS = 10  # the extension's own "max models" limit
+# A unit's fields, as the extension names them (hr_option only where hires fix exists: txt2img).
+UNIT_FIELDS = ("enabled", "image", "module", "model", "weight", "guidance_start", "guidance_end", "control_mode",
+               "resize_mode", "pixel_perfect", "processor_res", "threshold_a", "threshold_b")
+TXT2IMG_UNIT_FIELDS = (*UNIT_FIELDS, "hr_option")
+
+
+def unit_field(index: int, name: str) -> str:
+    return f"{PREFIX}{index}_{name}"
+
+
+def unit_fields(mode: str, index: int) -> tuple[str, ...]:
+    names = TXT2IMG_UNIT_FIELDS if mode == "txt2img" else UNIT_FIELDS
+    return tuple(unit_field(index, name) for name in names)
+
+
+def unit_count(setting: Any) -> int:
+    """The settings' unit count, kept within 1..MAX_UNITS (a bad value gives the default)."""
+    try:
+        count = int(setting)
+    except (TypeError, ValueError):
+        return DEFAULT_UNITS
+    return min(max(count, 1), MAX_UNITS)
+
+
+def _control_image(value: Any) -> Image.Image | None:
+    """An uploaded picture, or an image editor's drawing (its composite: a scribble on a blank canvas)."""
+    if isinstance(value, Mapping):
+        return scribble_picture(value)
+    return value.convert("RGB") if isinstance(value, Image.Image) else None
+
+
+def scribble_picture(value: Any) -> Image.Image | None:
+    """A drawing on the blank canvas as an RGB picture: the strokes over white (the extension's canvas, for the
+    "invert" preprocessor), or None when nothing is drawn."""
+    if not isinstance(value, Mapping):
+        return None
+    composite = value.get("composite") or value.get("background")
+    if not isinstance(composite, Image.Image):
+        return None
+    white = Image.new("RGBA", composite.size, "white")
+    picture = Image.alpha_composite(white, composite.convert("RGBA")).convert("RGB")
+    darkest, _ = picture.convert("L").getextrema()
+    return None if darkest == 255 else picture
+
+
+def units_from_values(values: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The units up to the last enabled one: enabled ones with their settings, the disabled ones before them as
+    ``{"enabled": False}`` placeholders, so that messages and the infotext (``controlnet_units[1]``,
+    ``ControlNet 1``) count units as the page numbers them. No unit enabled: an empty list.
+
+    An enabled unit without a model is refused here, naming the page's unit (the engine would skip it
+    silently, as it does the empty slots API clients send)."""
+    units: list[dict[str, Any]] = []
+    index = 0
+    while unit_field(index, "enabled") in values:
+        if not values.get(unit_field(index, "enabled")):
+            units.append({"enabled": False})
+            index += 1
+            continue
+        unit: dict[str, Any] = {"enabled": True}
+        for name in TXT2IMG_UNIT_FIELDS[1:]:
+            key = unit_field(index, name)
+            if key in values and values[key] is not None and values[key] != "":
+                unit[name] = values[key]
+        unit["image"] = _control_image(values.get(unit_field(index, "image")))
+        unit["pixel_perfect"] = bool(unit.get("pixel_perfect"))
+        if str(unit.get("model") or NO_MODEL).strip() in ("", NO_MODEL):
+            raise RequestError(f"controlnet_units[{index}].model",
+                               f"ControlNet Unit {index} is enabled: choose its model (or untick Enable)")
+        units.append(unit)
+        index += 1
+    while units and not units[-1]["enabled"]:
+        units.pop()
+    return units
