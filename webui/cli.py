@@ -246,7 +246,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .context import AppContext
     from .ui.app import serve
 
-    ctx = AppContext.create(settings)
+    try:
+        ctx = AppContext.create(settings)
+    except AtelierError as exc:  # no Ray cluster to join, say
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         serve(ctx, credentials=credentials, share=args.share, password_file=password_file,
               api=args.api or api_credentials is not None, api_credentials=api_credentials, flags=vars(args))

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1  # how often the head asks a running job's actor for progress (and passes Interrupt on)
 WATCH_SECONDS = 5.0  # how often the pool checks its actors and the cluster's size
+MAX_BACKOFF_SECONDS = 120.0  # actors that fail to start are tried again, less and less often
 ACTOR_CONCURRENCY = 8  # one generation plus progress, interrupt, skip and inventory calls beside it
 # The settings a worker takes from the head; paths are relative to the same install on each machine.
 WORKER_SETTINGS = ("models_dir", "ckpt_dir", "lora_dir", "embeddings_dir", "precision", "offload", "ram_cache_bytes",
@@ -279,6 +280,8 @@ class RayPool:
         self._pending: dict[str, tuple[Any, Any]] = {}  # name -> (actor, its ready() reference)
         self._live: dict[str, RayWorker] = {}
         self._heartbeat: Heartbeat | None = None
+        self._failures = 0  # actor starts that failed in a row
+        self._retry_at = 0.0
 
     @classmethod
     def start(cls, settings: Settings, jobs: JobQueue) -> RayPool:
@@ -290,7 +293,12 @@ class RayPool:
             raise AtelierError("--ray needs Ray: pip install -e .[cluster] (Linux, or WSL2 on Windows)") from exc
         started = False
         if not ray.is_initialized():
-            ray.init(address=settings.ray, namespace="atelier", log_to_driver=False)
+            try:
+                ray.init(address=settings.ray, namespace="atelier", log_to_driver=False)
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                raise AtelierError(f"No Ray cluster at {settings.ray!r} ({exc}). Start one first: `ray start --head` "
+                                   "on this machine (and `ray start --address HEAD:6379` on the others); see "
+                                   "docs/scaling.md.") from exc
             started = True
         pool = cls(settings, jobs, started)
         pool.watch()
@@ -323,6 +331,7 @@ class RayPool:
         """One round: workers that came up join, dead ones leave, missing ones are started."""
         import ray
 
+        failed: tuple[type[BaseException], ...] = (ray.exceptions.RayTaskError, *_lost_errors())
         lost = _lost_errors()
         with self._lock:
             for name, (actor, ready) in list(self._pending.items()):
@@ -332,12 +341,11 @@ class RayPool:
                 del self._pending[name]
                 try:
                     info = ray.get(ready)
-                except lost as exc:
-                    log.warning("Ray worker %s did not start: %s", name, exc)
+                except failed as exc:
+                    self._start_failed(name, exc)
                     continue
-                except ray.exceptions.RayTaskError as exc:
-                    log.error("Ray worker %s failed to start: %s", name, exc)
-                    continue
+                self._failures = 0
+                self.jobs.notice = ""
                 worker = RayWorker(name, actor, info)
                 self._live[name] = worker
                 self.jobs.add_worker(worker)
@@ -353,8 +361,20 @@ class RayPool:
                     self.jobs.remove_worker(name)
                 except ray.exceptions.GetTimeoutError:
                     pass  # busy or slow, not known dead: the next round asks again
-            for _ in range(self.wanted() - len(self._live) - len(self._pending)):
-                self._new_actor()
+            if time.monotonic() >= self._retry_at:
+                for _ in range(self.wanted() - len(self._live) - len(self._pending)):
+                    self._new_actor()
+
+    def _start_failed(self, name: str, exc: BaseException) -> None:
+        """An actor did not start (Atelier missing or different on that machine, no memory): say so, wait longer
+        before the next try."""
+        self._failures += 1
+        wait = min(MAX_BACKOFF_SECONDS, WATCH_SECONDS * 2 ** (self._failures - 1))
+        self._retry_at = time.monotonic() + wait
+        first = next((line for line in str(exc).splitlines() if "Error" in line), str(exc).splitlines()[0])
+        log.error("Ray worker %s failed to start (%s); trying again in %.0f s. Every machine needs the same Atelier "
+                  "install: pip install -e .[cluster]", name, first.strip(), wait)
+        self.jobs.notice = f"a Ray worker failed to start: {first.strip()[:160]}"
 
     def close(self) -> None:
         import ray

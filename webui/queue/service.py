@@ -167,6 +167,7 @@ class JobQueue:
         self._by_control: dict[int, Job] = {}  # running jobs by id(control): code inside a job reuses its worker
         self._seconds_per_cost: float | None = None
         self._closed = False
+        self.notice = ""  # why no worker is there, when a pool knows (shown to people waiting for one)
         for worker in workers:
             self.add_worker(worker)
 
@@ -458,7 +459,7 @@ def status_text(queue: JobQueue, job: Job) -> str:
     """One line for people about a job: its place in the queue and time to wait, or its progress."""
     if job.state == "queued":
         if not queue.generation_workers() and not job.spec.needs.on_head:
-            text = "Waiting for a worker to join"
+            text = "Waiting for a worker to join" + (f" ({queue.notice})" if queue.notice else "")
         else:
             ahead = queue.position(job)
             wait = queue.wait_estimate(job)
