@@ -215,3 +215,16 @@ def test_code_inside_a_job_finds_the_worker_its_job_holds():
 
     jobs.submit(JobSpec(run, owner("alice"))).result(5)
     assert [getattr(w, "name", None) for w in seen] == ["w"] and jobs.worker_of(JobControl()) is None
+
+
+def test_finished_jobs_stay_listed_but_their_pictures_leave_memory():
+    now = [0.0]
+    jobs = JobQueue([Slot("w")], clock=lambda: now[0])
+    api_job = jobs.submit(JobSpec(lambda w, c: ["picture"], owner("alice")))
+    page_job = jobs.submit(JobSpec(lambda w, c: ["unseen"], owner("alice"), mode="txt2img"))
+    assert api_job.result(5) == ["picture"] and page_job.result(5) == ["unseen"]
+    now[0] = 61.0
+    jobs.submit(JobSpec(lambda w, c: None, owner("bob"))).result(5)
+    assert api_job.released and api_job.result() is None, "whoever waited has had it for a minute"
+    assert not page_job.released and page_job.result() == ["unseen"], "kept for a page that comes back"
+    assert [j.id for j in jobs.jobs_of("alice", finished=True)] == [api_job.id, page_job.id]

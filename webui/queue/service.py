@@ -37,6 +37,10 @@ from .workers import Worker, WorkerLost
 log = logging.getLogger(__name__)
 
 HISTORY = 200  # finished jobs remembered (for a page that reconnects, and the Queue tab)
+# A finished job's result (its pictures) is kept this long for whoever waits for it, then dropped; a page job
+# nobody has shown yet (its page went away) keeps it for a page that reconnects, this long at most.
+KEEP_RESULT_SECONDS = 60.0
+KEEP_UNSEEN_SECONDS = 3600.0
 COST_MEMORY = 0.3  # weight of the newest job in the seconds-per-cost average
 
 
@@ -94,6 +98,7 @@ class Job:
         self.attempts = 0
         self.notes: list[str] = []
         self.delivered = False  # a page showed its result
+        self.released = False  # its result was dropped from memory (long finished)
         self._watchers: list[Callable[[], None]] = []
         self._own_listener = control.listener
         control.listener = self._changed
@@ -115,6 +120,16 @@ class Job:
 
     def error(self) -> BaseException | None:
         return self.future.exception() if self.future.done() else None
+
+    def release(self) -> None:
+        """Drop the result (whoever waited has it): the job stays listed with its state and notes."""
+        error = self.future.exception()
+        self.future = Future()
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(None)
+        self.released = True
 
     def watch(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` (no arguments, on any thread) whenever the job's progress or state changes;
@@ -432,6 +447,16 @@ class JobQueue:
         job.state, job.finished = state, self._clock()
         self._live.pop(job.id, None)
         self._history.append(job)
+        self._trim_history(job.finished)
+
+    def _trim_history(self, now: float) -> None:
+        """Finished jobs stay listed, but their pictures leave memory once nobody can still want them."""
+        for old in self._history:
+            if old.released or old.finished is None or not old.future.done():
+                continue
+            unseen = old.spec.mode is not None and not old.delivered and old.state == "done"
+            if now - old.finished > (KEEP_UNSEEN_SECONDS if unseen else KEEP_RESULT_SECONDS):
+                old.release()
 
     def _settle(self, job: Job, result: Any = None, error: BaseException | None = None,
                 cancelled: bool = False) -> None:

@@ -75,7 +75,7 @@ def reconnect(ctx: AppContext, owner: Owner, mode: str) -> Job | None:
     live = [j for j in jobs if not j.done]
     if live:
         return live[0]
-    unseen = [j for j in jobs if not j.delivered and j.state == "done"]
+    unseen = [j for j in jobs if not j.delivered and j.state == "done" and not j.released]
     return unseen[-1] if unseen else None
 
 
