@@ -84,7 +84,7 @@ def main() -> None:
     if not args.no_ray:
         import ray
 
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="atelier-bench")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="atelier-bench")
         remote = make_context(models, work / "outputs", precision="fp32", ray="auto", ray_workers=1,
                               worker_threads=1)
         deadline = time.monotonic() + 300

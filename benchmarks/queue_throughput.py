@@ -70,7 +70,8 @@ def main() -> None:
         import ray
 
         for workers, threads in ((1, cores), (2, max(1, cores // 2))):
-            ray.init(num_cpus=max(2, workers), include_dashboard=False, log_to_driver=False, namespace="atelier-bench")
+            ray.init(address="local", num_cpus=max(2, workers), include_dashboard=False, log_to_driver=False,
+                     namespace="atelier-bench")
             ctx = make_context(models, work / "outputs", precision="fp32", ray="auto", ray_workers=workers,
                                worker_threads=threads)
             try:

@@ -52,7 +52,8 @@ def cluster(tmp_path_factory, tiny_files):
 
     root = tmp_path_factory.mktemp("ray")
     models = make_models_dir(root, tiny_files, ["sd1"])
-    ray.init(num_cpus=2, include_dashboard=False, namespace="atelier-tests", log_to_driver=False)
+    # address="local": a new cluster of our own, even when `ray start` left one (or its address file) behind
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="atelier-tests", log_to_driver=False)
     settings = load_settings({"settings_file": root / "settings.json", "models_dir": models,
                               "outputs_dir": root / "outputs", "extensions_dir": root / "extensions", "device": "cpu",
                               "precision": "fp32", "ram_cache_bytes": 2**30, "ray": "auto", "ray_workers": 2,

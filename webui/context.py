@@ -72,9 +72,7 @@ class AppContext:
         builtin = builtin_checkpoints() if settings.include_builtin else []
         registry = CheckpointRegistry(settings.checkpoints_dir, hashes, builtin=builtin)
         devices = [d.strip() for d in settings.devices.split(",") if d.strip()]
-        if len(devices) > 1:  # the RAM budget is shared: each local worker keeps its own copies
-            settings = settings.replace(ram_cache_bytes=settings.ram_cache_bytes // len(devices))
-        manager = build_manager(settings, registry, devices[0] if devices else None)
+        manager = build_manager(settings, registry, devices[0] if devices else None, share=max(1, len(devices)))
         outputs = OutputLayout(settings.outputs_dir, settings.filename_pattern)
         remove_stale_temp_files(settings.outputs_dir, settings.settings_file.parent)
         extensions = ExtensionManager(settings.extensions_dir,
@@ -96,7 +94,8 @@ class AppContext:
             self.jobs.add_worker(LocalWorker("local", self.manager, hosts_head=True))
             return
         for index, device in enumerate(devices):
-            manager = self.manager if index == 0 else build_manager(self.settings, self.registry, device)
+            manager = self.manager if index == 0 else build_manager(self.settings, self.registry, device,
+                                                                    share=len(devices))
             self.jobs.add_worker(LocalWorker(f"{device}#{index}", manager, hosts_head=index == 0))
 
     @property
@@ -187,9 +186,17 @@ class AppContext:
         with, so a new one takes effect at the next start."""
         self.settings = settings.replace(outputs_dir=self.settings.outputs_dir)
         self.outputs = OutputLayout(self.settings.outputs_dir, settings.filename_pattern)
-        self.manager.cache.set_budget(settings.ram_cache_bytes)
-        self.manager.offload_setting = settings.offload
-        self.manager.upscalers.tile_size = settings.upscaler_tile_size
+        managers = [w.manager for w in self._local_workers()] or [self.manager]
+        for manager in managers:  # the RAM budget is shared between the workers of this process
+            manager.cache.set_budget(settings.ram_cache_bytes // len(managers))
+            manager.offload_setting = settings.offload
+            manager.upscalers.tile_size = settings.upscaler_tile_size
+        if self.manager not in managers:
+            self.manager.upscalers.tile_size = settings.upscaler_tile_size
+
+    def _local_workers(self) -> list[LocalWorker]:
+        found = [self.jobs.worker(view.name) for view in self.jobs.workers()]
+        return [w for w in found if isinstance(w, LocalWorker) and not w.head_only]
 
     def close(self) -> None:
         self.jobs.close()

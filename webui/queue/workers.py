@@ -111,8 +111,10 @@ def scan_inventory(manager: PipelineManager, device: str) -> Inventory:
     return Inventory(files, loaded_names(manager), device)
 
 
-def build_manager(settings: Settings, registry: CheckpointRegistry, device: str | None = None) -> PipelineManager:
-    """A pipeline manager from the settings on one device (``device``: "cpu", "cuda:1"...; None: --device)."""
+def build_manager(settings: Settings, registry: CheckpointRegistry, device: str | None = None,
+                  share: int = 1) -> PipelineManager:
+    """A pipeline manager from the settings on one device (``device``: "cpu", "cuda:1"...; None: --device).
+    ``share``: how many managers of this process split the RAM budget (each keeps its own copies)."""
     import torch
 
     from .. import devices
@@ -126,7 +128,7 @@ def build_manager(settings: Settings, registry: CheckpointRegistry, device: str 
         registry,
         device=chosen,
         dtype=dtype,
-        ram_cache_bytes=settings.ram_cache_bytes,
+        ram_cache_bytes=settings.ram_cache_bytes // max(1, share),
         offload=settings.offload,
         default_checkpoint=settings.default_checkpoint,
         batch_mode=settings.batch_mode,
