@@ -348,7 +348,9 @@ def test_interrupt_ends_the_callers_job_and_not_another_callers(auth_server):
 
 
 @pytest.mark.slow
-def test_api_and_ui_jobs_share_one_fifo_queue_and_interrupt_spares_ui_jobs(server, tmp_path):
+def test_one_users_api_and_ui_jobs_run_in_order_and_interrupt_spares_ui_jobs(server, tmp_path):
+    """Without a sign-in the page's jobs and the API's from one address are one user's: first in, first out
+    (tests/test_jobs.py and test_workers.py check the turns between users)."""
     from gradio_client import Client
     from gradio_client.utils import Status
 
@@ -365,17 +367,41 @@ def test_api_and_ui_jobs_share_one_fifo_queue_and_interrupt_spares_ui_jobs(serve
         _wait_for(lambda: (api.get("/progress").json()["textinfo"] or "").startswith("Waiting"))
         ui_args[5], ui_args[11] = 10, 13
         second = ui.submit(*ui_args, api_name="/txt2img")
-        _wait_for(lambda: second.status().code == Status.IN_QUEUE)
+        _wait_for(lambda: server.ctx.jobs.counts()["waiting"] == 2)  # in Atelier's queue, behind the API job
         first_result = first.result()
         api_job.join()
         second.result()
     gallery, info_html, *_ = first_result
     assert len(gallery) == 1 and "Steps: 40" in info_html and "Interrupted" not in info_html
     assert out["reply"].status_code == 200 and len(out["reply"].json()["images"]) == 1
-    # The files' counters show the order the jobs ran in: first come, first served, UI or API.
+    # The files' counters show the order the jobs ran in: one user's jobs, first come, first served, UI or API.
     saved = sorted((server.ctx.settings.outputs_dir / "txt2img-images").rglob("*.png"))
     seeds = [int(p.stem.split("-")[1]) for p in saved]
     assert seeds[-3:] == [11, 12, 13], seeds
+
+
+@pytest.mark.slow
+def test_api_users_take_turns_and_interrupt_cancels_a_waiting_job(auth_server):
+    outputs = auth_server.ctx.settings.outputs_dir / "txt2img-images"
+    with auth_server.client(ALICE) as alice, auth_server.client(BOB) as bob:
+        first, a1 = _post_in_thread(alice, "/txt2img", on_demo(alice, steps=60, seed=41, save_images=True))
+        _wait_for(lambda: alice.get("/progress").json()["state"]["sampling_step"])
+        later = [_post_in_thread(alice, "/txt2img", on_demo(alice, steps=4, seed=seed, save_images=True,
+                                                           force_task_id=f"a{seed}")) for seed in (42, 43)]
+        _wait_for(lambda: alice.get("/progress", params={"id_task": "a43"}).json()["state"]["job_count"] == 1)
+        bobs, b = _post_in_thread(bob, "/txt2img", on_demo(bob, steps=4, seed=51, save_images=True))
+        waiting = _wait_for(lambda: bob.get("/progress").json()["textinfo"] or "")
+        assert waiting.startswith("Waiting: yours is next"), "Bob goes before Alice's second job"
+        assert alice.get("/progress", params={"id_task": "a43"}).json()["textinfo"].startswith(
+            "Waiting: 2 jobs ahead of yours")
+        assert alice.post("/interrupt", json={"id_task": "a43"}).status_code == 200  # cancels it: it never runs
+        for thread in [first, bobs] + [t for t, _ in later]:
+            thread.join()
+    cancelled = later[1][1]["reply"].json()
+    assert cancelled["images"] == [] and json.loads(cancelled["info"])["interrupted"]
+    assert all(out["reply"].status_code == 200 for out in (a1, b, later[0][1]))
+    seeds = [int(p.stem.split("-")[1]) for p in sorted(outputs.rglob("*.png"))]
+    assert seeds[-3:] == [41, 51, 42], seeds
 
 # ---------------------------------------------------------------------------------------------- auth
 def _sdapi_routes(url: str) -> list[tuple[str, str]]:

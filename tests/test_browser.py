@@ -280,6 +280,10 @@ def test_interrupt_stops_a_long_job(page_at):
     assert len(_gallery_images(page, "txt2img")) < 20
 
 
+def _progress_says(page, mode: str, text: str) -> None:
+    page.wait_for_function(f"document.querySelector('#{mode}-progress').innerText.toLowerCase().includes('{text}')")
+
+
 def test_two_users_get_their_own_images_and_interrupt_only_their_own_job(page_at):
     alice, bob = page_at(), page_at()
     _fill(bob, "#txt2img-prompt textarea", "bob: a green triangle")
@@ -288,14 +292,44 @@ def test_two_users_get_their_own_images_and_interrupt_only_their_own_job(page_at
     _fill(alice, "#txt2img-prompt textarea", "alice: an orange star")
     _fill(alice, "#txt2img-seed input", 1)
     bob.click("#txt2img-generate")
-    bob.wait_for_function("document.querySelector('#txt2img-progress').innerText.toLowerCase().includes('step ')")
-    alice.click("#txt2img-generate")  # waits in the queue behind Bob's job
-    alice.click("#txt2img-interrupt")  # Alice's button never reaches Bob's job
+    _progress_says(bob, "txt2img", "step ")
+    alice.click("#txt2img-generate")
+    _progress_says(alice, "txt2img", "waiting: yours is next")  # her place in Atelier's queue
+    alice.click("#txt2img-interrupt")  # cancels her waiting job; it never reaches Bob's
+    cancelled = _wait_for_info(alice, "txt2img", "Cancelled before it started")
+    assert "Seed" not in cancelled and len(_gallery_images(alice, "txt2img")) == 0
+    alice.click("#txt2img-generate")
     bob_info = _wait_for_info(bob, "txt2img", "Seed: 2")
     alice_info = _wait_for_info(alice, "txt2img", "Seed: 1")
     assert "bob: a green triangle" in bob_info and "Interrupted" not in bob_info and "alice" not in bob_info
     assert "alice: an orange star" in alice_info and "bob" not in alice_info
     assert len(_gallery_images(bob, "txt2img")) == 1 and len(_gallery_images(alice, "txt2img")) == 1
+
+
+def test_after_a_reload_the_page_shows_the_running_job_then_its_pictures(page_at, server):
+    ctx, _ = server
+    page = page_at()
+    _fill(page, "#txt2img-prompt textarea", "a purple square on a yellow background")
+    _fill(page, "#txt2img-steps input[type=number]", 150)
+    _fill(page, "#txt2img-batch-count input[type=number]", 2)
+    _fill(page, "#txt2img-seed input", 31)
+    page.click("#txt2img-generate")
+    _progress_says(page, "txt2img", "step ")
+    page.reload()
+    page.wait_for_selector("#txt2img-generate")
+    _progress_says(page, "txt2img", "step ")  # the job went on, and the new page follows it
+    _screenshot(page, "txt2img-after-reload")
+    _tab(page, "Queue")
+    page.wait_for_function("document.querySelector('#queue-jobs').innerText.includes('purple square')")
+    assert "running" in page.inner_text("#queue-jobs")
+    _screenshot(page, "queue-tab")
+    _tab(page, "txt2img")
+    info = _wait_for_info(page, "txt2img", "Seed: 31")
+    assert "purple square" in info and "Interrupted" not in info
+    page.wait_for_function("document.querySelectorAll('#txt2img-gallery img').length >= 2")
+    assert len(_gallery_images(page, "txt2img")) == 2
+    saved = sorted((ctx.settings.outputs_dir / "txt2img-images").rglob("*-3[12].png"))
+    assert [p.stem.split("-")[1] for p in saved] == ["31", "32"], "each picture saved once"
 
 
 def test_bundled_extensions_work_in_the_page(page_at):

@@ -61,6 +61,13 @@ def _serve_parser() -> argparse.ArgumentParser:
                    help="allow installing/updating extensions from the UI even with --listen or --share")
     a.add_argument("--share", action="store_true",
                    help="also make a public link (needs the internet; sign-in is then always required)")
+    w = p.add_argument_group("workers (docs/scaling.md)")
+    w.add_argument("--devices", help="one worker per device, e.g. cuda:0,cuda:1 (or cpu,cpu to try it); "
+                                     "default: one worker on --device")
+    w.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                   help="run every generation on Ray actors: auto (the cluster `ray start` made here) or HEAD:6379")
+    w.add_argument("--ray-workers", type=int, help="Ray actors to start (default: one per GPU in the cluster)")
+    w.add_argument("--worker-threads", type=int, help="torch CPU threads per Ray worker (default: torch's)")
     r = p.add_argument_group("REST API")
     r.add_argument("--api", action="store_true",
                    help="serve AUTOMATIC1111's REST API at /sdapi/v1 on the same port (documented at /docs)")
@@ -160,6 +167,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["enable_insecure_extension_access"] = True
     if getattr(args, "no_autolaunch", False):
         overrides["autolaunch"] = False
+    for name in ("devices", "ray", "ray_workers", "worker_threads"):
+        if getattr(args, name, None) is not None:
+            overrides[name] = getattr(args, name)
     for name in ("ckpt_dir", "lora_dir", "embeddings_dir"):
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
@@ -242,7 +252,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .context import AppContext
     from .ui.app import serve
 
-    ctx = AppContext.create(settings)
+    try:
+        ctx = AppContext.create(settings)
+    except AtelierError as exc:  # no Ray cluster to join, say
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         serve(ctx, credentials=credentials, share=args.share, password_file=password_file,
               api=args.api or api_credentials is not None, api_credentials=api_credentials, flags=vars(args))

@@ -60,6 +60,11 @@ class Settings:
     ram_cache_bytes: int = field(default_factory=default_ram_cache_bytes)
     batch_mode: str = "auto"  # exact | fast | auto (see PipelineManager)
     preview_every_n_steps: int = 5
+    # Workers (docs/scaling.md): "" = one in-process worker on `device`; "cuda:0,cuda:1" or "cpu,cpu" = one per entry
+    devices: str = ""
+    ray: str = ""  # "" = no Ray; "auto" or a cluster address: every generation runs on Ray actors
+    ray_workers: int = 0  # Ray actors to start; 0 = one per GPU in the cluster (one on CPU when it has none)
+    worker_threads: int = 0  # torch CPU threads per Ray worker; 0 = torch's default
     default_checkpoint: str | None = None
     include_builtin: bool = True  # list the built-in demo model after the user's checkpoints
     # Extension install/update/uninstall from the UI even when other machines can reach the server

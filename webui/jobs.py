@@ -1,4 +1,6 @@
-"""Per-job control and progress: interrupt and skip belong to one job, never to the whole app."""
+"""Per-job control and progress: interrupt and skip belong to one job, never to the whole app.
+
+Which jobs belong to whom, and the queue they wait in, is the job service's (``webui.queue.service``)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Any
 @dataclass
 class Progress:
     job_id: str
-    state: str = "queued"  # queued | loading | running | done | interrupted | failed
+    state: str = "queued"  # queued | loading | running | done | interrupted | failed | cancelled
     step: int = 0  # steps finished in the current batch
     steps: int = 0  # steps per batch (after denoising strength)
     batch: int = 0  # index of the current batch (0-based)
@@ -79,49 +81,12 @@ class JobControl:
             self.listener(self.progress)
 
 
-class JobRegistry:
-    """Which jobs belong to which client (browser session or API caller), so Interrupt and Skip reach
-    only the presser's own jobs. A client may have several jobs queued; Interrupt stops them all,
-    Skip only the one that is running."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_owner: dict[str, list[JobControl]] = {}
-
-    def start(self, owner: str, control: JobControl) -> JobControl:
-        with self._lock:
-            self._by_owner.setdefault(owner, []).append(control)
-        return control
-
-    def finish(self, owner: str, control: JobControl) -> None:
-        with self._lock:
-            jobs = self._by_owner.get(owner, [])
-            if control in jobs:
-                jobs.remove(control)
-            if not jobs:
-                self._by_owner.pop(owner, None)
-
-    def get(self, owner: str) -> list[JobControl]:
-        with self._lock:
-            return list(self._by_owner.get(owner, []))
-
-    def interrupt(self, owner: str) -> bool:
-        jobs = self.get(owner)
-        for control in jobs:
-            control.interrupt()
-        return bool(jobs)
-
-    def skip(self, owner: str) -> bool:
-        running = [c for c in self.get(owner) if c.progress.state in ("loading", "running")]
-        for control in running:
-            control.skip()
-        return bool(running)
-
-
 def progress_text(progress: Progress) -> str:
     """One line for people: the page's progress line and the API's ``textinfo``."""
     if progress.state == "queued":
         return "Waiting…"
+    if progress.state == "cancelled":
+        return "Cancelled before it started"
     if progress.state == "loading":
         return "Loading the model…"
     text = f"Step {progress.step}/{progress.steps}"

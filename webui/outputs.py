@@ -99,9 +99,14 @@ def save_image(
     Safe to call from several threads and processes at once: each call gets its own file.
     """
     pil_format, ext = _format(fmt)
+    return save_encoded(_encode(image, infotext, pil_format), folder, seed, ext, pattern, fields)
+
+
+def save_encoded(data: bytes, folder: Path, seed: int, ext: str = "png", pattern: str = DEFAULT_PATTERN,
+                 fields: dict[str, str] | None = None) -> Path:
+    """``save_image`` for a file already encoded (a remote worker's PNG, infotext inside), written as it is."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    data = _encode(image, infotext, pil_format)
     fd, temp = _create_temp(folder)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -26,6 +26,12 @@ class Caller:
         Prefixed so it never equals a browser session's owner key."""
         return f"api-user:{self.user}" if self.user is not None else f"api-host:{self.host}"
 
+    @property
+    def user_key(self) -> str:
+        """Whose turn a job takes in the queue (fairness): the signed-in user, else the address. The page uses
+        the same keys, so one person's page and API jobs take turns together."""
+        return f"user:{self.user}" if self.user is not None else f"host:{self.host}"
+
     def task_owner(self, task_id: str) -> str:
         """One job of this caller, by the task id the client gave it (A1111's force_task_id)."""
         return f"{self.owner}|task:{task_id}"

@@ -116,9 +116,9 @@ def build_router(ctx: "AppContext", service: ApiService, check: Callable[[Reques
     router = APIRouter(prefix=PREFIX, tags=["sdapi"], dependencies=[Depends(caller)],
                        route_class=api_route_class(check))
 
-    async def run_job(job: convert.ApiJob, who: Caller, request: Request) -> dict[str, Any]:
+    async def run_job(job: convert.ApiJob, who: Caller) -> dict[str, Any]:
         try:
-            result = await service.generate(job, who, request)
+            result = await service.generate(job, who)
         except AtelierError as exc:
             raise convert.engine_error(exc) from exc
         except Exception as exc:
@@ -129,17 +129,17 @@ def build_router(ctx: "AppContext", service: ApiService, check: Callable[[Reques
     @router.post("/txt2img", response_model=GenerationResponse)
     async def txt2img(body: Txt2ImgRequest, request: Request, who: Who) -> Any:
         job = await run_in_threadpool(convert.txt2img_job, body, ctx, styles)
-        return await run_job(job, who, request)
+        return await run_job(job, who)
 
     @router.post("/img2img", response_model=GenerationResponse)
     async def img2img(body: Img2ImgRequest, request: Request, who: Who) -> Any:
         job = await run_in_threadpool(convert.img2img_job, body, ctx, styles)
-        return await run_job(job, who, request)
+        return await run_job(job, who)
 
-    async def run_extras(job: extras.ExtrasJob, request: Request) -> list[Any]:
+    async def run_extras(job: extras.ExtrasJob, who: Caller) -> list[Any]:
         """An Extras job in the queue's turn, like a generation."""
         try:
-            return await service.queue(lambda: extras.run(job, ctx), request)
+            return await service.in_queue(lambda: extras.run(job, ctx), who, "extras")
         except AtelierError as exc:
             raise convert.engine_error(exc) from exc
         except Exception as exc:
@@ -147,16 +147,16 @@ def build_router(ctx: "AppContext", service: ApiService, check: Callable[[Reques
             raise ApiError(500, None, f"upscaling failed: {type(exc).__name__}: {exc}", "server_error") from exc
 
     @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
-    async def extra_single_image(body: ExtrasSingleImageRequest, request: Request) -> Any:
+    async def extra_single_image(body: ExtrasSingleImageRequest, who: Who) -> Any:
         """Upscale one picture (upscaler_1, blended with upscaler_2), as A1111's Extras tab does."""
         job = await run_in_threadpool(extras.single_job, body, ctx)
-        done = await run_extras(job, request)
+        done = await run_extras(job, who)
         return await run_in_threadpool(extras.single_response, job, done)
 
     @router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
-    async def extra_batch_images(body: ExtrasBatchImagesRequest, request: Request) -> Any:
+    async def extra_batch_images(body: ExtrasBatchImagesRequest, who: Who) -> Any:
         job = await run_in_threadpool(extras.batch_job, body, ctx)
-        done = await run_extras(job, request)
+        done = await run_extras(job, who)
         return await run_in_threadpool(extras.batch_response, job, done)
 
     @router.get("/progress", response_model=ProgressResponse)
@@ -182,13 +182,13 @@ def build_router(ctx: "AppContext", service: ApiService, check: Callable[[Reques
         return options.get_options(ctx)
 
     @router.post("/options")
-    async def set_options(body: dict[str, Any], request: Request) -> Any:
+    async def set_options(body: dict[str, Any], who: Who) -> Any:
         """sd_model_checkpoint loads that model (in the job queue's turn); other options are saved."""
         changes = await run_in_threadpool(options.plan_changes, ctx, body)
         await run_in_threadpool(options.save_changes, ctx, changes)
         if changes.checkpoint is not None:
             try:
-                await service.load_checkpoint(changes.checkpoint, request)
+                await service.load_checkpoint(changes.checkpoint, who)
             except AtelierError as exc:
                 raise convert.engine_error(exc) from exc
         return None
@@ -199,7 +199,7 @@ def build_router(ctx: "AppContext", service: ApiService, check: Callable[[Reques
 
     @router.post("/refresh-checkpoints")
     def refresh_checkpoints() -> Any:
-        ctx.registry.refresh()
+        ctx.refresh_models()
         return None
 
     @router.get("/sd-vae", response_model=list[SDVaeItem])

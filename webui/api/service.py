@@ -1,21 +1,22 @@
-"""Running API jobs and reporting on them: the job queue's turn, per-caller progress, interrupt and skip.
+"""Running API jobs and reporting on them: Atelier's job queue, per-caller progress, interrupt and skip.
 
-Jobs are registered in the app's JobRegistry under the caller's owner key (and under the task id the
-client gave, if any) before they wait in the queue, so Interrupt and Progress reach a queued job too,
-and only the caller's own jobs: another user's job, or a browser's, is never reported or stopped.
+Jobs go into the app's job queue (``webui.queue``) under the caller's keys (and under the task id the client
+gave, if any) and wait there without holding a thread, so Interrupt and Progress reach a queued job too, and
+only the caller's own jobs: another user's job, or a browser's, is never reported or stopped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from ..jobs import JobControl, progress_text
+from ..queue.service import Job, Owner, status_text
 from .auth import Caller
 from .convert import ApiJob
 from .images import encode_png
@@ -23,64 +24,43 @@ from .images import encode_png
 if TYPE_CHECKING:
     from ..context import AppContext
 
-T = TypeVar("T")
-# Runs work in the job queue's turn (the UI's Gradio queue) and returns its result.
-QueueRunner = Callable[[Callable[[], Any], Request], Awaitable[Any]]
-
 _ACTIVE = ("loading", "running")
 
 
-class LockQueue:
-    """A stand-in queue when no UI queue is given: one job at a time on a worker thread."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-
-    async def __call__(self, work: Callable[[], T], request: Request) -> T:
-        def locked() -> T:
-            with self._lock:
-                return work()
-
-        return await run_in_threadpool(locked)
-
-
 class ApiService:
-    def __init__(self, ctx: AppContext, queue: QueueRunner | None = None) -> None:
+    def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
-        self.queue = queue or LockQueue()
         self._preview_lock = threading.Lock()
         self._previews: dict[str, tuple[int, str]] = {}  # job id -> (id of the preview image, its base64 PNG)
 
     # ------------------------------------------------------------------ jobs
-    def _owners(self, caller: Caller, task_id: str | None) -> list[str]:
-        return [caller.owner] + ([caller.task_owner(task_id)] if task_id else [])
+    @staticmethod
+    def owner(caller: Caller, task_id: str | None = None) -> Owner:
+        return Owner(caller.user_key, (caller.owner,) + ((caller.task_owner(task_id),) if task_id else ()))
 
-    async def generate(self, job: ApiJob, caller: Caller, request: Request) -> Any:
-        """Wait for the queue's turn, run the job, and return its GenerationResult (or raise its error)."""
+    async def generate(self, job: ApiJob, caller: Caller) -> Any:
+        """Queue the job, wait for it without holding a thread, and return its GenerationResult (or raise)."""
         ctx = self.ctx
         control = JobControl(preview_every=ctx.settings.preview_every_n_steps)
-        owners = self._owners(caller, job.task_id)
-        for owner in owners:
-            ctx.jobs.start(owner, control)
-
-        def work() -> Any:
-            manager = ctx.manager
-            previous = manager.current_name
-            try:
-                return ctx.run_job(job.request, control)
-            finally:
-                if job.restore_checkpoint and manager.current_name != previous:
-                    manager.select(previous)
-                if job.keep_options:
-                    self._keep(job.keep_options)
-
+        previous = ctx.manager.current_name
+        queued = await run_in_threadpool(ctx.submit, job.request, self.owner(caller, job.task_id), control)
         try:
-            return await self.queue(work, request)
+            result = await asyncio.wrap_future(queued.future)
+            if not job.restore_checkpoint and job.request.checkpoint is not None:
+                ctx.manager.select(queued.spec.needs.checkpoint)  # the override stays the current model
+            return result
         finally:
-            for owner in owners:
-                ctx.jobs.finish(owner, control)
+            if job.restore_checkpoint and ctx.manager.current_name != previous:
+                ctx.manager.select(previous)
+            if job.keep_options:
+                self._keep(job.keep_options)
             with self._preview_lock:
                 self._previews.pop(control.job_id, None)
+
+    async def in_queue(self, work: Callable[[], Any], caller: Caller, label: str) -> Any:
+        """``work`` in the queue's turn on the head's engine (Extras)."""
+        queued = await run_in_threadpool(self.ctx.submit_on_head, work, self.owner(caller), label)
+        return await asyncio.wrap_future(queued.future)
 
     def _keep(self, options: dict[str, Any]) -> None:
         """override_settings without restore: the job's clip skip / VAE stay the API's defaults (not saved,
@@ -89,11 +69,13 @@ class ApiService:
         ctx = self.ctx
         ctx.settings = ctx.settings.replace(**{names[k]: v for k, v in options.items() if k in names})
 
-    async def load_checkpoint(self, name: str, request: Request) -> None:
+    async def load_checkpoint(self, name: str, caller: Caller) -> None:
         """Make ``name`` the current model, in the queue's turn so a running job keeps its model."""
-        await self.queue(lambda: self.ctx.manager.load(name), request)
+        queued = await run_in_threadpool(self.ctx.submit_load, name, self.owner(caller))
+        await asyncio.wrap_future(queued.future)
 
     def interrupt(self, caller: Caller, task_id: str | None = None) -> bool:
+        """Stops the caller's running jobs and cancels their waiting ones (which then never run)."""
         return self.ctx.jobs.interrupt(caller.task_owner(task_id) if task_id else caller.owner)
 
     def skip(self, caller: Caller, task_id: str | None = None) -> bool:
@@ -102,21 +84,22 @@ class ApiService:
     # ------------------------------------------------------------------ progress
     def progress(self, caller: Caller, skip_current_image: bool = False, task_id: str | None = None) -> dict[str, Any]:
         """A1111's /progress for the caller's job: the running one, else the first one waiting."""
-        jobs = self.ctx.jobs.get(caller.task_owner(task_id) if task_id else caller.owner)
-        running = [c for c in jobs if c.progress.state in _ACTIVE]
-        waiting = [c for c in jobs if c.progress.state == "queued"]
-        control = (running or waiting)[0] if running or waiting else None
-        if control is None:
+        queue = self.ctx.jobs
+        jobs = queue.jobs_of(caller.task_owner(task_id) if task_id else caller.owner)
+        job: Job | None = jobs[0] if jobs else None  # the running one, else the first waiting
+        if job is None:
             return {"progress": 0.0, "eta_relative": 0.0, "state": _state(None, 0), "current_image": None,
                     "textinfo": None, "current_task": None}
+        control = job.control
         p = control.progress
         image = None if skip_current_image else self._preview(control)
+        waiting = queue.wait_estimate(job) if job.state == "queued" else None
         return {
             "progress": round(p.fraction, 4),
-            "eta_relative": round(p.eta_seconds or 0.0, 3),
+            "eta_relative": round(waiting if waiting is not None else p.eta_seconds or 0.0, 3),
             "state": _state(control, len(jobs)),
             "current_image": image,
-            "textinfo": progress_text(p),
+            "textinfo": status_text(queue, job) if job.state == "queued" else progress_text(p),
             "current_task": control.job_id,
         }
 

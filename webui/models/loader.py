@@ -8,10 +8,14 @@ that ship inside the package. Pickled .ckpt files are opened only with
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import pickle
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,15 +176,40 @@ def _component_config(detection: Detection, component: str) -> dict[str, Any]:
     return configs.load_component_config(detection.arch, component)
 
 
+# accelerate's init_empty_weights patches torch.nn.Module for every thread while it is open, so a module another
+# thread builds meanwhile gets weightless parameters. Several workers in one process (--devices) load at the same
+# time: whatever builds modules takes this lock (checkpoints and VAEs here, upscalers in webui/upscalers).
+BUILD_LOCK = threading.RLock()
+
+
+def _built_alone(fn: Any) -> Any:
+    """Build and adopt weights holding BUILD_LOCK: assigning parameters while another thread is inside
+    empty_weights would move them to the meta device too."""
+
+    @functools.wraps(fn)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with BUILD_LOCK:
+            return fn(*args, **kwargs)
+
+    return locked
+
+
+@contextmanager
+def empty_weights() -> Iterator[None]:
+    from accelerate import init_empty_weights
+
+    with BUILD_LOCK, init_empty_weights():
+        yield
+
+
 def _cast(state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state_dict.items()}
 
 
+@_built_alone
 def instantiate_module(build: Any, state_dict: dict[str, torch.Tensor], dtype: torch.dtype, what: str, name: str):
     """Build a module with no weights allocated, then adopt the checkpoint's tensors."""
-    from accelerate import init_empty_weights
-
-    with init_empty_weights():
+    with empty_weights():
         module = build()
     expected = module.state_dict()
     missing = [k for k in expected if k not in state_dict and expected[k].is_meta]
@@ -206,14 +235,13 @@ def instantiate_module(build: Any, state_dict: dict[str, torch.Tensor], dtype: t
 def _text_encoder_from_ldm(
     kind: str, prefix: str, config: dict[str, Any], checkpoint: dict[str, torch.Tensor], dtype, name: str
 ):
-    from accelerate import init_empty_weights
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     with_projection = "CLIPTextModelWithProjection" in (config.get("architectures") or [])
     cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
     text_config = CLIPTextConfig(**{k: v for k, v in config.items() if k != "architectures"})
-    with init_empty_weights():
+    with empty_weights():
         probe = cls(text_config)  # weightless: only its structure is consulted
     if kind == "clip":
         converted = convert_ldm_clip_checkpoint({k: v for k, v in checkpoint.items() if k.startswith(prefix)})
@@ -379,6 +407,7 @@ def _own_memory(module: torch.nn.Module) -> None:
             tensor.data = tensor.data.clone()
 
 
+@_built_alone  # from_pretrained builds weightless modules with accelerate too
 def _load_diffusers_folder(folder: Path, dtype: torch.dtype) -> tuple[Detection, dict[str, Any]]:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer

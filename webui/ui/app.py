@@ -16,7 +16,8 @@ from starlette.middleware import Middleware
 from ..errors import AtelierError
 from ..models.vae import AUTOMATIC, NONE, list_vaes
 from ..styles import StyleStore
-from . import extensions_tab, extras_tab, forms, generation_tab, png_info, settings_tab
+from . import extensions_tab, extras_tab, forms, generation_tab, png_info, queue_tab, settings_tab
+from .browser_id import BrowserIdMiddleware
 from .common import (
     checkpoint_choices,
     checkpoint_description,
@@ -25,8 +26,8 @@ from .common import (
     no_checkpoint_message,
 )
 from .extension_routes import mount_extension_routes, request_user
-from .generation_tab import GENERATION_QUEUE, ModeTab, TopBar, fill_targets, fill_updates
-from .queue_bridge import QueueBridge
+from .generation_tab import ModeTab, TopBar, fill_targets, fill_updates
+from .runner import follow, owner_of, reconnect, show_updates
 from .security import FailureLimiter, GuardMiddleware
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ CSS = """
 .atelier-progress-fill { position: absolute; inset: 0 auto 0 0; background: var(--color-accent); opacity: .6; }
 .atelier-progress span { position: relative; padding-left: 8px; font-size: 13px; }
 .atelier-warning, .atelier-error { color: var(--error-text-color, #b91c1c); }
+.atelier-queue td, .atelier-workers td, .atelier-queue th, .atelier-workers th { padding: 2px 10px; text-align: left; }
 """
 
 
@@ -100,6 +102,8 @@ def build(ctx: AppContext) -> gr.Blocks:
                 info_tab = png_info.build()
             with gr.Tab("Extras", id="extras", elem_id="tab-extras"):
                 extras_tab.build(ctx)
+            with gr.Tab("Queue", id="queue", elem_id="tab-queue"):
+                queue = queue_tab.build(ctx)
             with gr.Tab("Settings", id="settings", elem_id="tab-settings"):
                 settings_tab.build(ctx, allow_folder_changes=extensions_tab.admin_refusal(ctx) is None)
                 extensions_tab.build_extension_settings(ctx)
@@ -108,14 +112,32 @@ def build(ctx: AppContext) -> gr.Blocks:
             extensions_tab.build_extension_tabs(ctx)
         _wire_top_bar(ctx, top, empty_notice, tabs_by_mode)
         _wire_transfers(ctx, top, tabs, tabs_by_mode, info_tab)
+        for tab in tabs_by_mode.values():
+            _wire_reconnect(demo, ctx, tab)
+        queue_tab.wire_load(demo, ctx, queue)
     return demo
+
+
+def _wire_reconnect(demo: gr.Blocks, ctx: AppContext, tab: ModeTab) -> None:
+    """A page that loads shows its owner's running job from this tab (its place in line, progress, preview and
+    then its pictures), or the pictures of one that ended while no page was there."""
+
+    def on_load(request: gr.Request):
+        job = reconnect(ctx, owner_of(request), tab.mode)
+        if job is None:
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
+        yield from show_updates(follow(ctx, job), log)
+
+    demo.load(on_load, None, [tab.gallery, tab.info, tab.preview, tab.progress, tab.results],
+              api_visibility="private", concurrency_limit=None, show_progress="hidden")
 
 
 def _wire_top_bar(ctx: AppContext, top: TopBar, empty_notice: gr.Markdown, tabs: dict[str, ModeTab]) -> None:
     sizes = [c for tab in tabs.values() for c in (tab.fields["width"], tab.fields["height"])]
 
     def on_refresh(current: str | None, current_vae: str | None):
-        ctx.registry.refresh()
+        ctx.refresh_models()
         choices = checkpoint_choices(ctx)
         value = current if current in choices else default_checkpoint_title(ctx)
         vaes = vae_choices(ctx)
@@ -125,20 +147,20 @@ def _wire_top_bar(ctx: AppContext, top: TopBar, empty_notice: gr.Markdown, tabs:
     top.refresh.click(on_refresh, [top.checkpoint, top.vae], [top.checkpoint, empty_notice, top.vae],
                       api_name="refresh_checkpoints", queue=False)
 
-    def on_switch(title: str | None):
-        # Loads in the generation queue's turn, so a job that is running keeps its model. Every job
-        # names its own checkpoint, so this only warms the cache for the next one.
+    def on_switch(request: gr.Request, title: str | None):
+        # Loads in the job queue's turn (the user's), so a job that is running keeps its model. Every job
+        # names its own checkpoint, so this only warms a worker for the next one.
         if not title:
             return ""
         try:
-            model = ctx.manager.load(title)
+            shown = ctx.load_checkpoint(title, owner_of(request))
         except AtelierError as exc:
             raise gr.Error(str(exc)) from exc
-        return f"Loaded **{html.escape(model.display_name)}** ({html.escape(checkpoint_description(ctx, title))})"
+        return f"Loaded **{shown}** ({html.escape(checkpoint_description(ctx, title))})"
 
     top.checkpoint.input(lambda title: "⏳ Loading…", [top.checkpoint], [top.status], queue=False,
                          api_visibility="private") \
-        .then(on_switch, [top.checkpoint], [top.status], concurrency_id=GENERATION_QUEUE, api_name="switch_checkpoint")
+        .then(on_switch, [top.checkpoint], [top.status], concurrency_limit=None, api_name="switch_checkpoint")
 
     def on_sizes(title: str | None):
         side = ctx.settings.default_size or native_size_of(ctx, title)
@@ -247,10 +269,9 @@ def launch(ctx: AppContext, demo: gr.Blocks | None = None, credentials: Any = No
     """Start serving; returns the running Blocks (tests pass prevent_thread_lock=True).
 
     ``api``: also serve A1111's REST API at /sdapi/v1 (documented at /docs), behind ``api_credentials``,
-    or the UI's own ``credentials`` when none are given; its jobs wait in the UI's job queue."""
+    or the UI's own ``credentials`` when none are given; its jobs wait in Atelier's job queue with the page's."""
     ctx.shared = share  # before the page is built: extension admin actions depend on it
     demo = demo or build(ctx)
-    bridge = QueueBridge(demo, GENERATION_QUEUE) if api else None
     settings = ctx.settings
     options: dict[str, Any] = {
         "server_name": settings.host,
@@ -265,7 +286,7 @@ def launch(ctx: AppContext, demo: gr.Blocks | None = None, credentials: Any = No
         # Every route, Gradio's included, sits behind the cross-site and sign-in-throttling guard.
         "app_kwargs": {"middleware": [Middleware(
             GuardMiddleware, is_signed_in=_sign_in_check(demo, credentials),
-            limiter=FailureLimiter(settings.signin_failures_before_lockout))]},
+            limiter=FailureLimiter(settings.signin_failures_before_lockout)), Middleware(BrowserIdMiddleware)]},
     }
     if credentials is not None:
         options["auth"] = credentials.check
@@ -276,10 +297,10 @@ def launch(ctx: AppContext, demo: gr.Blocks | None = None, credentials: Any = No
     demo.queue(default_concurrency_limit=4)
     demo.launch(**options)
     mount_extension_routes(demo.app, ctx, credentials)
-    if bridge is not None:
+    if api:
         from ..api import mount_api
 
-        mount_api(demo.app, ctx, api_credentials or credentials, bridge.run, flags)
+        mount_api(demo.app, ctx, api_credentials or credentials, flags)
     return demo
 
 

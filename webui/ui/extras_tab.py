@@ -2,7 +2,8 @@
 
 One picture, several uploads, or a folder inside the outputs folder (never one outside it: the page may be
 used from other machines). Results go to outputs/extras-images/ with the original's parameters and what was
-done ("Postprocess upscale by: 2, Postprocess upscaler: ..."). Jobs wait in the generation queue.
+done ("Postprocess upscale by: 2, Postprocess upscaler: ..."). Jobs wait in Atelier's job queue, in the
+user's turn, and run on the head's own engine.
 The work is ``webui.upscalers.extras``; this module only gathers the pictures and shows the results.
 """
 
@@ -28,7 +29,7 @@ from ..upscalers.extras import (
     html_info,
     run_pictures,
 )
-from .generation_tab import GENERATION_QUEUE
+from .runner import owner_of
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -162,7 +163,8 @@ def build(ctx: AppContext) -> ExtrasTab:
                   api_visibility="private")
 
     def on_run(source_kind: str, picture: Any, uploads: Any, folder_text: str, resize_mode: int, by: float,
-               to_w: Any, to_h: Any, crop_to_fit: bool, first: str, second: str, amount: float):
+               to_w: Any, to_h: Any, crop_to_fit: bool, first: str, second: str, amount: float,
+               request: gr.Request | None = None):
         # Values as the page (or a Gradio API client) sent them; check_options turns them into whole numbers.
         pictures = gather(source_kind, picture, uploads, folder_text, ctx.settings.outputs_dir)
         given = ExtrasOptions(int(resize_mode), by, to_w, to_h, bool(crop_to_fit), first or "None",
@@ -170,14 +172,14 @@ def build(ctx: AppContext) -> ExtrasTab:
         try:
             options = check_options(given, library.find, library.names)
             check_batch([p.image.size for p in pictures], options, "image")
-            done = run_pictures(library, pictures, options, ctx.outputs if ctx.settings.save_images else None,
-                                ctx.settings.save_format)
+            outputs = ctx.outputs if ctx.settings.save_images else None
+            done = ctx.run_on_head(lambda: run_pictures(library, pictures, options, outputs,
+                                                        ctx.settings.save_format), owner_of(request), "extras")
         except AtelierError as exc:
             raise gr.Error(str(exc)) from exc
         shown = [str(out.path) if out.path is not None else out.image for out in done]
         return shown, html_info(done[-1].info, [])
 
     run.click(on_run, [source, image, files, folder, mode, resize, width, height, crop, upscaler_1, upscaler_2,
-                       visibility], [gallery, info], api_name="extras", concurrency_id=GENERATION_QUEUE,
-              concurrency_limit=1)
+                       visibility], [gallery, info], api_name="extras", concurrency_limit=None)
     return ExtrasTab(image, files, folder, gallery, info, run)

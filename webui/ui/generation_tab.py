@@ -1,7 +1,7 @@
 """The three generation tabs (txt2img, img2img, inpaint): one builder, the mode decides the extra controls.
 
 No generation logic here: values go through ``forms.form_fields`` and ``AppContext.new_request``, jobs through
-``runner.run_job``.
+``runner.run_job`` into Atelier's job queue.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import gradio as gr
 from ..context import EXAMPLE_PROMPT
 from ..errors import AtelierError
 from ..extensions.scripts import run_script
-from ..jobs import Progress
 from ..pipelines.conditioning import count_part_tokens
 from ..pipelines.request import InpaintArea, MaskedContent, ResizeMode
 from ..samplers import SAMPLERS, SCHEDULE_TYPES
@@ -24,15 +23,13 @@ from .controlnet_controls import build_controlnet_section
 from .controlnet_form import PREFIX as CONTROLNET_PREFIX
 from .extension_controls import ExtensionControls, build_extension_controls
 from .networks_panel import build_networks_panel
-from .runner import info_html, owner_of, progress_text, run_job
+from .runner import info_html, owner_of, run_job, show_updates
 from .second_pass_controls import build_hires_section, build_refiner_section, build_variation_row
 
 if TYPE_CHECKING:
     from ..context import AppContext
 
 log = logging.getLogger(__name__)
-
-GENERATION_QUEUE = "generation"  # every job and model switch waits in this one FIFO queue
 
 TITLES = {"txt2img": "txt2img", "img2img": "img2img", "inpaint": "Inpaint"}
 
@@ -76,14 +73,6 @@ class ModeTab:
     def names(self) -> tuple[str, ...]:
         """forms.MODE_FIELDS, then the ControlNet units' fields (how many units there are is a setting)."""
         return forms.MODE_FIELDS[self.mode] + tuple(n for n in self.fields if n.startswith(CONTROLNET_PREFIX))
-
-
-def _progress_bar(progress: Progress | None, text: str = "") -> str:
-    if progress is None:
-        return ""
-    percent = round(progress.fraction * 100)
-    return (f"<div class='atelier-progress' data-percent='{percent}'><div class='atelier-progress-fill' "
-            f"style='width:{percent}%'></div><span>{text}</span></div>")
 
 
 def build_mode_tab(ctx: AppContext, mode: str, top: TopBar, size: int, styles: Any, tokenizer: Any) -> ModeTab:
@@ -220,37 +209,17 @@ def _wire_generation(ctx: AppContext, tab: ModeTab, top: TopBar, styles: Any) ->
             def work(control: Any) -> Any:
                 return run_script(ctx, script_owner, chosen, control, req, script_values)
 
-        last = None
-        for update in run_job(ctx, owner, req, work):
-            last = update
-            if update.result is None and update.error is None:
-                preview = gr.update(value=update.preview, visible=True) if update.preview is not None else gr.skip()
-                yield gr.skip(), gr.skip(), preview, _progress_bar(update.progress, progress_text(update.progress)), \
-                    gr.skip()
-        assert last is not None
-        if last.error is not None:
-            if isinstance(last.error, AtelierError):
-                raise gr.Error(str(last.error))
-            log.error("Generation failed", exc_info=last.error)
-            raise gr.Error(f"Generation failed: {last.error}")
-        result = last.result
-        if result is None:
-            raise gr.Error("Generation ended without a result")
-        shown = [str(p) for p in result.paths] if result.paths else list(result.images)
-        first = result.infotexts[0] if result.infotexts else ""
-        state = {"paths": [str(p) for p in result.paths], "infotexts": list(result.infotexts), "selected": 0}
-        yield shown, info_html(first, result.warnings, result.interrupted), gr.update(visible=False, value=None), "", \
-            state
+        yield from show_updates(run_job(ctx, owner, req, work), log)
 
     tab.generate.click(
         on_generate,
         tab.inputs(top),
         [tab.gallery, tab.info, tab.preview, tab.progress, tab.results],
         api_name=tab.mode,
-        concurrency_id=GENERATION_QUEUE,
-        concurrency_limit=1,
-        # Gradio's tracker (queue position while waiting, then elapsed time) sits on the progress line only,
-        # so the gallery and preview stay visible while the job streams.
+        # Jobs wait in Atelier's queue, which streams the place in line; Gradio only carries the event.
+        concurrency_limit=None,
+        # Gradio's tracker (elapsed time) sits on the progress line only, so the gallery and preview stay
+        # visible while the job streams.
         show_progress="full",
         show_progress_on=[tab.progress],
     )

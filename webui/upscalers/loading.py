@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..models.header import CorruptCheckpointError
-from ..models.loader import CheckpointLoadError, read_checkpoint_file
+from ..models.loader import BUILD_LOCK, CheckpointLoadError, read_checkpoint_file
 from .errors import UpscalerError
 from .spandrel_import import import_spandrel
 
@@ -55,7 +55,8 @@ def load_upscaler(name: str, path: Path, field: str = "upscaler") -> UpscalerMod
         raise UpscalerError(f"Upscaler {path.name}: upscaler models need the spandrel package, which cannot be "
                             f"imported ({exc}); reinstall Atelier's requirements", field) from exc
     try:
-        descriptor = spandrel.ModelLoader(device="cpu").load_from_state_dict(tensors)
+        with BUILD_LOCK:  # no other thread's weightless-module construction meanwhile (models/loader.py)
+            descriptor = spandrel.ModelLoader(device="cpu").load_from_state_dict(tensors)
     except spandrel.UnsupportedModelError as exc:
         raise UpscalerError(f"Upscaler {path.name}: not an upscaler model of a known architecture (ESRGAN, "
                             "Real-ESRGAN, SwinIR, DAT, HAT, ...)", field) from exc
