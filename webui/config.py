@@ -64,6 +64,9 @@ class Settings:
     include_builtin: bool = True  # list the built-in demo model after the user's checkpoints
     # Extension install/update/uninstall from the UI even when other machines can reach the server
     enable_insecure_extension_access: bool = False
+    # Users (comma-separated) who are the host on a signed-in studio: they see everyone's pictures in History and
+    # may change model cards. Flags, environment or settings.json only; the page cannot change it.
+    admin_users: str = ""
     # Failed sign-ins from one address before it must wait (doubling each time); 0 turns the wait off
     signin_failures_before_lockout: int = 5
     # Generation defaults

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 from starlette.middleware import Middleware
 
+from ..config import PROJECT_ROOT
 from ..errors import AtelierError
 from ..models.vae import AUTOMATIC, NONE, list_vaes
 from ..styles import StyleStore
-from . import extensions_tab, extras_tab, forms, generation_tab, png_info, settings_tab
+from . import extensions_tab, extras_tab, forms, generation_tab, page_script, png_info, settings_tab
 from .common import (
     checkpoint_choices,
     checkpoint_description,
@@ -42,6 +43,7 @@ CSS = """
 .atelier-progress-fill { position: absolute; inset: 0 auto 0 0; background: var(--color-accent); opacity: .6; }
 .atelier-progress span { position: relative; padding-left: 8px; font-size: 13px; }
 .atelier-warning, .atelier-error { color: var(--error-text-color, #b91c1c); }
+.atelier-cards .caption-label { font-size: 12px; }
 """
 
 
@@ -83,7 +85,7 @@ def build(ctx: AppContext) -> gr.Blocks:
             checkpoint = gr.Dropdown(label="Stable Diffusion checkpoint", choices=checkpoint_choices(ctx),
                                      value=current, elem_id="checkpoint", scale=4,
                                      info=checkpoint_description(ctx, current) or None)
-            refresh = gr.Button("🔄", elem_id="refresh-checkpoints", scale=0, min_width=48)
+            refresh = gr.Button("🔄 Refresh", elem_id="refresh-checkpoints", scale=0, min_width=48)
             vaes = vae_choices(ctx)
             vae = gr.Dropdown(label="SD VAE", choices=vaes, elem_id="sd-vae", scale=2,
                               value=ctx.settings.default_vae if ctx.settings.default_vae in vaes else AUTOMATIC)
@@ -261,6 +263,8 @@ def launch(ctx: AppContext, demo: gr.Blocks | None = None, credentials: Any = No
         "show_error": True,
         "max_file_size": MAX_UPLOAD,
         "css": CSS,
+        # Button names and tooltips, progress in the tab title, a notification when pictures arrive.
+        "head": page_script.head_html(page_script.sound_file([PROJECT_ROOT, settings.settings_file.parent])),
         "share": share,
         # Every route, Gradio's included, sits behind the cross-site and sign-in-throttling guard.
         "app_kwargs": {"middleware": [Middleware(
