@@ -76,6 +76,7 @@ class Settings:
     save_format: str = "png"
     filename_pattern: str = "[number]-[seed]"  # [number] [seed] [prompt_words] [model_name] [date]
     save_images: bool = True  # UI jobs save their pictures (A1111's samples_save)
+    save_per_user_folders: bool = False  # signed-in users' pictures under outputs/<user>/ (the host's stay put)
     save_images_before_highres_fix: bool = False  # hires fix also saves its first pass (A1111's option)
     default_clip_skip: int = 1  # the top bar's clip skip at start, and API jobs' (A1111's CLIP_stop_at_last_layers)
     default_vae: str = "Automatic"  # likewise for the VAE (A1111's sd_vae)
@@ -192,7 +193,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, env: Mapping[str, 
 EDITABLE = ("outputs_dir", "ram_cache_bytes", "offload", "preview_every_n_steps", "default_sampler",
             "default_steps", "default_size", "save_format", "filename_pattern", "save_images", "default_clip_skip",
             "emphasis", "randn_source", "eta_noise_seed_delta",
-            "default_vae", "upscaler_tile_size", "save_images_before_highres_fix")
+            "default_vae", "upscaler_tile_size", "save_images_before_highres_fix", "save_per_user_folders")
 
 
 def check_changes(settings: Settings, changes: Mapping[str, Any]) -> tuple[Settings, dict[str, Any]]:

@@ -87,7 +87,7 @@ class AppContext:
             upscaler_tile_size=settings.upscaler_tile_size,
             controlnet_builtin_dir=BUILTIN_CONTROLNET_DIR if settings.include_builtin else None,
         )
-        outputs = OutputLayout(settings.outputs_dir, settings.filename_pattern)
+        outputs = OutputLayout(settings.outputs_dir, settings.filename_pattern, settings.save_per_user_folders)
         remove_stale_temp_files(settings.outputs_dir, settings.settings_file.parent)
         extensions = ExtensionManager(settings.extensions_dir,
                                       ExtensionStore(settings.settings_file.parent / "extension-settings.json"))
@@ -118,7 +118,8 @@ class AppContext:
         The output folder is the exception: the server may only serve files from the folder it started
         with, so a new one takes effect at the next start."""
         self.settings = settings.replace(outputs_dir=self.settings.outputs_dir)
-        self.outputs = OutputLayout(self.settings.outputs_dir, settings.filename_pattern)
+        self.outputs = OutputLayout(self.settings.outputs_dir, settings.filename_pattern,
+                                    settings.save_per_user_folders)
         self.manager.cache.set_budget(settings.ram_cache_bytes)
         self.manager.offload_setting = settings.offload
         self.manager.upscalers.tile_size = settings.upscaler_tile_size

@@ -585,11 +585,11 @@ def generate(
 
 def _save(outputs: OutputLayout, req: GenerationRequest, image: Image.Image, seed: int, text: str, save_format: str,
           model_name: str, suffix: str = "") -> Path:
-    folder = outputs.folder_for(req.task.value)
+    folder = outputs.folder_for(req.task.value, user=req.user)
     fields = {"prompt_words": prompt_words(req.prompt), "model_name": model_name,
               "date": datetime.date.today().isoformat()}
     try:
-        return save_image(image, folder, seed, text, save_format, outputs.pattern + suffix, fields)
+        return save_image(image, folder, seed, text, save_format, outputs.pattern + suffix, fields, owner=req.user)
     except OSError as exc:
         raise SaveError(f"Could not save the picture in {folder}: {exc.strerror or exc}. Nothing was "
                         "written there; free some space or choose another output folder.") from exc

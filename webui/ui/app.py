@@ -15,9 +15,10 @@ from starlette.middleware import Middleware
 
 from ..config import PROJECT_ROOT
 from ..errors import AtelierError
+from ..history.library import private_folders
 from ..models.vae import AUTOMATIC, NONE, list_vaes
 from ..styles import StyleStore
-from . import extensions_tab, extras_tab, forms, generation_tab, page_script, png_info, settings_tab
+from . import extensions_tab, extras_tab, forms, generation_tab, history_tab, page_script, png_info, settings_tab
 from .common import (
     checkpoint_choices,
     checkpoint_description,
@@ -98,10 +99,12 @@ def build(ctx: AppContext) -> gr.Blocks:
             for mode in ("txt2img", "img2img", "inpaint"):
                 with gr.Tab(generation_tab.TITLES[mode], id=mode, elem_id=f"tab-{mode}"):
                     tabs_by_mode[mode] = generation_tab.build_mode_tab(ctx, mode, top, size, styles, tokenizer)
+            with gr.Tab("History", id="history", elem_id="tab-history") as history_item:
+                history = history_tab.build(ctx, history_item)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab-pnginfo"):
                 info_tab = png_info.build()
             with gr.Tab("Extras", id="extras", elem_id="tab-extras"):
-                extras_tab.build(ctx)
+                extras = extras_tab.build(ctx)
             with gr.Tab("Settings", id="settings", elem_id="tab-settings"):
                 settings_tab.build(ctx, allow_folder_changes=extensions_tab.admin_refusal(ctx) is None)
                 extensions_tab.build_extension_settings(ctx)
@@ -109,7 +112,8 @@ def build(ctx: AppContext) -> gr.Blocks:
                 extensions_tab.build(ctx)
             extensions_tab.build_extension_tabs(ctx)
         _wire_top_bar(ctx, top, empty_notice, tabs_by_mode)
-        _wire_transfers(ctx, top, tabs, tabs_by_mode, info_tab)
+        _wire_transfers(ctx, top, tabs, tabs_by_mode, info_tab, history)
+        history.connect_extras(tabs, extras.image)
     return demo
 
 
@@ -149,8 +153,9 @@ def _wire_top_bar(ctx: AppContext, top: TopBar, empty_notice: gr.Markdown, tabs:
     top.checkpoint.change(on_sizes, [top.checkpoint], sizes, queue=False, api_visibility="private")
 
 
-def _wire_transfers(ctx: AppContext, top: TopBar, tabs: gr.Tabs, by_mode: dict[str, ModeTab], info_tab: Any) -> None:
-    """Send to img2img / inpaint / txt2img from every gallery and from PNG Info; read pasted infotext."""
+def _wire_transfers(ctx: AppContext, top: TopBar, tabs: gr.Tabs, by_mode: dict[str, ModeTab], info_tab: Any,
+                    history: Any = None) -> None:
+    """Send to img2img / inpaint / txt2img from every gallery, PNG Info and History; read pasted infotext."""
 
     def find_checkpoint(name: str) -> Any:
         entry = ctx.registry.find(name)
@@ -199,9 +204,10 @@ def _wire_transfers(ctx: AppContext, top: TopBar, tabs: gr.Tabs, by_mode: dict[s
 
             button.click(from_gallery, [source.results], outputs(), queue=False, api_visibility="private")
 
-    for target_mode, button in info_tab.send.items():
-        outputs, from_values = transfer(target_mode, with_image=target_mode != "txt2img")
-        button.click(from_values, [info_tab.image, info_tab.text], outputs(), queue=False, api_visibility="private")
+    for panel in (info_tab, history) if history is not None else (info_tab,):
+        for target_mode, button in panel.send.items():
+            outputs, from_values = transfer(target_mode, with_image=target_mode != "txt2img")
+            button.click(from_values, [panel.image, panel.text], outputs(), queue=False, api_visibility="private")
 
     for tab in by_mode.values():
         outputs, _ = transfer(tab.mode, with_image=False)
@@ -260,6 +266,8 @@ def launch(ctx: AppContext, demo: gr.Blocks | None = None, credentials: Any = No
         "inbrowser": settings.autolaunch,
         # Only generated images may be served from disk: the outputs folder (and Gradio's own temp folder).
         "allowed_paths": [str(settings.outputs_dir)],
+        # ...except the History index (everyone's prompts) and its trash.
+        "blocked_paths": [str(p) for p in private_folders(settings.outputs_dir)],
         "show_error": True,
         "max_file_size": MAX_UPLOAD,
         "css": CSS,

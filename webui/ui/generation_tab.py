@@ -19,6 +19,7 @@ from ..jobs import Progress
 from ..pipelines.conditioning import count_part_tokens
 from ..pipelines.request import InpaintArea, MaskedContent, ResizeMode
 from ..samplers import SAMPLERS, SCHEDULE_TYPES
+from ..users import user_of
 from . import forms
 from .extension_controls import ExtensionControls, build_extension_controls
 from .networks_panel import build_networks_panel
@@ -207,6 +208,7 @@ def _wire_generation(ctx: AppContext, tab: ModeTab, top: TopBar, styles: Any) ->
         except AtelierError as exc:
             raise gr.Error(str(exc)) from exc
         req.extra.update(extra)
+        req.user = user_of(request)  # recorded in the saved pictures: their History owner
         work = None
         if script is not None:
             script_owner, chosen, script_values = script
