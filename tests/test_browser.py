@@ -142,7 +142,9 @@ def test_lora_and_embedding_cards_insert_into_the_prompt_and_apply(page_at, serv
     page = page_at()
     page.click("#txt2img-networks")  # open the accordion
     page.click("#txt2img-refresh-networks")  # files added after the page loaded
-    page.get_by_text("bold colours", exact=True).first.click()
+    page.locator("#txt2img-lora-cards").get_by_text("bold colours", exact=True).click()
+    page.wait_for_function("() => document.querySelector('#txt2img-prompt textarea').value.includes('bold')")
+    page.locator("#txt2img-card-tabs").get_by_role("tab", name="Embeddings").click()
     page.locator("#txt2img-embedding-cards").get_by_text("swirl", exact=True).click()
     page.wait_for_function("() => document.querySelector('#txt2img-prompt textarea').value.includes('swirl')")
     prompt = page.input_value("#txt2img-prompt textarea")

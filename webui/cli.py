@@ -59,6 +59,8 @@ def _serve_parser() -> argparse.ArgumentParser:
                    help="with --listen: serve without sign-in (by default a password is generated)")
     a.add_argument("--enable-insecure-extension-access", action="store_true",
                    help="allow installing/updating extensions from the UI even with --listen or --share")
+    a.add_argument("--admin-users", help="comma-separated users who are the host on a signed-in studio: they see "
+                                         "everyone's pictures in History and may change model cards")
     a.add_argument("--share", action="store_true",
                    help="also make a public link (needs the internet; sign-in is then always required)")
     w = p.add_argument_group("workers (docs/scaling.md)")
@@ -170,6 +172,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     for name in ("devices", "ray", "ray_workers", "worker_threads"):
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
+    if getattr(args, "admin_users", None) is not None:
+        overrides["admin_users"] = args.admin_users
     for name in ("ckpt_dir", "lora_dir", "embeddings_dir"):
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)

@@ -69,6 +69,9 @@ class Settings:
     include_builtin: bool = True  # list the built-in demo model after the user's checkpoints
     # Extension install/update/uninstall from the UI even when other machines can reach the server
     enable_insecure_extension_access: bool = False
+    # Users (comma-separated) who are the host on a signed-in studio: they see everyone's pictures in History and
+    # may change model cards. Flags, environment or settings.json only; the page cannot change it.
+    admin_users: str = ""
     # Failed sign-ins from one address before it must wait (doubling each time); 0 turns the wait off
     signin_failures_before_lockout: int = 5
     # Generation defaults
@@ -78,6 +81,7 @@ class Settings:
     save_format: str = "png"
     filename_pattern: str = "[number]-[seed]"  # [number] [seed] [prompt_words] [model_name] [date]
     save_images: bool = True  # UI jobs save their pictures (A1111's samples_save)
+    save_per_user_folders: bool = False  # signed-in users' pictures under outputs/<user>/ (the host's stay put)
     save_images_before_highres_fix: bool = False  # hires fix also saves its first pass (A1111's option)
     default_clip_skip: int = 1  # the top bar's clip skip at start, and API jobs' (A1111's CLIP_stop_at_last_layers)
     default_vae: str = "Automatic"  # likewise for the VAE (A1111's sd_vae)
@@ -195,7 +199,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, env: Mapping[str, 
 EDITABLE = ("outputs_dir", "ram_cache_bytes", "offload", "preview_every_n_steps", "default_sampler",
             "default_steps", "default_size", "save_format", "filename_pattern", "save_images", "default_clip_skip",
             "emphasis", "randn_source", "eta_noise_seed_delta",
-            "default_vae", "upscaler_tile_size", "save_images_before_highres_fix")
+            "default_vae", "upscaler_tile_size", "save_images_before_highres_fix", "save_per_user_folders")
 
 
 def check_changes(settings: Settings, changes: Mapping[str, Any]) -> tuple[Settings, dict[str, Any]]:

@@ -73,7 +73,7 @@ class AppContext:
         registry = CheckpointRegistry(settings.checkpoints_dir, hashes, builtin=builtin)
         devices = [d.strip() for d in settings.devices.split(",") if d.strip()]
         manager = build_manager(settings, registry, devices[0] if devices else None, share=max(1, len(devices)))
-        outputs = OutputLayout(settings.outputs_dir, settings.filename_pattern)
+        outputs = OutputLayout(settings.outputs_dir, settings.filename_pattern, settings.save_per_user_folders)
         remove_stale_temp_files(settings.outputs_dir, settings.settings_file.parent)
         extensions = ExtensionManager(settings.extensions_dir,
                                       ExtensionStore(settings.settings_file.parent / "extension-settings.json"))
@@ -185,7 +185,8 @@ class AppContext:
         The output folder is the exception: the server may only serve files from the folder it started
         with, so a new one takes effect at the next start."""
         self.settings = settings.replace(outputs_dir=self.settings.outputs_dir)
-        self.outputs = OutputLayout(self.settings.outputs_dir, settings.filename_pattern)
+        self.outputs = OutputLayout(self.settings.outputs_dir, settings.filename_pattern,
+                                    settings.save_per_user_folders)
         managers = [w.manager for w in self._local_workers()] or [self.manager]
         for manager in managers:  # the RAM budget is shared between the workers of this process
             manager.cache.set_budget(settings.ram_cache_bytes // len(managers))

@@ -24,8 +24,11 @@ from pathlib import Path
 from PIL import ExifTags, Image, PngImagePlugin
 
 from .fileio import TEMP_PREFIX, temp_name
+from .users import folder_name
 
 PNG_KEY = "parameters"  # the tEXt/iTXt keyword A1111 and every reader of its files use
+OWNER_KEY = "atelier-user"  # PNG text chunk: the signed-in user who made the picture (absent: the host)
+ARTIST = ExifTags.Base.Artist  # 0x013B: where JPEG and WebP files record that user
 USER_COMMENT = ExifTags.Base.UserComment  # 0x9286, in the Exif IFD
 UNICODE_PREFIX = b"UNICODE\0"  # EXIF character-code header A1111 writes, then UTF-16
 JPEG_QUALITY = 80  # A1111's default for JPEG and lossy WebP
@@ -42,14 +45,20 @@ _save_lock = threading.Lock()  # one counter pick-and-link at a time within this
 class OutputLayout:
     root: Path
     pattern: str = "[number]-[seed]"  # file name pattern (see file_stem)
+    per_user: bool = False  # signed-in users' pictures go under <root>/<user>/ (the host's stay at the root)
 
-    def folder_for(self, task: str, day: datetime.date | None = None, grid: bool = False) -> Path:
-        """`<root>/<txt2img|img2img|extras>-<images|grids>/YYYY-MM-DD`; inpainting shares img2img's folders."""
+    def folder_for(self, task: str, day: datetime.date | None = None, grid: bool = False,
+                   user: str | None = None) -> Path:
+        """`<root>/<txt2img|img2img|extras>-<images|grids>/YYYY-MM-DD`; inpainting shares img2img's folders.
+        With ``per_user``, a signed-in ``user``'s go under `<root>/<user>/` instead."""
         name = _FOLDERS.get(str(getattr(task, "value", task)))
         if name is None:
             raise ValueError(f"unknown task {task!r}; expected one of {', '.join(_FOLDERS)}")
         day = day or datetime.date.today()
-        return Path(self.root) / f"{name}-{'grids' if grid else 'images'}" / day.isoformat()
+        root = Path(self.root)
+        if self.per_user and user:
+            root = root / folder_name(user)
+        return root / f"{name}-{'grids' if grid else 'images'}" / day.isoformat()
 
 
 def next_counter(folder: Path) -> int:
@@ -92,14 +101,15 @@ def prompt_words(prompt: str, limit: int = 8) -> str:
 
 def save_image(
     image: Image.Image, folder: Path, seed: int, infotext: str, fmt: str = "png", pattern: str = DEFAULT_PATTERN,
-    fields: dict[str, str] | None = None,
+    fields: dict[str, str] | None = None, owner: str | None = None,
 ) -> Path:
     """Save as `NNNNN-SEED.<ext>` (or the user's ``pattern``) with the infotext embedded; returns the path.
+    ``owner``: the signed-in user who made it, recorded in the file for the History tab (None: the host).
 
     Safe to call from several threads and processes at once: each call gets its own file.
     """
     pil_format, ext = _format(fmt)
-    return save_encoded(_encode(image, infotext, pil_format), folder, seed, ext, pattern, fields)
+    return save_encoded(_encode(image, infotext, pil_format, owner), folder, seed, ext, pattern, fields)
 
 
 def save_encoded(data: bytes, folder: Path, seed: int, ext: str = "png", pattern: str = DEFAULT_PATTERN,
@@ -189,18 +199,21 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def _encode(image: Image.Image, infotext: str, pil_format: str) -> bytes:
+def _encode(image: Image.Image, infotext: str, pil_format: str, owner: str | None = None) -> bytes:
     buffer = io.BytesIO()
     if pil_format == "PNG":
         info = PngImagePlugin.PngInfo()
-        if _is_latin1(infotext):
-            info.add_text(PNG_KEY, infotext)
-        else:  # tEXt is latin-1 only; iTXt carries UTF-8
-            info.add_itxt(PNG_KEY, infotext)
+        for key, text in [(PNG_KEY, infotext)] + ([(OWNER_KEY, owner)] if owner else []):
+            if _is_latin1(text):
+                info.add_text(key, text)
+            else:  # tEXt is latin-1 only; iTXt carries UTF-8
+                info.add_itxt(key, text)
         image.save(buffer, format="PNG", pnginfo=info)
         return buffer.getvalue()
     exif = Image.Exif()
     exif.get_ifd(ExifTags.IFD.Exif)[USER_COMMENT] = UNICODE_PREFIX + infotext.encode("utf-16-be")
+    if owner:
+        exif[ARTIST] = owner
     if pil_format == "JPEG" and image.mode not in ("RGB", "L"):
         image = image.convert("RGB")  # JPEG has no alpha or palette
     image.save(buffer, format=pil_format, exif=exif.tobytes(), quality=JPEG_QUALITY)
@@ -213,6 +226,22 @@ def _is_latin1(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def read_owner(source: str | os.PathLike[str] | Image.Image) -> str | None:
+    """The signed-in user a picture records as its maker (``save_image``'s ``owner``), else None (the host)."""
+    if isinstance(source, Image.Image):
+        return _owner_of(source)
+    with Image.open(source) as image:
+        return _owner_of(image)
+
+
+def _owner_of(image: Image.Image) -> str | None:
+    text = getattr(image, "text", None)
+    if isinstance(text, dict) and text.get(OWNER_KEY):
+        return str(text[OWNER_KEY])
+    artist = image.getexif().get(ARTIST)
+    return str(artist) if artist else None
 
 
 def read_infotext(source: str | os.PathLike[str] | Image.Image) -> str | None:

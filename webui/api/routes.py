@@ -117,6 +117,7 @@ def build_router(ctx: "AppContext", service: ApiService, check: Callable[[Reques
                        route_class=api_route_class(check))
 
     async def run_job(job: convert.ApiJob, who: Caller) -> dict[str, Any]:
+        job.request.user = who.user  # saved pictures record their maker (History)
         try:
             result = await service.generate(job, who)
         except AtelierError as exc:

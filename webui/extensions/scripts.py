@@ -38,10 +38,11 @@ class ScriptJob:
 
     def save(self, image: Any, infotext: str, seed: int, grid: bool = False) -> Path:
         ctx = self._ctx
-        folder = ctx.outputs.folder_for(self.request.task.value, grid=grid)
+        folder = ctx.outputs.folder_for(self.request.task.value, grid=grid, user=self.request.user)
         fields = {"prompt_words": prompt_words(self.request.prompt), "model_name": "",
                   "date": datetime.date.today().isoformat()}
-        return save_image(image, folder, seed, infotext, ctx.settings.save_format, ctx.outputs.pattern, fields)
+        return save_image(image, folder, seed, infotext, ctx.settings.save_format, ctx.outputs.pattern, fields,
+                          owner=self.request.user)
 
     def finish(self, images: list[Any], infotexts: list[str], paths: list[Path] | None = None,
                seeds: list[int] | None = None) -> GenerationResult:

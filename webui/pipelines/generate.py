@@ -43,7 +43,7 @@ from .manager import NoCheckpointError, PipelineManager
 from .model_switch import Refiner, RefinerTurn, check_refiner, check_same_latent_space, switch_step
 from .networks import JobNetworks, resolve_networks
 from .noise import step_generators, variation_noise
-from .previews import latents_to_preview
+from .previews import LatentPreviewer
 from .request import GenerationRequest, InpaintArea, MaskedContent, RequestError, Task
 from .rng import effective_source, fallback_warning
 from .schedulers import make_scheduler, use_start_noise
@@ -223,8 +223,10 @@ class _StepCallback:
     """Progress, previews, interrupt, skip and extensions' on_step hooks, called by diffusers after every
     denoising step."""
 
-    def __init__(self, control: JobControl, is_sdxl: bool, hooks: Any = None) -> None:
+    def __init__(self, control: JobControl, is_sdxl: bool, hooks: Any = None,
+                 previews: LatentPreviewer | None = None) -> None:
         self.control = control
+        self.previews = previews or LatentPreviewer(None)
         self.is_sdxl = is_sdxl
         self.hooks = hooks
         # Set per pipeline call: the prompt schedule, how many images the call makes, and where its steps
@@ -278,7 +280,7 @@ class _StepCallback:
         changes: dict[str, Any] = {"step": done, "steps": total}
         every = control.preview_every
         if every > 0 and done % every == 0 and "latents" in kwargs and done < total:
-            changes["preview"] = latents_to_preview(kwargs["latents"], self.is_sdxl)
+            changes["preview"] = self.previews.preview(pipe.vae, kwargs["latents"], self.is_sdxl)
         control.update(**changes)
         if self.hooks is not None and self.hooks.has("on_step"):
             latents = kwargs.get("latents")
@@ -513,7 +515,7 @@ def generate(
             extra.update(refiner.infotext_params())
 
         # 4. per batch: fresh scheduler, one generator per image, denoise (then the hires pass)
-        callback = _StepCallback(control, model.is_sdxl, hooks)
+        callback = _StepCallback(control, model.is_sdxl, hooks, manager.previews)
         for batch in range(req.batch_count):
             if control.interrupted:
                 result.interrupted = True
@@ -583,11 +585,11 @@ def generate(
 
 def _save(outputs: OutputLayout, req: GenerationRequest, image: Image.Image, seed: int, text: str, save_format: str,
           model_name: str, suffix: str = "") -> Path:
-    folder = outputs.folder_for(req.task.value)
+    folder = outputs.folder_for(req.task.value, user=req.user)
     fields = {"prompt_words": prompt_words(req.prompt), "model_name": model_name,
               "date": datetime.date.today().isoformat()}
     try:
-        return save_image(image, folder, seed, text, save_format, outputs.pattern + suffix, fields)
+        return save_image(image, folder, seed, text, save_format, outputs.pattern + suffix, fields, owner=req.user)
     except OSError as exc:
         raise SaveError(f"Could not save the picture in {folder}: {exc.strerror or exc}. Nothing was "
                         "written there; free some space or choose another output folder.") from exc

@@ -42,6 +42,7 @@ from ..models.registry import CheckpointEntry, CheckpointRegistry
 from ..models.vae import VaeFile, load_vae, resolve_vae
 from ..upscalers import default_upscaler_dirs
 from ..upscalers.library import UpscalerLibrary
+from .previews import LatentPreviewer
 from .request import Task
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,8 @@ class PipelineManager:
         self._lora_patchers: dict[str, LoraPatcher] = {}
         self.device = device
         self.dtype = dtype
+        # Live previews fitted to each VAE (cached beside the hash cache) and TAESD decoders from A1111's folder.
+        self.previews = LatentPreviewer(models_dir / ".preview-colours.json", models_dir / "VAE-approx", device)
         # Upscalers for hires fix and the Extras tab; their models are not in the checkpoint cache's budget.
         self.upscalers = UpscalerLibrary(upscaler_dirs or default_upscaler_dirs(models_dir), upscaler_builtin_dir,
                                          device, dtype, tile_size=upscaler_tile_size)
@@ -228,6 +231,7 @@ class PipelineManager:
         model = load_checkpoint(entry, self.dtype)
         if model.detection.prediction_from == FROM_WEIGHTS:  # the model list shows it before the next load
             entry.remember_prediction(model.detection.prediction_type)
+        self.previews.prepare(model.components["vae"])
         self.cache.put(entry.name, model, model.nbytes)
         devices.release_memory(self.device)  # the conversion's temporaries, and anything just evicted
         self._start_hashing(entry, model)
@@ -296,6 +300,7 @@ class PipelineManager:
         module = self._vaes.get(key)
         if module is None:
             module = load_vae(vae_file, config, model.dtype)
+            self.previews.prepare(module)
             self._vaes[key] = module
             while len(self._vaes) > 2:
                 self._vaes.popitem(last=False)

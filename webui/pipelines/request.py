@@ -132,6 +132,7 @@ class GenerationRequest:
     controlnet_units: list[ControlUnit] = field(default_factory=list)
     # output
     save_images: bool = True
+    user: str | None = None  # the signed-in user who asked: recorded in the saved files (None: the host)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

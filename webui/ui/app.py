@@ -13,10 +13,22 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 from starlette.middleware import Middleware
 
+from ..config import PROJECT_ROOT
 from ..errors import AtelierError
+from ..history.library import private_folders
 from ..models.vae import AUTOMATIC, NONE, list_vaes
 from ..styles import StyleStore
-from . import extensions_tab, extras_tab, forms, generation_tab, png_info, queue_tab, settings_tab
+from . import (
+    extensions_tab,
+    extras_tab,
+    forms,
+    generation_tab,
+    history_tab,
+    page_script,
+    png_info,
+    queue_tab,
+    settings_tab,
+)
 from .browser_id import BrowserIdMiddleware
 from .common import (
     checkpoint_choices,
@@ -44,6 +56,7 @@ CSS = """
 .atelier-progress span { position: relative; padding-left: 8px; font-size: 13px; }
 .atelier-warning, .atelier-error { color: var(--error-text-color, #b91c1c); }
 .atelier-queue td, .atelier-workers td, .atelier-queue th, .atelier-workers th { padding: 2px 10px; text-align: left; }
+.atelier-cards .caption-label { font-size: 12px; }
 """
 
 
@@ -85,7 +98,7 @@ def build(ctx: AppContext) -> gr.Blocks:
             checkpoint = gr.Dropdown(label="Stable Diffusion checkpoint", choices=checkpoint_choices(ctx),
                                      value=current, elem_id="checkpoint", scale=4,
                                      info=checkpoint_description(ctx, current) or None)
-            refresh = gr.Button("🔄", elem_id="refresh-checkpoints", scale=0, min_width=48)
+            refresh = gr.Button("🔄 Refresh", elem_id="refresh-checkpoints", scale=0, min_width=48)
             vaes = vae_choices(ctx)
             vae = gr.Dropdown(label="SD VAE", choices=vaes, elem_id="sd-vae", scale=2,
                               value=ctx.settings.default_vae if ctx.settings.default_vae in vaes else AUTOMATIC)
@@ -98,10 +111,12 @@ def build(ctx: AppContext) -> gr.Blocks:
             for mode in ("txt2img", "img2img", "inpaint"):
                 with gr.Tab(generation_tab.TITLES[mode], id=mode, elem_id=f"tab-{mode}"):
                     tabs_by_mode[mode] = generation_tab.build_mode_tab(ctx, mode, top, size, styles, tokenizer)
+            with gr.Tab("History", id="history", elem_id="tab-history") as history_item:
+                history = history_tab.build(ctx, history_item)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab-pnginfo"):
                 info_tab = png_info.build()
             with gr.Tab("Extras", id="extras", elem_id="tab-extras"):
-                extras_tab.build(ctx)
+                extras = extras_tab.build(ctx)
             with gr.Tab("Queue", id="queue", elem_id="tab-queue"):
                 queue = queue_tab.build(ctx)
             with gr.Tab("Settings", id="settings", elem_id="tab-settings"):
@@ -111,7 +126,8 @@ def build(ctx: AppContext) -> gr.Blocks:
                 extensions_tab.build(ctx)
             extensions_tab.build_extension_tabs(ctx)
         _wire_top_bar(ctx, top, empty_notice, tabs_by_mode)
-        _wire_transfers(ctx, top, tabs, tabs_by_mode, info_tab)
+        _wire_transfers(ctx, top, tabs, tabs_by_mode, info_tab, history)
+        history.connect_extras(tabs, extras.image)
         for tab in tabs_by_mode.values():
             _wire_reconnect(demo, ctx, tab)
         queue_tab.wire_load(demo, ctx, queue)
@@ -169,8 +185,9 @@ def _wire_top_bar(ctx: AppContext, top: TopBar, empty_notice: gr.Markdown, tabs:
     top.checkpoint.change(on_sizes, [top.checkpoint], sizes, queue=False, api_visibility="private")
 
 
-def _wire_transfers(ctx: AppContext, top: TopBar, tabs: gr.Tabs, by_mode: dict[str, ModeTab], info_tab: Any) -> None:
-    """Send to img2img / inpaint / txt2img from every gallery and from PNG Info; read pasted infotext."""
+def _wire_transfers(ctx: AppContext, top: TopBar, tabs: gr.Tabs, by_mode: dict[str, ModeTab], info_tab: Any,
+                    history: Any = None) -> None:
+    """Send to img2img / inpaint / txt2img from every gallery, PNG Info and History; read pasted infotext."""
 
     def find_checkpoint(name: str) -> Any:
         entry = ctx.registry.find(name)
@@ -219,9 +236,10 @@ def _wire_transfers(ctx: AppContext, top: TopBar, tabs: gr.Tabs, by_mode: dict[s
 
             button.click(from_gallery, [source.results], outputs(), queue=False, api_visibility="private")
 
-    for target_mode, button in info_tab.send.items():
-        outputs, from_values = transfer(target_mode, with_image=target_mode != "txt2img")
-        button.click(from_values, [info_tab.image, info_tab.text], outputs(), queue=False, api_visibility="private")
+    for panel in (info_tab, history) if history is not None else (info_tab,):
+        for target_mode, button in panel.send.items():
+            outputs, from_values = transfer(target_mode, with_image=target_mode != "txt2img")
+            button.click(from_values, [panel.image, panel.text], outputs(), queue=False, api_visibility="private")
 
     for tab in by_mode.values():
         outputs, _ = transfer(tab.mode, with_image=False)
@@ -279,9 +297,13 @@ def launch(ctx: AppContext, demo: gr.Blocks | None = None, credentials: Any = No
         "inbrowser": settings.autolaunch,
         # Only generated images may be served from disk: the outputs folder (and Gradio's own temp folder).
         "allowed_paths": [str(settings.outputs_dir)],
+        # ...except the History index (everyone's prompts) and its trash.
+        "blocked_paths": [str(p) for p in private_folders(settings.outputs_dir)],
         "show_error": True,
         "max_file_size": MAX_UPLOAD,
         "css": CSS,
+        # Button names and tooltips, progress in the tab title, a notification when pictures arrive.
+        "head": page_script.head_html(page_script.sound_file([PROJECT_ROOT, settings.settings_file.parent])),
         "share": share,
         # Every route, Gradio's included, sits behind the cross-site and sign-in-throttling guard.
         "app_kwargs": {"middleware": [Middleware(

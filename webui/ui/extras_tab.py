@@ -137,7 +137,7 @@ def build(ctx: AppContext) -> ExtrasTab:
             with gr.Row(equal_height=True):
                 upscaler_1 = gr.Dropdown(names, value=names[0], label="Upscaler 1", elem_id="extras-upscaler-1",
                                          scale=4)
-                refresh = gr.Button("🔄", elem_id="extras-refresh", scale=0, min_width=48)
+                refresh = gr.Button("🔄 Refresh", elem_id="extras-refresh", scale=0, min_width=48)
             with gr.Row():
                 upscaler_2 = gr.Dropdown(names, value=names[0], label="Upscaler 2", elem_id="extras-upscaler-2")
                 visibility = gr.Slider(0, 1, value=0, step=0.001, label="Upscaler 2 visibility",

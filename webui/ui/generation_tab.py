@@ -18,6 +18,7 @@ from ..extensions.scripts import run_script
 from ..pipelines.conditioning import count_part_tokens
 from ..pipelines.request import InpaintArea, MaskedContent, ResizeMode
 from ..samplers import SAMPLERS, SCHEDULE_TYPES
+from ..users import user_of
 from . import forms
 from .controlnet_controls import build_controlnet_section
 from .controlnet_form import PREFIX as CONTROLNET_PREFIX
@@ -88,7 +89,7 @@ def build_mode_tab(ctx: AppContext, mode: str, top: TopBar, size: int, styles: A
                     token_count = gr.HTML("0/75", elem_id=f"{prefix}-token-count")
                     read_params = gr.Button("↙️ Read", elem_id=f"{prefix}-read-params", size="sm")
             fields["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}-negative")
-            build_networks_panel(ctx, mode, fields["prompt"])
+            networks = build_networks_panel(ctx, mode, fields["prompt"])
             with gr.Row():
                 fields["styles"] = gr.Dropdown(label="Styles", choices=styles.names(), multiselect=True,
                                                elem_id=f"{prefix}-styles", scale=4)
@@ -139,7 +140,7 @@ def build_mode_tab(ctx: AppContext, mode: str, top: TopBar, size: int, styles: A
                                                              label="Denoising strength", elem_id=f"{prefix}-strength")
             with gr.Row():
                 fields["width"] = gr.Slider(64, 2048, value=size, step=8, label="Width", elem_id=f"{prefix}-width")
-                swap = gr.Button("⇅", elem_id=f"{prefix}-swap-size", size="sm", scale=0, min_width=40)
+                swap = gr.Button("⇅ Swap", elem_id=f"{prefix}-swap-size", size="sm", scale=0, min_width=40)
                 fields["height"] = gr.Slider(64, 2048, value=size, step=8, label="Height", elem_id=f"{prefix}-height")
             with gr.Row():
                 fields["batch_count"] = gr.Slider(1, 100, value=1, step=1, label="Batch count",
@@ -150,8 +151,8 @@ def build_mode_tab(ctx: AppContext, mode: str, top: TopBar, size: int, styles: A
                 fields["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale",
                                                 elem_id=f"{prefix}-cfg")
                 fields["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", elem_id=f"{prefix}-seed")
-                random_seed = gr.Button("🎲", elem_id=f"{prefix}-random-seed", size="sm", scale=0, min_width=40)
-                reuse_seed = gr.Button("♻️", elem_id=f"{prefix}-reuse-seed", size="sm", scale=0, min_width=40)
+                random_seed = gr.Button("🎲 Random", elem_id=f"{prefix}-random-seed", size="sm", scale=0, min_width=40)
+                reuse_seed = gr.Button("♻️ Reuse", elem_id=f"{prefix}-reuse-seed", size="sm", scale=0, min_width=40)
             seed_buttons = {"seed": (random_seed, reuse_seed)}
             seed_buttons["subseed"] = build_variation_row(fields, prefix)
             if mode == "txt2img":
@@ -179,6 +180,7 @@ def build_mode_tab(ctx: AppContext, mode: str, top: TopBar, size: int, styles: A
                                                 size="sm")
             info = gr.HTML(elem_id=f"{prefix}-info")
     results = gr.State({"paths": [], "infotexts": [], "selected": 0})
+    networks.connect(results, top.checkpoint)
 
     tab = ModeTab(mode, fields, generate, interrupt, skip, gallery, info, preview, progress, results, read_params,
                   send, extension_controls)
@@ -202,6 +204,7 @@ def _wire_generation(ctx: AppContext, tab: ModeTab, top: TopBar, styles: Any) ->
         except AtelierError as exc:
             raise gr.Error(str(exc)) from exc
         req.extra.update(extra)
+        req.user = user_of(request)  # recorded in the saved pictures: their History owner
         work = None
         if script is not None:
             script_owner, chosen, script_values = script

@@ -36,6 +36,8 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
         pattern = gr.Textbox(s.filename_pattern, label="File name pattern ([number] [seed] [prompt_words] "
                              "[model_name] [date])", elem_id="settings-filename-pattern",
                              interactive=allow_folder_changes)
+        per_user = gr.Checkbox(s.save_per_user_folders, label="Save each signed-in user's pictures under "
+                               "outputs/<user>/", elem_id="settings-per-user-folders", interactive=allow_folder_changes)
         if not allow_folder_changes:
             gr.Markdown("Where files go can only be changed from this machine while others can reach the "
                         "server (or after starting with `--enable-insecure-extension-access`).",
@@ -64,7 +66,7 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
     status = gr.HTML(elem_id="settings-status")
 
     def on_save(out_dir, name_pattern, fmt, ram_gib, offload_mode, every, default_sampler, default_steps, side,
-                tile=None, first_pass=None):
+                tile=None, first_pass=None, user_folders=None):
         current = ctx.settings
         if not allow_folder_changes and (str(out_dir) != str(current.outputs_dir)
                                          or name_pattern != current.filename_pattern):
@@ -86,6 +88,8 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
             changes["save_images_before_highres_fix"] = bool(first_pass)
         if allow_folder_changes:
             changes["outputs_dir"] = out_dir
+            if user_folders is not None:
+                changes["save_per_user_folders"] = bool(user_folders)
         try:
             changes["ram_cache_bytes"] = int(float(ram_gib) * GIB)
             updated = save_settings(ctx.settings, changes)
@@ -98,4 +102,4 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
                 f"New defaults show in the tabs after a page reload.{html.escape(note)}</p>", "")
 
     save.click(on_save, [outputs_dir, pattern, save_format, ram_cache, offload, preview_every, sampler, steps, size,
-                         tile_size, save_first_pass], [status, notice], api_visibility="private", queue=False)
+                         tile_size, save_first_pass, per_user], [status, notice], api_visibility="private", queue=False)
