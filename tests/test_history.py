@@ -184,3 +184,17 @@ def test_a_job_records_its_user(make_context):
     assert [e.seed for e in history.show("dana").page.entries] == [7]
     assert history.show("erin").page.total == 0
     history.close()
+
+
+def test_a_picture_a_worker_made_records_its_user_on_the_head(tmp_path):
+    from webui.pipelines.generate import GenerationResult
+    from webui.pipelines.request import GenerationRequest
+    from webui.queue.remote import finish, pack
+    from webui.queue.workers import HeadSink
+
+    request = GenerationRequest(prompt="a red circle", seed=9, user="dana")
+    made = GenerationResult(request, [picture()], [9], [9], [infotext("a red circle", 9)])
+    sink = HeadSink(OutputLayout(tmp_path, per_user=True))
+    path = finish(pack(made), request, sink).paths[0]  # the worker's PNG bytes, written as they came
+    assert read_owner(path) == "dana" and path.relative_to(tmp_path).parts[0] == "dana"
+    assert [e.seed for e in History(tmp_path, admins("")).show("dana").page.entries] == [9]

@@ -158,3 +158,17 @@ def test_preview_of_the_demo_model_looks_like_its_picture(tmp_path):
         assert float(np.mean(mean_errors)) < 0.10, mean_errors
     finally:
         ctx.close()
+
+
+def test_a_half_precision_vae_is_fitted_and_left_as_it_was():
+    import warnings
+
+    from tests.support.tiny_models import tiny_components
+    from webui.pipelines.previews import load_time_stats
+
+    for arch in ("sd1", "sdxl"):  # SDXL's VAE is fitted upcast, as its pipelines decode
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            vae = tiny_components(arch)["vae"].to(torch.float16)
+        fit = load_time_stats(vae).solve()
+        assert np.isfinite(np.asarray(fit.factors)).all() and vae.dtype == torch.float16, arch

@@ -131,9 +131,10 @@ def save_encoded(data: bytes, folder: Path, seed: int, ext: str = "png", pattern
         temp.unlink(missing_ok=True)
 
 
-def encode_image(image: Image.Image, infotext: str, fmt: str = "png") -> bytes:
-    """The file bytes ``save_image`` would write, infotext inside, without saving (the REST API sends these)."""
-    return _encode(image, infotext, _format(fmt)[0])
+def encode_image(image: Image.Image, infotext: str, fmt: str = "png", owner: str | None = None) -> bytes:
+    """The file bytes ``save_image`` would write, infotext (and ``owner``) inside, without saving (the REST API
+    sends these; workers hand them to the head)."""
+    return _encode(image, infotext, _format(fmt)[0], owner)
 
 
 def _create_temp(folder: Path) -> tuple[int, Path]:

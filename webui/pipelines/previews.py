@@ -253,20 +253,24 @@ def load_time_stats(vae: Any, device: torch.device | None = None) -> FitStats:
     Runs on ``device`` when given (the VAE goes back where it was). Weighs ``PRIOR_WEIGHT`` pictures."""
     scale = vae_scale(vae)
     home = next(vae.parameters()).device
+    home_dtype = vae.dtype
     run_on = device or home
-    dtype = vae.dtype
+    # SDXL's VAE overflows in fp16 (its pipelines upcast it to decode): the fit upcasts it the same way.
+    dtype = torch.float32 if home_dtype == torch.float16 and vae.config.get("force_upcast") else home_dtype
     generator = torch.Generator().manual_seed(1234)
     pictures = _structured_pictures(FIT_LATENT_SIDE * scale, FIT_PICTURES, generator)
     try:
-        if run_on != home:
-            vae.to(run_on)
+        if run_on != home or dtype != home_dtype:
+            vae.to(run_on, dtype)
         encoded = vae.encode(pictures.to(run_on, dtype)).latent_dist.mode()
         decoded = vae.decode(encoded).sample.float()
     finally:
-        if run_on != home:
-            vae.to(home)
+        if run_on != home or dtype != home_dtype:
+            vae.to(home, home_dtype)
     latents = from_decoder_input(vae, encoded.float())
     colours = torch.nn.functional.avg_pool2d(decoded.clamp(-1, 1), scale)
+    if not (torch.isfinite(latents).all() and torch.isfinite(colours).all()):
+        raise ValueError("the VAE's output is not finite at this precision")
     stats = FitStats.of(latents, colours, scale)
     return stats.scaled(PRIOR_WEIGHT / stats.weight)
 
@@ -370,8 +374,9 @@ class VaeFit:
     def learn(self, latents: torch.Tensor, colours: torch.Tensor) -> bool:
         """Score both maps on one decode's latents and colours, then learn from it."""
         stats = FitStats.of(latents, colours, self.prior.scale, self.prior.kernel)
-        if stats.xtx.shape != self.prior.xtx.shape:
-            return False
+        finite = bool(np.isfinite(stats.xtx).all() and np.isfinite(stats.xty).all())
+        if stats.xtx.shape != self.prior.xtx.shape or not finite:
+            return False  # another latent space, or a decode that overflowed
         target = colours.detach().float().cpu()
         prior_error = float((self._prior_map.predict(latents) - target).abs().mean())
         first = self.learned is None

@@ -73,7 +73,8 @@ def pack(result: GenerationResult, loaded: tuple[str, ...] = ()) -> PackedResult
     """On the worker: the result as PNG bytes (infotext inside) and the values the head needs."""
     request = result.request
     return PackedResult(
-        [encode_image(image, text, "png") for image, text in zip(result.images, result.infotexts, strict=True)],
+        [encode_image(image, text, "png", owner=request.user)
+         for image, text in zip(result.images, result.infotexts, strict=True)],
         list(result.infotexts), list(result.seeds), list(result.subseeds),
         {name: getattr(request, name) for name in RESOLVED}, list(result.warnings), result.interrupted,
         result.model_name, result.model_hash, result.seconds, loaded)
@@ -117,14 +118,15 @@ def finish(packed: PackedResult, request: GenerationRequest, sink: HeadSink) -> 
         result.infotexts.append(text)
         if outputs is None:
             continue
-        folder = outputs.folder_for(req.task.value)
+        folder = outputs.folder_for(req.task.value, user=req.user)
         fields = {"prompt_words": prompt_words(req.prompt), "model_name": result.model_name,
                   "date": datetime.date.today().isoformat()}
         try:
             if sink.save_format == "png" and text == sent:
                 path = save_encoded(data, folder, seed, "png", outputs.pattern, fields)
             else:
-                path = save_image(image, folder, seed, text, sink.save_format, outputs.pattern, fields)
+                path = save_image(image, folder, seed, text, sink.save_format, outputs.pattern, fields,
+                                  owner=req.user)
         except OSError as exc:
             raise SaveError(f"Could not save the picture in {folder}: {exc.strerror or exc}. Nothing was "
                             "written there; free some space or choose another output folder.") from exc

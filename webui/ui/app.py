@@ -25,6 +25,7 @@ from . import (
     generation_tab,
     history_tab,
     page_script,
+    phone_layout,
     png_info,
     queue_tab,
     settings_tab,
@@ -301,7 +302,7 @@ def launch(ctx: AppContext, demo: gr.Blocks | None = None, credentials: Any = No
         "blocked_paths": [str(p) for p in private_folders(settings.outputs_dir)],
         "show_error": True,
         "max_file_size": MAX_UPLOAD,
-        "css": CSS,
+        "css": CSS + phone_layout.CSS,
         # Button names and tooltips, progress in the tab title, a notification when pictures arrive.
         "head": page_script.head_html(page_script.sound_file([PROJECT_ROOT, settings.settings_file.parent])),
         "share": share,

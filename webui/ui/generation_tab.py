@@ -80,9 +80,10 @@ def build_mode_tab(ctx: AppContext, mode: str, top: TopBar, size: int, styles: A
     settings = ctx.settings
     prefix = mode
     fields: dict[str, Any] = {"clip_skip": top.clip_skip, "vae": top.vae}
-    with gr.Row():
-        with gr.Column(scale=3):
-            with gr.Row():
+    # Classes and ids for the phone layout (webui/ui/phone_layout.py); the desktop ignores them.
+    with gr.Row(elem_classes=["atelier-gen"]):
+        with gr.Column(scale=3, elem_classes=["atelier-gen-options"]):
+            with gr.Row(elem_id=f"{prefix}-prompt-row"):
                 fields["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}-prompt", scale=8,
                                               placeholder=EXAMPLE_PROMPT)
                 with gr.Column(scale=1, min_width=90):
@@ -90,7 +91,7 @@ def build_mode_tab(ctx: AppContext, mode: str, top: TopBar, size: int, styles: A
                     read_params = gr.Button("↙️ Read", elem_id=f"{prefix}-read-params", size="sm")
             fields["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}-negative")
             networks = build_networks_panel(ctx, mode, fields["prompt"])
-            with gr.Row():
+            with gr.Row(elem_id=f"{prefix}-styles-row"):
                 fields["styles"] = gr.Dropdown(label="Styles", choices=styles.names(), multiselect=True,
                                                elem_id=f"{prefix}-styles", scale=4)
                 apply_styles = gr.Button("📋 Apply", elem_id=f"{prefix}-apply-styles", size="sm", scale=1)
@@ -108,11 +109,11 @@ def build_mode_tab(ctx: AppContext, mode: str, top: TopBar, size: int, styles: A
                 with gr.Accordion("Upload a mask instead (white = repaint)", open=False):
                     fields["mask_upload"] = gr.Image(label="Mask", type="pil", sources=["upload", "clipboard"],
                                                      elem_id="inpaint-mask-upload", height=200)
-                with gr.Row():
+                with gr.Row(elem_id="inpaint-mask-row"):
                     fields["mask_blur"] = gr.Slider(0, 64, value=4, step=1, label="Mask blur")
                     fields["masked_content"] = gr.Radio([m.value for m in MaskedContent],
                                                         value=MaskedContent.ORIGINAL.value, label="Masked content")
-                with gr.Row():
+                with gr.Row(elem_id="inpaint-area-row"):
                     fields["inpaint_area"] = gr.Radio([a.value for a in InpaintArea],
                                                       value=InpaintArea.WHOLE_PICTURE.value, label="Inpaint area")
                     fields["inpaint_padding"] = gr.Slider(0, 256, value=32, step=4,
@@ -124,7 +125,7 @@ def build_mode_tab(ctx: AppContext, mode: str, top: TopBar, size: int, styles: A
                             fields[f"outpaint_{side}"] = gr.Slider(0, 512, value=0, step=8,
                                                                    label=f"{side.title()}, pixels",
                                                                    elem_id=f"inpaint-outpaint-{side}")
-            with gr.Row():
+            with gr.Row(elem_id=f"{prefix}-sampling-row"):
                 fields["sampler"] = gr.Dropdown(label="Sampling method", choices=list(SAMPLERS),
                                                 value=settings.default_sampler, elem_id=f"{prefix}-sampler")
                 fields["schedule_type"] = gr.Dropdown(label="Schedule type",
@@ -133,21 +134,21 @@ def build_mode_tab(ctx: AppContext, mode: str, top: TopBar, size: int, styles: A
                 fields["steps"] = gr.Slider(1, 150, value=settings.default_steps, step=1, label="Sampling steps",
                                             elem_id=f"{prefix}-steps")
             if mode != "txt2img":
-                with gr.Row():
+                with gr.Row(elem_id=f"{prefix}-strength-row"):
                     fields["resize_mode"] = gr.Radio([m.value for m in ResizeMode], value=ResizeMode.JUST_RESIZE.value,
                                                      label="Resize mode", elem_id=f"{prefix}-resize-mode")
                     fields["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.75, step=0.01,
                                                              label="Denoising strength", elem_id=f"{prefix}-strength")
-            with gr.Row():
+            with gr.Row(elem_id=f"{prefix}-size-row"):
                 fields["width"] = gr.Slider(64, 2048, value=size, step=8, label="Width", elem_id=f"{prefix}-width")
                 swap = gr.Button("⇅ Swap", elem_id=f"{prefix}-swap-size", size="sm", scale=0, min_width=40)
                 fields["height"] = gr.Slider(64, 2048, value=size, step=8, label="Height", elem_id=f"{prefix}-height")
-            with gr.Row():
+            with gr.Row(elem_id=f"{prefix}-batch-row"):
                 fields["batch_count"] = gr.Slider(1, 100, value=1, step=1, label="Batch count",
                                                   elem_id=f"{prefix}-batch-count")
                 fields["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size",
                                                  elem_id=f"{prefix}-batch-size")
-            with gr.Row():
+            with gr.Row(elem_id=f"{prefix}-seed-row"):
                 fields["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale",
                                                 elem_id=f"{prefix}-cfg")
                 fields["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", elem_id=f"{prefix}-seed")
@@ -160,8 +161,8 @@ def build_mode_tab(ctx: AppContext, mode: str, top: TopBar, size: int, styles: A
             build_refiner_section(ctx, fields, prefix)
             build_controlnet_section(ctx, fields, mode)
             extension_controls = build_extension_controls(ctx, mode)
-        with gr.Column(scale=2):
-            with gr.Row():
+        with gr.Column(scale=2, elem_classes=["atelier-gen-output"]):
+            with gr.Row(elem_id=f"{prefix}-actions"):
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{prefix}-generate", scale=3)
                 interrupt = gr.Button("Interrupt", elem_id=f"{prefix}-interrupt", scale=1)
                 skip = gr.Button("Skip", elem_id=f"{prefix}-skip", scale=1)

@@ -1,6 +1,7 @@
-"""The page's own script (handed to Gradio's ``head``): accessible names and tooltips for the small buttons, the
-job's progress in the tab title ("[42%] Atelier"), and a browser notification (plus ``notification.mp3``, A1111's
-convention, when it exists) when pictures arrive while the tab is in the background."""
+"""The page's own script (handed to Gradio's ``head``): accessible names and tooltips for the small buttons,
+the phone layout's folded option groups, the job's progress in the tab title ("[42%] Atelier"), and a browser
+notification (plus ``notification.mp3``, A1111's convention, when it exists) when pictures arrive while the tab
+is in the background."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import base64
 import json
 import logging
 from pathlib import Path
+
+from .phone_layout import PHONE_WIDTH
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +38,17 @@ BUTTON_NAMES: dict[str, tuple[str, str]] = {
                                   "Make the picture selected in the gallery the chosen card's preview"),
 }
 
+# Option rows (id suffix -> group name) folded behind a button on phones (see phone_layout).
+FOLDS: dict[str, str] = {
+    "-styles-row": "Styles", "-sampling-row": "Sampling", "-strength-row": "Resize and denoising strength",
+    "inpaint-mask-row": "Mask blur and masked content", "inpaint-area-row": "Inpaint area",
+    "-size-row": "Size", "-batch-row": "Batch", "-seed-row": "Seed and CFG scale",
+}
+
 _SCRIPT = """
 (() => {
-  const NAMES = @NAMES@, GALLERIES = @GALLERIES@, SOUND = @SOUND@;
+  const NAMES = @NAMES@, GALLERIES = @GALLERIES@, SOUND = @SOUND@, FOLDS = @FOLDS@, PHONE = @PHONE@;
+  const phone = window.matchMedia(`(max-width: ${PHONE}px)`);
   const audio = SOUND ? new Audio(SOUND) : null;
   let base = null, seen = null, timer = null;
   function name() {
@@ -79,7 +90,30 @@ _SCRIPT = """
     const note = new Notification(base || 'Atelier', {body, icon: shown.first});
     note.onclick = () => { window.focus(); note.close(); };
   }
-  function update() { timer = null; name(); title(); pictures(); }
+  function fold() {
+    // On a phone each option group gets a button that shows or hides it; folded at first. The buttons stay
+    // when the window widens, but the desktop's CSS hides them and ignores the folding.
+    if (!phone.matches) return;
+    for (const [suffix, label] of Object.entries(FOLDS)) {
+      for (const group of document.querySelectorAll(`[id$="${suffix}"]`)) {
+        if (group.dataset.atelierFold) continue;
+        group.dataset.atelierFold = '1';
+        group.classList.add('atelier-folded');
+        const button = document.createElement('button');
+        button.type = 'button';
+        button.className = 'atelier-fold-toggle';
+        button.textContent = label;
+        button.setAttribute('aria-expanded', 'false');
+        button.setAttribute('aria-controls', group.id);
+        button.addEventListener('click', () => {
+          const open = !group.classList.toggle('atelier-folded');
+          button.setAttribute('aria-expanded', String(open));
+        });
+        group.before(button);
+      }
+    }
+  }
+  function update() { timer = null; name(); fold(); title(); pictures(); }
   // Timers, not animation frames: a background tab must still update its title.
   const observer = new MutationObserver(() => { if (timer === null) timer = setTimeout(update, 150); });
   function start() {
@@ -119,6 +153,9 @@ def sound_url(path: Path | None) -> str | None:
 
 def head_html(sound: Path | None = None) -> str:
     """The ``<script>`` for Gradio's ``head``. Everything in it is JSON, so no file or name can break out."""
-    script = _SCRIPT.replace("@NAMES@", json.dumps(BUTTON_NAMES)).replace("@GALLERIES@", json.dumps(GALLERIES)) \
-        .replace("@SOUND@", json.dumps(sound_url(sound)))
+    values = {"@NAMES@": json.dumps(BUTTON_NAMES), "@GALLERIES@": json.dumps(GALLERIES), "@FOLDS@": json.dumps(FOLDS),
+              "@PHONE@": str(PHONE_WIDTH), "@SOUND@": json.dumps(sound_url(sound))}
+    script = _SCRIPT
+    for marker, value in values.items():  # the sound last: no marker can appear inside its data
+        script = script.replace(marker, value)
     return "<script>" + script.replace("</", "<\\/") + "</script>"
