@@ -76,7 +76,7 @@ def build_controlnet_router(ctx: "AppContext", check: "Callable[[Request], Calle
         def run() -> list[str]:
             return [encode_png(detect_map(body.controlnet_module, picture, body.controlnet_processor_res,
                                           body.controlnet_threshold_a, body.controlnet_threshold_b,
-                                          annotators_dir=ctx.manager.controlnets.annotators_dir,
+                                          annotators_dir=ctx.manager.controlnets.annotators,
                                           field="controlnet_module"))
                     for picture in pictures]
 

@@ -205,7 +205,7 @@ def control_session(manager: Any, model: Any, request: Any, seed: int) -> Iterat
                 resolution = preprocess.pixel_perfect_resolution(image.size, width, height, unit.resize_mode)
                 resolution = int(min(max(resolution, pre.resolution.minimum), pre.resolution.maximum))
             detected = preprocess.run(pre.name, image, resolution, unit.threshold_a, unit.threshold_b, seed,
-                                      annotators_dir=library.annotators_dir, field=f"{field_name}.module")
+                                      annotators_dir=library.annotators, field=f"{field_name}.module")
             session.units.append(_Prepared(index, unit, pre, loaded, detected, image.size))
         try:
             yield session

@@ -132,7 +132,8 @@ class PipelineManager:
         self.cache: ModelCache[LoadedModel] = ModelCache(ram_cache_bytes, on_evict=self._on_evict)
         # ControlNets share the checkpoints' cache and its byte budget (under "ControlNet/..." keys).
         self.controlnets = ControlNetLibrary(controlnet_dirs or default_controlnet_dirs(models_dir),
-                                             controlnet_builtin_dir, self.cache, models_dir / "ControlNetAnnotators")
+                                             controlnet_builtin_dir, self.cache, models_dir / "ControlNetAnnotators",
+                                             device)
         # One job at a time on the model and the device; waiting jobs queue on this lock.
         self._run_lock = threading.Lock()
         self._load_lock = threading.Lock()

@@ -53,7 +53,7 @@ def preview_map(ctx: AppContext, module: str, image: Image.Image | None, process
         processor_res = preprocess.pixel_perfect_resolution(
             image.size, int(width), int(height), resize_mode_from_value(resize_mode, f"{field}.resize_mode"))
     return preprocess.detect_map(module, image.convert("RGB"), processor_res, threshold_a, threshold_b,
-                                 annotators_dir=ctx.manager.controlnets.annotators_dir, field=f"{field}.module")
+                                 annotators_dir=ctx.manager.controlnets.annotators, field=f"{field}.module")
 
 
 def build_controlnet_section(ctx: AppContext, fields: dict[str, Any], mode: str) -> None:

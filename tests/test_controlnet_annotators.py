@@ -1,0 +1,172 @@
+"""The preprocessors that run an annotator network (HED, PiDiNet, line art), with random weights saved in the
+original files' layouts (.pth as lllyasviel/Annotators ships them, and .safetensors), through the entry the
+preview button and ``POST /controlnet/detect`` use (``preprocess.detect_map``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from safetensors.torch import save_file
+
+from webui.controlnet import annotator_maps, annotators, catalog, preprocess
+from webui.controlnet.annotator_store import AnnotatorFileError, AnnotatorStore
+from webui.controlnet.nets import hed, lineart, pidinet
+
+
+def picture() -> Image.Image:
+    """150x100: a black box on white, so the maps have an edge to find and a known aspect ratio."""
+    image = Image.new("RGB", (150, 100), "white")
+    ImageDraw.Draw(image).rectangle((30, 20, 90, 70), fill="black")
+    return image
+
+
+def _state(net: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    return {prefix + k: v.contiguous() for k, v in net.state_dict().items()}
+
+
+# name -> (network, how the original file wraps its tensors)
+NETS = {
+    hed.FILE: (hed.HEDNet, lambda s: s),
+    pidinet.FILE: (pidinet.PiDiNet, lambda s: {"epoch": 100, "state_dict": {"module." + k: v for k, v in s.items()}}),
+    lineart.REALISTIC_FILE: (lineart.SketchGenerator, lambda s: s),
+    lineart.COARSE_FILE: (lineart.SketchGenerator, lambda s: s),
+    lineart.ANIME_FILE: (lineart.AnimeUNet, lambda s: s),
+}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    """The same random nets in two folders: as the original .pth files, and as .safetensors in a sub-folder."""
+    root = tmp_path_factory.mktemp("annotators")
+    pth, st = root / "pth" / "ControlNetAnnotators", root / "st" / "ControlNetAnnotators" / "downloads"
+    pth.mkdir(parents=True)
+    st.mkdir(parents=True)
+    torch.manual_seed(0)
+    for name, (build, wrap) in NETS.items():
+        state = _state(build())
+        torch.save(wrap(state), pth / name)
+        save_file(state, st / Path(name).with_suffix(".safetensors").name)
+    return {"pth": pth, "safetensors": st.parent}
+
+
+RUNNING = sorted(annotators.RUNNABLE)
+
+
+def test_every_runnable_preprocessor_has_a_runner_and_the_catalog_names_its_files():
+    assert set(annotator_maps.RUNNERS) == annotators.RUNNABLE
+    for name in RUNNING:
+        pre = catalog.find(name)
+        assert pre is not None and not pre.weight_free and all(a.name in NETS for a in pre.annotators)
+
+
+@pytest.mark.parametrize("layout", ["pth", "safetensors"])
+def test_each_preprocessor_makes_a_map_of_the_resolution_from_the_original_files(folders, layout):
+    store = AnnotatorStore(folders[layout])
+    for name in RUNNING:
+        map_ = preprocess.detect_map(name, picture(), 128, annotators_dir=store)
+        assert map_.mode == "RGB" and map_.size == (192, 128), name  # short side 100 -> 128, aspect kept
+        pixels = np.asarray(map_)
+        assert (pixels[..., 0] == pixels[..., 1]).all(), f"{name}: a grey map"
+    assert len(store.loaded()) == 3, "a small LRU: the last three networks stay loaded"
+
+
+def test_both_layouts_give_the_same_map_and_a_loaded_net_is_reused(folders):
+    from_pth, from_st = AnnotatorStore(folders["pth"]), AnnotatorStore(folders["safetensors"])
+    one = np.asarray(preprocess.detect_map("pidinet", picture(), 64, annotators_dir=from_pth))
+    assert np.array_equal(one, np.asarray(preprocess.detect_map("pidinet", picture(), 64, annotators_dir=from_st)))
+    net = from_pth.load(folders["pth"] / pidinet.FILE, "PiDiNet", pidinet.PiDiNet, pidinet.file_keys)
+    preprocess.detect_map("pidinet_safe", picture(), 64, annotators_dir=from_pth)
+    assert from_pth.load(folders["pth"] / pidinet.FILE, "PiDiNet", pidinet.PiDiNet, pidinet.file_keys) is net
+
+
+def test_safe_edges_have_three_levels_and_scribbles_are_binary(folders):
+    store = AnnotatorStore(folders["pth"])
+    for safe, scribble in (("hed_safe", "scribble_hed"), ("pidinet_safe", "pidinet_scribble")):
+        levels = set(np.unique(np.asarray(preprocess.detect_map(safe, picture(), 64, annotators_dir=store))))
+        assert levels <= {0, 127, 255}, safe
+        assert set(np.unique(np.asarray(preprocess.detect_map(scribble, picture(), 64, annotators_dir=store)))) \
+            <= {0, 255}, scribble
+    edges = np.linspace(0, 1, 101, dtype=np.float32)
+    quantised = annotator_maps.to_uint8(annotator_maps.safe_step(edges))
+    assert list(quantised[[0, 32, 34, 65, 67, 100]]) == [0, 0, 127, 127, 255, 255], "thirds: 0, 1/2, 1 (and over)"
+
+
+def test_scribble_turns_a_soft_edge_into_a_stroke_along_it():
+    edges = np.zeros((64, 64), np.uint8)
+    edges[28:37, 8:56] = 255  # a wide soft horizontal edge, centred on row 32
+    edges[10, 10] = 90  # a faint speck
+    strokes = annotator_maps.scribble(edges)
+    assert strokes[32, 12:52].all() and not strokes[:16].any() and not strokes[48:].any(), "the speck is gone"
+
+
+def test_pixel_difference_convolutions_see_nothing_in_a_flat_picture():
+    flat = torch.full((1, 2, 9, 9), 0.7)
+    weight = torch.randn(2, 1, 3, 3)
+    for kind in ("cd", "ad", "rd"):
+        out = pidinet.pixel_difference_conv(kind, flat, weight, groups=2)
+        assert out.shape == (1, 2, 9, 9) and out[..., 2:-2, 2:-2].abs().max() < 1e-5, kind
+    assert pidinet.pixel_difference_conv("cv", flat, weight, 2)[..., 4, 4].abs().max() > 1e-3
+
+
+def test_line_art_is_white_lines_on_black(folders, tmp_path):
+    """A sketch net that answers 0 (a line) everywhere must give a white map (the extension inverts it)."""
+    net = lineart.SketchGenerator()
+    state = _state(net)
+    state["model4.1.weight"] = torch.zeros_like(state["model4.1.weight"])
+    state["model4.1.bias"] = torch.full_like(state["model4.1.bias"], -20.0)  # sigmoid(-20) ~ 0
+    folder = tmp_path / "ControlNetAnnotators"
+    folder.mkdir()
+    torch.save(state, folder / lineart.REALISTIC_FILE)
+    map_ = np.asarray(preprocess.detect_map("lineart", picture(), 64, annotators_dir=folder))
+    assert map_.min() == 255
+
+
+def test_a_file_with_other_tensors_is_named_in_the_message(tmp_path):
+    folder = tmp_path / "ControlNetAnnotators"
+    folder.mkdir()
+    state = _state(hed.HEDNet())
+    state["block9.extra"] = state.pop("block5.projection.weight")
+    torch.save(state, folder / hed.FILE)
+    with pytest.raises(AnnotatorFileError) as raised:
+        preprocess.detect_map("hed", picture(), 64, annotators_dir=folder, field="controlnet_module")
+    message = str(raised.value)
+    assert hed.FILE in message and "block5.projection.weight" in message and "block9.extra" in message
+    assert raised.value.field == "controlnet_module"
+    save_file(_state(lineart.SketchGenerator()), folder / "ControlNetHED.safetensors")  # the wrong net
+    (folder / hed.FILE).unlink()
+    with pytest.raises(AnnotatorFileError, match="ControlNetHED.safetensors.*not the HED"):
+        preprocess.detect_map("softedge_hed", picture(), 64, annotators_dir=folder)
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_that_asks_to_run_code_is_refused_without_running_it(tmp_path):
+    folder = tmp_path / "ControlNetAnnotators"
+    folder.mkdir()
+    marker = tmp_path / "ran"
+    torch.save({"state_dict": {"init_block.weight": torch.zeros(1)}, "payload": _Exploit(marker)},
+               folder / pidinet.FILE)
+    with pytest.raises(AnnotatorFileError, match=f"{pidinet.FILE}.*refused") as raised:
+        preprocess.detect_map("pidinet", picture(), 64, annotators_dir=folder, field="controlnet_units[0].module")
+    assert raised.value.field == "controlnet_units[0].module" and not marker.exists()
+    marker.unlink(missing_ok=True)
+
+
+def test_a_missing_file_still_names_itself_and_unimplemented_ones_say_so(tmp_path):
+    folder = tmp_path / "ControlNetAnnotators"
+    with pytest.raises(annotators.AnnotatorMissingError, match="netG.pth"):
+        preprocess.detect_map("lineart_anime", picture(), annotators_dir=folder)
+    folder.mkdir()
+    (folder / "scannet.pt").write_bytes(b"weights")
+    with pytest.raises(annotators.AnnotatorMissingError, match="cannot run this annotator yet"):
+        preprocess.detect_map("normal_bae", picture(), annotators_dir=folder)
