@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from webui.controlnet import annotator_maps, annotators, catalog, preprocess
 from webui.controlnet.annotator_store import AnnotatorFileError, AnnotatorStore
-from webui.controlnet.nets import hed, lineart, pidinet
+from webui.controlnet.nets import hed, lineart, mlsd, pidinet
 
 
 def picture() -> Image.Image:
@@ -35,6 +35,7 @@ NETS = {
     lineart.REALISTIC_FILE: (lineart.SketchGenerator, lambda s: s),
     lineart.COARSE_FILE: (lineart.SketchGenerator, lambda s: s),
     lineart.ANIME_FILE: (lineart.AnimeUNet, lambda s: s),
+    mlsd.FILE: (mlsd.MLSDNet, lambda s: {k: v for k, v in s.items() if not k.endswith("num_batches_tracked")}),
 }
 
 
@@ -170,3 +171,13 @@ def test_a_missing_file_still_names_itself_and_unimplemented_ones_say_so(tmp_pat
     (folder / "scannet.pt").write_bytes(b"weights")
     with pytest.raises(annotators.AnnotatorMissingError, match="cannot run this annotator yet"):
         preprocess.detect_map("normal_bae", picture(), annotators_dir=folder)
+
+
+def test_mlsd_reads_a_line_from_its_centre_and_end_displacements():
+    output = torch.full((1, 9, 16, 16), -10.0)
+    output[0, 0, 5, 10] = 5.0  # one confident line centre at x=10, y=5 (half resolution)
+    output[0, 1:5, 5, 10] = torch.tensor([-4.0, 0.0, 4.0, 0.0])  # ends 4 pixels to its left and right
+    lines = mlsd.segments(output, 0.1, 0.1)
+    assert lines.tolist() == [[12.0, 10.0, 28.0, 10.0]], "full-resolution end points"
+    assert mlsd.segments(output, 0.1, 10.0).shape == (0, 4), "shorter than the distance threshold"
+    assert mlsd.segments(output, 0.999, 0.1).shape == (0, 4), "below the value threshold"

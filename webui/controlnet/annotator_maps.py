@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .annotator_store import AnnotatorStore
-from .nets import hed, lineart, pidinet
+from .nets import hed, lineart, mlsd, pidinet
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,18 @@ def _anime(img: np.ndarray, res: int, job: Job) -> np.ndarray:
     return 255 - lines[:h, :w]
 
 
+def _mlsd(img: np.ndarray, res: int, score_threshold: float, distance_threshold: float, job: Job) -> np.ndarray:
+    net = job.store.load(job.files[mlsd.FILE], "M-LSD (mlsd_large_512_fp32.pth)", mlsd.MLSDNet, field=job.field)
+    padded, (h, w) = resize_with_pad(img, res)
+    with job.store.running(net) as device:
+        output = net(mlsd.to_input(padded).to(device))
+        lines = mlsd.segments(output, score_threshold, distance_threshold)
+    drawn = np.zeros(padded.shape[:2], np.uint8)
+    for x0, y0, x1, y1 in lines.astype(int):  # truncated to whole pixels, one pixel wide, as the extension
+        cv2.line(drawn, (int(x0), int(y0)), (int(x1), int(y1)), 255, 1)
+    return drawn[:h, :w]
+
+
 Runner = Callable[[np.ndarray, int, float, float, Job], np.ndarray]
 
 RUNNERS: dict[str, Runner] = {
@@ -135,6 +147,7 @@ RUNNERS: dict[str, Runner] = {
     "lineart": lambda img, res, a, b, job: _sketch(img, res, job, lineart.REALISTIC_FILE),
     "lineart_coarse": lambda img, res, a, b, job: _sketch(img, res, job, lineart.COARSE_FILE),
     "lineart_anime": lambda img, res, a, b, job: _anime(img, res, job),
+    "mlsd": _mlsd,
 }
 
 

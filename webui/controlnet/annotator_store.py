@@ -38,6 +38,9 @@ def _describe(names: list[str]) -> str:
 def adopt_weights(net: nn.Module, tensors: dict[str, torch.Tensor], path: Path, what: str, field: str) -> nn.Module:
     """``net`` (built weightless) with ``tensors`` as its weights, or AnnotatorFileError naming ``path``."""
     expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    for key in expected:  # files saved by older torch lack batch norm's counter, which inference never reads
+        if key.endswith(".num_batches_tracked") and key not in tensors:
+            tensors[key] = torch.zeros((), dtype=torch.long)
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]
     wrong = [k for k in expected if k in tensors and tuple(tensors[k].shape) != expected[k]]
