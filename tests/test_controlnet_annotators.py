@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from webui.controlnet import annotator_maps, annotators, catalog, preprocess
 from webui.controlnet.annotator_store import AnnotatorFileError, AnnotatorStore
-from webui.controlnet.nets import hed, lineart, mlsd, pidinet
+from webui.controlnet.nets import hed, lineart, mlsd, openpose, pidinet
 
 
 def picture() -> Image.Image:
@@ -35,6 +35,7 @@ NETS = {
     lineart.REALISTIC_FILE: (lineart.SketchGenerator, lambda s: s),
     lineart.COARSE_FILE: (lineart.SketchGenerator, lambda s: s),
     lineart.ANIME_FILE: (lineart.AnimeUNet, lambda s: s),
+    openpose.FILE: (openpose.BodyPoseNet, lambda s: s),
     mlsd.FILE: (mlsd.MLSDNet, lambda s: {k: v for k, v in s.items() if not k.endswith("num_batches_tracked")}),
 }
 
@@ -181,3 +182,44 @@ def test_mlsd_reads_a_line_from_its_centre_and_end_displacements():
     assert lines.tolist() == [[12.0, 10.0, 28.0, 10.0]], "full-resolution end points"
     assert mlsd.segments(output, 0.1, 10.0).shape == (0, 4), "shorter than the distance threshold"
     assert mlsd.segments(output, 0.999, 0.1).shape == (0, 4), "below the value threshold"
+
+
+# A person's parts (1-based COCO-18: 2 neck, 3/4 right shoulder/elbow, 6/7 left shoulder/elbow), in pixels.
+POSE = {2: (50, 30), 3: (35, 32), 4: (30, 52), 6: (65, 32), 7: (70, 52)}
+
+
+def _maps_of(pose: dict[int, tuple[int, int]], size: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Heat maps with a blob at each part and part-affinity fields pointing along each limb between them."""
+    import cv2
+
+    ys, xs = np.mgrid[0:size, 0:size]
+    heatmaps = np.zeros((size, size, 19), np.float32)
+    for part, (x, y) in pose.items():
+        heatmaps[:, :, part - 1] = np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * 2.0 ** 2))
+    fields = np.zeros((size, size, 38), np.float32)
+    for (a, b), (fx, fy) in zip(openpose.LIMBS, openpose._LIMB_FIELDS, strict=True):
+        if a in pose and b in pose:
+            (x0, y0), (x1, y1) = pose[a], pose[b]
+            norm = float(np.hypot(x1 - x0, y1 - y0))
+            for channel, value in ((fx, (x1 - x0) / norm), (fy, (y1 - y0) / norm)):
+                layer = np.ascontiguousarray(fields[:, :, channel])
+                cv2.line(layer, (x0, y0), (x1, y1), float(value), 5)
+                fields[:, :, channel] = layer
+    return heatmaps, fields
+
+
+def test_openpose_joins_the_parts_along_their_fields_into_one_person():
+    people = openpose.find_people(*_maps_of(POSE))
+    assert len(people) == 1
+    found = {i + 1: (k.x, k.y) for i, k in enumerate(people[0]) if k is not None}
+    assert found == {part: (float(x), float(y)) for part, (x, y) in POSE.items()}
+    assert openpose.find_people(*_maps_of({2: (50, 30), 3: (35, 32)})) == [], "under 4 parts is no person"
+
+
+def test_openpose_draws_limbs_dimmed_and_joints_in_the_extensions_colours():
+    person: list = [None] * 18
+    person[1], person[2] = openpose.Keypoint(50, 30, 1.0), openpose.Keypoint(20, 30, 1.0)  # neck, right shoulder
+    canvas = openpose.draw_bodies(np.zeros((64, 80, 3), np.uint8), [person])
+    assert tuple(canvas[30, 35]) == (153, 0, 0), "neck to right shoulder: red, dimmed to 60%"
+    assert tuple(canvas[30, 50]) == (255, 85, 0) and tuple(canvas[30, 20]) == (255, 170, 0), "joints undimmed"
+    assert not canvas[40:].any() and not canvas[:20].any()

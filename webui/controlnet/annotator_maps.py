@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .annotator_store import AnnotatorStore
-from .nets import hed, lineart, mlsd, pidinet
+from .nets import hed, lineart, mlsd, openpose, pidinet
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,16 @@ def _mlsd(img: np.ndarray, res: int, score_threshold: float, distance_threshold:
     return drawn[:h, :w]
 
 
+def _openpose(img: np.ndarray, res: int, a: float, b: float, job: Job) -> np.ndarray:
+    net = job.store.load(job.files[openpose.FILE], "OpenPose body (body_pose_model.pth)", openpose.BodyPoseNet,
+                         field=job.field)
+    padded, (h, w) = resize_with_pad(img, res)
+    with job.store.running(net) as device:
+        heatmaps, fields = openpose.network_maps(net, np.ascontiguousarray(padded[:, :, ::-1]), device)  # BGR
+    people = openpose.find_people(heatmaps, fields)
+    return openpose.draw_bodies(np.zeros_like(padded), people)[:h, :w]
+
+
 Runner = Callable[[np.ndarray, int, float, float, Job], np.ndarray]
 
 RUNNERS: dict[str, Runner] = {
@@ -148,6 +158,7 @@ RUNNERS: dict[str, Runner] = {
     "lineart_coarse": lambda img, res, a, b, job: _sketch(img, res, job, lineart.COARSE_FILE),
     "lineart_anime": lambda img, res, a, b, job: _anime(img, res, job),
     "mlsd": _mlsd,
+    "openpose": _openpose,
 }
 
 
