@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from webui.controlnet import annotator_maps, annotators, catalog, preprocess
 from webui.controlnet.annotator_store import AnnotatorFileError, AnnotatorStore
-from webui.controlnet.nets import hed, lineart, mlsd, openpose, pidinet
+from webui.controlnet.nets import depth_anything, hed, lineart, mlsd, openpose, pidinet
 
 
 def picture() -> Image.Image:
@@ -28,15 +28,63 @@ def _state(net: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
     return {prefix + k: v.contiguous() for k, v in net.state_dict().items()}
 
 
-# name -> (network, how the original file wraps its tensors)
+def _depth_anything_original(hidden: int = 64, blocks: int = 4, neck=(16, 32, 64, 64), fusion: int = 16) -> dict:
+    """A tiny Depth Anything v1 checkpoint under the original repository's names and shapes (DINOv2 trunk with
+    a fused qkv, DPT head with refinenet1..4), written out independently of the conversion under test."""
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g) * 0.05
+
+    state = {"pretrained.cls_token": rand(1, 1, hidden), "pretrained.mask_token": rand(1, hidden),
+             "pretrained.pos_embed": rand(1, 37 * 37 + 1, hidden),
+             "pretrained.patch_embed.proj.weight": rand(hidden, 3, 14, 14),
+             "pretrained.patch_embed.proj.bias": rand(hidden),
+             "pretrained.norm.weight": torch.ones(hidden), "pretrained.norm.bias": rand(hidden)}
+    for i in range(blocks):
+        b = f"pretrained.blocks.{i}."
+        state.update({b + "norm1.weight": torch.ones(hidden), b + "norm1.bias": rand(hidden),
+                      b + "attn.qkv.weight": rand(3 * hidden, hidden), b + "attn.qkv.bias": rand(3 * hidden),
+                      b + "attn.proj.weight": rand(hidden, hidden), b + "attn.proj.bias": rand(hidden),
+                      b + "ls1.gamma": torch.ones(hidden), b + "norm2.weight": torch.ones(hidden),
+                      b + "norm2.bias": rand(hidden), b + "mlp.fc1.weight": rand(4 * hidden, hidden),
+                      b + "mlp.fc1.bias": rand(4 * hidden), b + "mlp.fc2.weight": rand(hidden, 4 * hidden),
+                      b + "mlp.fc2.bias": rand(hidden), b + "ls2.gamma": torch.ones(hidden)})
+    h = "depth_head."
+    for i, width in enumerate(neck):
+        state[f"{h}projects.{i}.weight"], state[f"{h}projects.{i}.bias"] = rand(width, hidden, 1, 1), rand(width)
+        state[f"{h}scratch.layer{i + 1}_rn.weight"] = rand(fusion, width, 3, 3)
+        r = f"{h}scratch.refinenet{i + 1}."
+        state[r + "out_conv.weight"], state[r + "out_conv.bias"] = rand(fusion, fusion, 1, 1), rand(fusion)
+        for unit in (1, 2):
+            for conv in (1, 2):
+                state[f"{r}resConfUnit{unit}.conv{conv}.weight"] = rand(fusion, fusion, 3, 3)
+                state[f"{r}resConfUnit{unit}.conv{conv}.bias"] = rand(fusion)
+    for i, kernel in ((0, 4), (1, 2)):  # transposed convolutions: enlarge 4x and 2x
+        state[f"{h}resize_layers.{i}.weight"] = rand(neck[i], neck[i], kernel, kernel)
+        state[f"{h}resize_layers.{i}.bias"] = rand(neck[i])
+    state[f"{h}resize_layers.3.weight"], state[f"{h}resize_layers.3.bias"] = rand(neck[3], neck[3], 3, 3), rand(neck[3])
+    state[f"{h}scratch.output_conv1.weight"] = rand(fusion // 2, fusion, 3, 3)
+    state[f"{h}scratch.output_conv1.bias"] = rand(fusion // 2)
+    state[f"{h}scratch.output_conv2.0.weight"] = rand(32, fusion // 2, 3, 3)
+    state[f"{h}scratch.output_conv2.0.bias"] = rand(32)
+    state[f"{h}scratch.output_conv2.2.weight"], state[f"{h}scratch.output_conv2.2.bias"] = rand(1, 32, 1, 1), rand(1)
+    state[f"{h}scratch.output_conv2.2.bias"] += 1.0  # above the final ReLU, so the depth varies
+    return state
+
+
+# name -> (random tensors in the original file's names, how the original file wraps them)
 NETS = {
-    hed.FILE: (hed.HEDNet, lambda s: s),
-    pidinet.FILE: (pidinet.PiDiNet, lambda s: {"epoch": 100, "state_dict": {"module." + k: v for k, v in s.items()}}),
-    lineart.REALISTIC_FILE: (lineart.SketchGenerator, lambda s: s),
-    lineart.COARSE_FILE: (lineart.SketchGenerator, lambda s: s),
-    lineart.ANIME_FILE: (lineart.AnimeUNet, lambda s: s),
-    openpose.FILE: (openpose.BodyPoseNet, lambda s: s),
-    mlsd.FILE: (mlsd.MLSDNet, lambda s: {k: v for k, v in s.items() if not k.endswith("num_batches_tracked")}),
+    hed.FILE: (lambda: _state(hed.HEDNet()), lambda s: s),
+    pidinet.FILE: (lambda: _state(pidinet.PiDiNet()),
+                   lambda s: {"epoch": 100, "state_dict": {"module." + k: v for k, v in s.items()}}),
+    lineart.REALISTIC_FILE: (lambda: _state(lineart.SketchGenerator()), lambda s: s),
+    lineart.COARSE_FILE: (lambda: _state(lineart.SketchGenerator()), lambda s: s),
+    lineart.ANIME_FILE: (lambda: _state(lineart.AnimeUNet()), lambda s: s),
+    openpose.FILE: (lambda: _state(openpose.BodyPoseNet()), lambda s: s),
+    depth_anything.FILE: (_depth_anything_original, lambda s: s),
+    mlsd.FILE: (lambda: _state(mlsd.MLSDNet()),
+                lambda s: {k: v for k, v in s.items() if not k.endswith("num_batches_tracked")}),  # older torch
 }
 
 
@@ -48,8 +96,8 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     pth.mkdir(parents=True)
     st.mkdir(parents=True)
     torch.manual_seed(0)
-    for name, (build, wrap) in NETS.items():
-        state = _state(build())
+    for name, (make, wrap) in NETS.items():
+        state = make()
         torch.save(wrap(state), pth / name)
         save_file(state, st / Path(name).with_suffix(".safetensors").name)
     return {"pth": pth, "safetensors": st.parent}
@@ -80,9 +128,10 @@ def test_both_layouts_give_the_same_map_and_a_loaded_net_is_reused(folders):
     from_pth, from_st = AnnotatorStore(folders["pth"]), AnnotatorStore(folders["safetensors"])
     one = np.asarray(preprocess.detect_map("pidinet", picture(), 64, annotators_dir=from_pth))
     assert np.array_equal(one, np.asarray(preprocess.detect_map("pidinet", picture(), 64, annotators_dir=from_st)))
-    net = from_pth.load(folders["pth"] / pidinet.FILE, "PiDiNet", pidinet.PiDiNet, pidinet.file_keys)
+    net = from_pth.load(folders["pth"] / pidinet.FILE, "PiDiNet", lambda t: pidinet.PiDiNet(), pidinet.file_keys)
     preprocess.detect_map("pidinet_safe", picture(), 64, annotators_dir=from_pth)
-    assert from_pth.load(folders["pth"] / pidinet.FILE, "PiDiNet", pidinet.PiDiNet, pidinet.file_keys) is net
+    again = from_pth.load(folders["pth"] / pidinet.FILE, "PiDiNet", lambda t: pidinet.PiDiNet(), pidinet.file_keys)
+    assert again is net
 
 
 def test_safe_edges_have_three_levels_and_scribbles_are_binary(folders):
@@ -223,3 +272,20 @@ def test_openpose_draws_limbs_dimmed_and_joints_in_the_extensions_colours():
     assert tuple(canvas[30, 35]) == (153, 0, 0), "neck to right shoulder: red, dimmed to 60%"
     assert tuple(canvas[30, 50]) == (255, 85, 0) and tuple(canvas[30, 20]) == (255, 170, 0), "joints undimmed"
     assert not canvas[40:].any() and not canvas[:20].any()
+
+
+def test_depth_anything_sizes_its_input_as_the_original_and_names_a_foreign_file(tmp_path):
+    assert depth_anything.input_size(512, 768) == (518, 784), "short side 518, long side rounded to 14s"
+    assert depth_anything.input_size(700, 700) == (518, 518)
+    folder = tmp_path / "ControlNetAnnotators"
+    folder.mkdir()
+    state = _depth_anything_original()
+    torch.save(state, folder / depth_anything.FILE)
+    depth = np.asarray(preprocess.detect_map("depth_anything", picture(), 64, annotators_dir=folder))
+    # min-max scaled over the padded picture (as the extension), so the cropped map spans most of 0..255
+    assert depth.shape == (64, 96, 3) and int(depth.max()) - int(depth.min()) > 127
+    del state["pretrained.pos_embed"]
+    save_file(state, folder / "depth_anything_vitl14.safetensors")
+    (folder / depth_anything.FILE).unlink()
+    with pytest.raises(AnnotatorFileError, match="depth_anything_vitl14.safetensors .*pretrained.pos_embed"):
+        preprocess.detect_map("depth_anything", picture(), 64, annotators_dir=folder)

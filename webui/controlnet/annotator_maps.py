@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .annotator_store import AnnotatorStore
-from .nets import hed, lineart, mlsd, openpose, pidinet
+from .nets import depth_anything, hed, lineart, mlsd, openpose, pidinet
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,11 @@ class Job:
     store: AnnotatorStore
     files: dict[str, Path]
     field: str
+
+
+def _plain(cls: Callable[[], torch.nn.Module]) -> Callable[[dict[str, torch.Tensor]], torch.nn.Module]:
+    """A builder for a network whose shape does not depend on the file."""
+    return lambda tensors: cls()
 
 
 def pad64(size: int) -> int:
@@ -86,7 +91,7 @@ def _tensor(img: np.ndarray, device: torch.device, scale: float, offset: float =
 
 
 def _hed_edges(img: np.ndarray, res: int, job: Job) -> np.ndarray:
-    net = job.store.load(job.files[hed.FILE], "HED soft edge (ControlNetHED.pth)", hed.HEDNet, field=job.field)
+    net = job.store.load(job.files[hed.FILE], "HED soft edge (ControlNetHED.pth)", _plain(hed.HEDNet), field=job.field)
     padded, (h, w) = resize_with_pad(img, res)
     with job.store.running(net) as device:
         edges = net(_tensor(padded, device, 1.0)).float().cpu().numpy()
@@ -94,7 +99,7 @@ def _hed_edges(img: np.ndarray, res: int, job: Job) -> np.ndarray:
 
 
 def _pidinet_edges(img: np.ndarray, res: int, job: Job) -> np.ndarray:
-    net = job.store.load(job.files[pidinet.FILE], "PiDiNet soft edge (table5_pidinet.pth)", pidinet.PiDiNet,
+    net = job.store.load(job.files[pidinet.FILE], "PiDiNet soft edge (table5_pidinet.pth)", _plain(pidinet.PiDiNet),
                          pidinet.file_keys, job.field)
     padded, (h, w) = resize_with_pad(img, res)
     with job.store.running(net) as device:
@@ -103,7 +108,8 @@ def _pidinet_edges(img: np.ndarray, res: int, job: Job) -> np.ndarray:
 
 
 def _sketch(img: np.ndarray, res: int, job: Job, name: str) -> np.ndarray:
-    net = job.store.load(job.files[name], f"line art ({name})", lineart.SketchGenerator, lineart.file_keys, job.field)
+    net = job.store.load(job.files[name], f"line art ({name})", _plain(lineart.SketchGenerator), lineart.file_keys,
+                         job.field)
     padded, (h, w) = resize_with_pad(img, res)
     with job.store.running(net) as device:
         lines = net(_tensor(padded, device, 1 / 255.0)).float().cpu().numpy()
@@ -111,7 +117,7 @@ def _sketch(img: np.ndarray, res: int, job: Job, name: str) -> np.ndarray:
 
 
 def _anime(img: np.ndarray, res: int, job: Job) -> np.ndarray:
-    net = job.store.load(job.files[lineart.ANIME_FILE], "anime line art (netG.pth)", lineart.AnimeUNet,
+    net = job.store.load(job.files[lineart.ANIME_FILE], "anime line art (netG.pth)", _plain(lineart.AnimeUNet),
                          lineart.file_keys, job.field)
     padded, (h, w) = resize_with_pad(img, res)
     ph, pw = padded.shape[:2]
@@ -124,7 +130,7 @@ def _anime(img: np.ndarray, res: int, job: Job) -> np.ndarray:
 
 
 def _mlsd(img: np.ndarray, res: int, score_threshold: float, distance_threshold: float, job: Job) -> np.ndarray:
-    net = job.store.load(job.files[mlsd.FILE], "M-LSD (mlsd_large_512_fp32.pth)", mlsd.MLSDNet, field=job.field)
+    net = job.store.load(job.files[mlsd.FILE], "M-LSD (mlsd_large_512_fp32.pth)", _plain(mlsd.MLSDNet), field=job.field)
     padded, (h, w) = resize_with_pad(img, res)
     with job.store.running(net) as device:
         output = net(mlsd.to_input(padded).to(device))
@@ -136,13 +142,22 @@ def _mlsd(img: np.ndarray, res: int, score_threshold: float, distance_threshold:
 
 
 def _openpose(img: np.ndarray, res: int, a: float, b: float, job: Job) -> np.ndarray:
-    net = job.store.load(job.files[openpose.FILE], "OpenPose body (body_pose_model.pth)", openpose.BodyPoseNet,
+    net = job.store.load(job.files[openpose.FILE], "OpenPose body (body_pose_model.pth)", _plain(openpose.BodyPoseNet),
                          field=job.field)
     padded, (h, w) = resize_with_pad(img, res)
     with job.store.running(net) as device:
         heatmaps, fields = openpose.network_maps(net, np.ascontiguousarray(padded[:, :, ::-1]), device)  # BGR
     people = openpose.find_people(heatmaps, fields)
     return openpose.draw_bodies(np.zeros_like(padded), people)[:h, :w]
+
+
+def _depth_anything(img: np.ndarray, res: int, a: float, b: float, job: Job) -> np.ndarray:
+    net = job.store.load(job.files[depth_anything.FILE], "Depth Anything (depth_anything_vitl14.pth)",
+                         depth_anything.build, depth_anything.to_transformers, job.field)
+    padded, (h, w) = resize_with_pad(img, res)
+    with job.store.running(net) as device:
+        depth = depth_anything.predict(net, padded, device)
+    return depth[:h, :w]
 
 
 Runner = Callable[[np.ndarray, int, float, float, Job], np.ndarray]
@@ -159,6 +174,7 @@ RUNNERS: dict[str, Runner] = {
     "lineart_anime": lambda img, res, a, b, job: _anime(img, res, job),
     "mlsd": _mlsd,
     "openpose": _openpose,
+    "depth_anything": _depth_anything,
 }
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from ..errors import AtelierError
 from ..models.header import CorruptCheckpointError
 from ..models.loader import CheckpointLoadError, empty_weights, read_checkpoint_file
+from .nets import WrongWeights
 
 CACHE_SIZE = 3  # networks kept loaded; the largest (Depth Anything ViT-L) is about 1.3 GB in fp32
 
@@ -80,10 +81,11 @@ class AnnotatorStore:
         with self._lock:
             return [key[0] for key in self._nets]
 
-    def load(self, path: Path, what: str, build: Callable[[], nn.Module],
+    def load(self, path: Path, what: str, build: Callable[[dict[str, torch.Tensor]], nn.Module],
              rename: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
              field: str = "module") -> nn.Module:
-        """The network ``build`` makes, with the weights of ``path`` (cached by path, size and mtime)."""
+        """The network ``build`` makes (given the renamed tensors, for nets whose shape they tell), with the
+        weights of ``path`` (cached by path, size and mtime)."""
         try:
             stat = path.stat()
         except OSError as exc:
@@ -100,8 +102,11 @@ class AnnotatorStore:
                 tensors, _ = read_checkpoint_file(path, torch.float32, skip=())
             if rename is not None:
                 tensors = rename(tensors)
-            with empty_weights():
-                net = build()
+            try:
+                with empty_weights():
+                    net = build(tensors)
+            except WrongWeights as exc:
+                raise AnnotatorFileError(f"{path.name} ({path}) is not the {what} weights: {exc}", field) from exc
             net = adopt_weights(net, tensors, path, what, field)
             self._nets[key] = net
             while len(self._nets) > self.capacity:
