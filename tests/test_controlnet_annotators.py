@@ -82,6 +82,7 @@ NETS = {
     lineart.COARSE_FILE: (lambda: _state(lineart.SketchGenerator()), lambda s: s),
     lineart.ANIME_FILE: (lambda: _state(lineart.AnimeUNet()), lambda s: s),
     openpose.FILE: (lambda: _state(openpose.BodyPoseNet()), lambda s: s),
+    openpose.HAND_FILE: (lambda: _state(openpose.HandPoseNet()), lambda s: s),
     depth_anything.FILE: (_depth_anything_original, lambda s: s),
     mlsd.FILE: (lambda: _state(mlsd.MLSDNet()),
                 lambda s: {k: v for k, v in s.items() if not k.endswith("num_batches_tracked")}),  # older torch
@@ -237,15 +238,15 @@ def test_mlsd_reads_a_line_from_its_centre_and_end_displacements():
 POSE = {2: (50, 30), 3: (35, 32), 4: (30, 52), 6: (65, 32), 7: (70, 52)}
 
 
-def _maps_of(pose: dict[int, tuple[int, int]], size: int = 100) -> tuple[np.ndarray, np.ndarray]:
+def _maps_of(pose: dict[int, tuple[int, int]], size: tuple[int, int] = (100, 100)) -> tuple[np.ndarray, np.ndarray]:
     """Heat maps with a blob at each part and part-affinity fields pointing along each limb between them."""
     import cv2
 
-    ys, xs = np.mgrid[0:size, 0:size]
-    heatmaps = np.zeros((size, size, 19), np.float32)
+    ys, xs = np.mgrid[0:size[0], 0:size[1]]
+    heatmaps = np.zeros((*size, 19), np.float32)
     for part, (x, y) in pose.items():
         heatmaps[:, :, part - 1] = np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * 2.0 ** 2))
-    fields = np.zeros((size, size, 38), np.float32)
+    fields = np.zeros((*size, 38), np.float32)
     for (a, b), (fx, fy) in zip(openpose.LIMBS, openpose._LIMB_FIELDS, strict=True):
         if a in pose and b in pose:
             (x0, y0), (x1, y1) = pose[a], pose[b]
@@ -289,3 +290,34 @@ def test_depth_anything_sizes_its_input_as_the_original_and_names_a_foreign_file
     (folder / depth_anything.FILE).unlink()
     with pytest.raises(AnnotatorFileError, match="depth_anything_vitl14.safetensors .*pretrained.pos_embed"):
         preprocess.detect_map("depth_anything", picture(), 64, annotators_dir=folder)
+
+
+ARM = {2: (50, 30), 3: (35, 32), 4: (30, 52), 5: (28, 72), 6: (65, 32)}  # neck, right arm to the wrist
+
+
+def test_openpose_hand_looks_for_the_hand_past_the_wrist_and_draws_it(folders, monkeypatch):
+    person: list = [None] * 18
+    for part, (x, y) in ARM.items():
+        person[part - 1] = openpose.Keypoint(x, y, 1.0)
+    assert openpose.hand_boxes(person, 128, 192) == [(12, 63, 30)], "a third of the forearm past the wrist"
+    assert openpose.hand_boxes(person[:4] + [None] * 14, 128, 192) == [], "no wrist, no hand"
+
+    crops = []
+    real_joints = openpose.hand_joints
+
+    def joints(net, crop, device):
+        crops.append(crop.shape)
+        return real_joints(net, crop, device)
+
+    # The body net's maps stand in for a photo of this person (random weights find nobody).
+    monkeypatch.setattr(openpose, "network_maps", lambda net, bgr, device: _maps_of(ARM, bgr.shape[:2]))
+    monkeypatch.setattr(openpose, "hand_joints", joints)
+    map_ = np.asarray(preprocess.detect_map("openpose_hand", picture(), 128, annotators_dir=folders["pth"]))
+    assert crops == [(30, 30, 3)], "the hand net ran on the box's crop"
+    assert tuple(map_[ARM[2][1], ARM[2][0]]) == openpose.COLOURS[1], "the neck's joint colour"
+
+    hand = [(-1.0, -1.0)] * 21
+    hand[0], hand[1] = (20.0, 20.0), (30.0, 20.0)  # wrist and the thumb's first joint
+    canvas = openpose.draw_bodies(np.zeros((40, 40, 3), np.uint8), [[None] * 18], [[hand]])
+    assert tuple(canvas[20, 25]) == (255, 0, 0) and tuple(canvas[20, 20]) == (0, 0, 255), "red bone, blue joints"
+    assert canvas[:14].sum() == 0, "joints not found are not drawn"

@@ -141,14 +141,23 @@ def _mlsd(img: np.ndarray, res: int, score_threshold: float, distance_threshold:
     return drawn[:h, :w]
 
 
-def _openpose(img: np.ndarray, res: int, a: float, b: float, job: Job) -> np.ndarray:
-    net = job.store.load(job.files[openpose.FILE], "OpenPose body (body_pose_model.pth)", _plain(openpose.BodyPoseNet),
-                         field=job.field)
+def _openpose(img: np.ndarray, res: int, a: float, b: float, job: Job, hands: bool = False) -> np.ndarray:
+    body = job.store.load(job.files[openpose.FILE], "OpenPose body (body_pose_model.pth)",
+                          _plain(openpose.BodyPoseNet), field=job.field)
+    hand = job.store.load(job.files[openpose.HAND_FILE], "OpenPose hand (hand_pose_model.pth)",
+                          _plain(openpose.HandPoseNet), field=job.field) if hands else None
     padded, (h, w) = resize_with_pad(img, res)
-    with job.store.running(net) as device:
-        heatmaps, fields = openpose.network_maps(net, np.ascontiguousarray(padded[:, :, ::-1]), device)  # BGR
-    people = openpose.find_people(heatmaps, fields)
-    return openpose.draw_bodies(np.zeros_like(padded), people)[:h, :w]
+    bgr = np.ascontiguousarray(padded[:, :, ::-1])  # the CMU nets were trained on BGR
+    found: list[list[openpose.Hand]] = []
+    with job.store.running(*([body] if hand is None else [body, hand])) as device:
+        heatmaps, fields = openpose.network_maps(body, bgr, device)
+        people = openpose.find_people(heatmaps, fields)
+        if hand is not None:
+            for person in people:
+                boxes = openpose.hand_boxes(person, *bgr.shape[:2])
+                found.append([openpose.place_hand(openpose.hand_joints(hand, bgr[y:y + side, x:x + side], device),
+                                                  (x, y, side)) for x, y, side in boxes])
+    return openpose.draw_bodies(np.zeros_like(padded), people, found)[:h, :w]
 
 
 def _depth_anything(img: np.ndarray, res: int, a: float, b: float, job: Job) -> np.ndarray:
@@ -174,6 +183,7 @@ RUNNERS: dict[str, Runner] = {
     "lineart_anime": lambda img, res, a, b, job: _anime(img, res, job),
     "mlsd": _mlsd,
     "openpose": _openpose,
+    "openpose_hand": lambda img, res, a, b, job: _openpose(img, res, a, b, job, hands=True),
     "depth_anything": _depth_anything,
 }
 

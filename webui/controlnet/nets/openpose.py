@@ -9,6 +9,7 @@ Caffe layers (``conv1_1.weight``, ``Mconv7_stage6_L2.bias``); so are this networ
 
 from __future__ import annotations
 
+import colorsys
 import math
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ from scipy.ndimage import gaussian_filter
 from torch import nn
 from torch.nn import functional as F
 
-FILE = "body_pose_model.pth"
+FILE, HAND_FILE = "body_pose_model.pth", "hand_pose_model.pth"
 STRIDE, BOX_SIZE, SCALE, PAD_VALUE = 8, 368, 0.5, 128
 PEAK_THRESHOLD, PAF_THRESHOLD, PAF_SAMPLES = 0.1, 0.05, 10
 
@@ -80,6 +81,50 @@ class BodyPoseNet(nn.Module):
         return fields, heatmaps
 
 
+# The hand network (``hand_pose_model.pth``): a deeper trunk, then six stages of 22 heat maps (21 joints and
+# the background), each stage's last layer linear.
+_HAND_TRUNK: list[_Layer] = [
+    *_TRUNK[:11], ("conv4_1", 256, 512, 3), ("conv4_2", 512, 512, 3), ("conv4_3", 512, 512, 3),
+    ("conv4_4", 512, 512, 3), ("conv5_1", 512, 512, 3), ("conv5_2", 512, 512, 3), ("conv5_3_CPM", 512, 128, 3)]
+_HAND_MAPS = 22
+
+
+def _hand_stage(stage: int) -> list[_Layer]:
+    if stage == 1:
+        return [("conv6_1_CPM", 128, 512, 1), ("conv6_2_CPM", 512, _HAND_MAPS, 1)]
+    return [(f"Mconv1_stage{stage}", 128 + _HAND_MAPS, 128, 7), *[(f"Mconv{i}_stage{stage}", 128, 128, 7)
+                                                                  for i in range(2, 6)],
+            (f"Mconv6_stage{stage}", 128, 128, 1), (f"Mconv7_stage{stage}", 128, _HAND_MAPS, 1)]
+
+
+class HandPoseNet(nn.Module):
+    _LINEAR = {"conv6_2_CPM", *(f"Mconv7_stage{s}" for s in range(2, 7))}
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name, width_in, width_out, kernel in [*_HAND_TRUNK, *(e for s in range(1, 7) for e in _hand_stage(s))]:
+            if name != "pool":
+                self.add_module(name, nn.Conv2d(width_in, width_out, kernel, padding=kernel // 2))
+
+    def _run(self, x: torch.Tensor, layers: list[_Layer]) -> torch.Tensor:
+        for name, *_ in layers:
+            if name == "pool":
+                x = F.max_pool2d(x, 2, 2)
+            else:
+                x = getattr(self, name)(x)
+                if name not in self._LINEAR:
+                    x = F.relu(x)
+        return x
+
+    def forward(self, bgr: torch.Tensor) -> torch.Tensor:
+        """(1, 3, H, W) BGR in -0.5..0.5 -> the last stage's 22 heat maps at 1/8 of the size."""
+        features = self._run(bgr, _HAND_TRUNK)
+        maps = self._run(features, _hand_stage(1))
+        for stage in range(2, 7):
+            maps = self._run(torch.cat([maps, features], 1), _hand_stage(stage))
+        return maps
+
+
 # Limbs as (part, part), 1-based COCO-18 order: 1 nose, 2 neck, 3-5 right arm, 6-8 left arm, 9-11 right leg,
 # 12-14 left leg, 15/16 eyes, 17/18 ears; the last two (ear to shoulder) are used to group, never drawn.
 LIMBS = [(2, 3), (2, 6), (3, 4), (4, 5), (6, 7), (7, 8), (2, 9), (9, 10), (10, 11), (2, 12), (12, 13), (13, 14),
@@ -100,6 +145,7 @@ class Keypoint:
 
 
 Person = list[Keypoint | None]  # 18 keypoints, None where the part was not found
+Hand = list[tuple[float, float]]  # 21 joints in pixels; -1 where a joint was not found
 
 
 def _resize(x: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -219,10 +265,84 @@ def find_people(heatmaps: np.ndarray, fields: np.ndarray) -> list[Person]:
     return [[Keypoint(*candidates[int(i), :3]) if i >= 0 else None for i in r[:18]] for r in keep]
 
 
-def draw_bodies(canvas: np.ndarray, people: list[Person]) -> np.ndarray:
+def hand_boxes(person: Person, height: int, width: int) -> list[tuple[int, int, int]]:
+    """Square boxes (x, y, side) around the left, then the right hand: past the wrist by a third of the
+    forearm, 1.5x the longer of forearm and 0.9x upper arm, cut to the picture; under 20 pixels is dropped."""
+    boxes = []
+    for shoulder, elbow, wrist in ((5, 6, 7), (2, 3, 4)):
+        s, e, w = person[shoulder], person[elbow], person[wrist]
+        if s is None or e is None or w is None:
+            continue
+        x, y = w.x + 0.33 * (w.x - e.x), w.y + 0.33 * (w.y - e.y)
+        side = 1.5 * max(math.hypot(w.x - e.x, w.y - e.y), 0.9 * math.hypot(e.x - s.x, e.y - s.y))
+        x, y = max(x - side / 2, 0.0), max(y - side / 2, 0.0)
+        side = min(side if x + side <= width else width - x, side if y + side <= height else height - y)
+        if side >= 20:
+            boxes.append((int(x), int(y), int(side)))
+    return boxes
+
+
+HAND_SIZE, HAND_SCALES, HAND_THRESHOLD = 128, (0.5, 1.0, 1.5, 2.0), 0.05
+
+
+def hand_joints(net: nn.Module, crop_bgr: np.ndarray, device: torch.device) -> list[tuple[float, float]]:
+    """21 joints (x, y) in the crop's pixels, (0, 0) where none was found: heat maps averaged over four
+    square sizes of the crop, and per joint the peak of its strongest connected blob."""
+    from scipy.ndimage import label
+
+    crop_h, crop_w = crop_bgr.shape[:2]
+    blurred = cv2.GaussianBlur(crop_bgr, (0, 0), 0.8)
+    average = np.zeros((HAND_SIZE, HAND_SIZE, _HAND_MAPS))
+    for factor in HAND_SCALES:
+        side = int(factor * BOX_SIZE)
+        square = _resize(blurred, side, side)  # sides are multiples of 8: no padding
+        x = torch.from_numpy(square.astype(np.float32) / 256.0 - 0.5).permute(2, 0, 1)[None].to(device)
+        maps = net(x)[0].permute(1, 2, 0).float().cpu().numpy()
+        maps = _resize(maps, maps.shape[1] * STRIDE, maps.shape[0] * STRIDE)
+        average += _resize(maps, HAND_SIZE, HAND_SIZE) / len(HAND_SCALES)
+    joints = []
+    for part in range(21):
+        raw = average[:, :, part].copy()
+        blobs, count = label(gaussian_filter(raw, sigma=3) > HAND_THRESHOLD, structure=np.ones((3, 3)))
+        if count == 0:
+            joints.append((0.0, 0.0))
+            continue
+        strongest = 1 + int(np.argmax([raw[blobs == i].sum() for i in range(1, count + 1)]))
+        raw[blobs != strongest] = 0
+        row, col = np.unravel_index(int(np.argmax(raw)), raw.shape)
+        joints.append((float(int(col * crop_w / HAND_SIZE)), float(int(row * crop_h / HAND_SIZE))))
+    return joints
+
+
+def place_hand(joints: list[tuple[float, float]], box: tuple[int, int, int]) -> Hand:
+    """Crop joints -> picture pixels; a coordinate that was 0 (not found) becomes -1."""
+    x0, y0, _ = box
+    return [(x + x0 if x >= 1e-6 else -1.0, y + y0 if y >= 1e-6 else -1.0) for x, y in joints]
+
+
+# Hand bones: wrist to each finger's four joints.
+HAND_EDGES = [(0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10), (10, 11), (11, 12),
+              (0, 13), (13, 14), (14, 15), (15, 16), (0, 17), (17, 18), (18, 19), (19, 20)]
+
+
+def _draw_hand(canvas: np.ndarray, hand: Hand) -> None:
+    """Bones 2 pixels wide in hues going round the colour wheel, joints as blue discs of radius 4."""
+    points = [(int(x), int(y)) for x, y in hand]
+    for index, (a, b) in enumerate(HAND_EDGES):
+        (x1, y1), (x2, y2) = points[a], points[b]
+        if min(x1, y1, x2, y2) > 0:
+            rgb = colorsys.hsv_to_rgb(index / len(HAND_EDGES), 1.0, 1.0)
+            cv2.line(canvas, (x1, y1), (x2, y2), tuple(round(c * 255) for c in rgb), thickness=2)
+    for x, y in points:
+        if x > 0 and y > 0:
+            cv2.circle(canvas, (x, y), 4, (0, 0, 255), thickness=-1)
+
+
+def draw_bodies(canvas: np.ndarray, people: list[Person], hands: list[list[Hand]] | None = None) -> np.ndarray:
     """The extension's OpenPose drawing on an RGB canvas, person by person: each limb an ellipse 4 pixels
-    thick in its colour, the canvas dimmed to 60%, then each keypoint a disc of radius 4 in its colour."""
-    for person in people:
+    thick in its colour, the canvas dimmed to 60%, each keypoint a disc of radius 4 in its colour, then the
+    person's hands (left first)."""
+    for index, person in enumerate(people):
         for (a, b), colour in zip(LIMBS[:17], COLOURS, strict=False):
             ka, kb = person[a - 1], person[b - 1]
             if ka is None or kb is None:
@@ -236,4 +356,6 @@ def draw_bodies(canvas: np.ndarray, people: list[Person]) -> np.ndarray:
         for keypoint, colour in zip(person, COLOURS, strict=True):
             if keypoint is not None:
                 cv2.circle(canvas, (int(keypoint.x), int(keypoint.y)), 4, colour, thickness=-1)
+        for hand in (hands[index] if hands else []):
+            _draw_hand(canvas, hand)
     return canvas
