@@ -83,6 +83,7 @@ NETS = {
     lineart.ANIME_FILE: (lambda: _state(lineart.AnimeUNet()), lambda s: s),
     openpose.FILE: (lambda: _state(openpose.BodyPoseNet()), lambda s: s),
     openpose.HAND_FILE: (lambda: _state(openpose.HandPoseNet()), lambda s: s),
+    openpose.FACE_FILE: (lambda: _state(openpose.FaceNet()), lambda s: s),
     depth_anything.FILE: (_depth_anything_original, lambda s: s),
     mlsd.FILE: (lambda: _state(mlsd.MLSDNet()),
                 lambda s: {k: v for k, v in s.items() if not k.endswith("num_batches_tracked")}),  # older torch
@@ -321,3 +322,30 @@ def test_openpose_hand_looks_for_the_hand_past_the_wrist_and_draws_it(folders, m
     canvas = openpose.draw_bodies(np.zeros((40, 40, 3), np.uint8), [[None] * 18], [[hand]])
     assert tuple(canvas[20, 25]) == (255, 0, 0) and tuple(canvas[20, 20]) == (0, 0, 255), "red bone, blue joints"
     assert canvas[:14].sum() == 0, "joints not found are not drawn"
+
+
+HEAD = {1: (60, 40), 2: (60, 70), 3: (45, 72), 6: (75, 72), 15: (55, 35), 16: (65, 35), 17: (50, 38), 18: (70, 38)}
+
+
+def test_openpose_face_boxes_the_head_and_full_runs_every_net(folders, monkeypatch):
+    person: list = [None] * 18
+    for part, (x, y) in HEAD.items():
+        person[part - 1] = openpose.Keypoint(x, y, 1.0)
+    assert openpose.face_box(person, 128, 192) == (45, 25, 30), "3x the nose-eye distance each way"
+    no_eyes = [k if i not in (14, 15, 16, 17) else None for i, k in enumerate(person)]
+    assert openpose.face_box(no_eyes, 128, 192) is None
+
+    monkeypatch.setattr(openpose, "network_maps", lambda net, bgr, device: _maps_of(HEAD, bgr.shape[:2]))
+    seen = []
+    real = openpose.face_landmarks
+    monkeypatch.setattr(openpose, "face_landmarks", lambda net, crop, device: seen.append(crop.shape) or
+                        [(5.0, 6.0), (0.0, 9.0)])
+    full = np.asarray(preprocess.detect_map("openpose_full", picture(), 128, annotators_dir=folders["pth"]))
+    assert seen == [(30, 30, 3)]
+    assert tuple(full[25 + 6, 45 + 5]) == (255, 255, 255), "a landmark: a white disc, placed in the picture"
+    only = np.asarray(preprocess.detect_map("openpose_faceonly", picture(), 128, annotators_dir=folders["pth"]))
+    assert tuple(only[31, 50]) == (255, 255, 255) and tuple(only[70, 60]) == (0, 0, 0), "no body drawn"
+
+    with torch.inference_mode():
+        points = real(openpose.FaceNet().eval(), np.zeros((30, 30, 3), np.uint8), torch.device("cpu"))
+    assert all(0 <= x < 30 and 0 <= y < 30 for x, y in points) and len(points) <= openpose.FACE_MAPS

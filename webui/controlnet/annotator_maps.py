@@ -141,23 +141,37 @@ def _mlsd(img: np.ndarray, res: int, score_threshold: float, distance_threshold:
     return drawn[:h, :w]
 
 
-def _openpose(img: np.ndarray, res: int, a: float, b: float, job: Job, hands: bool = False) -> np.ndarray:
-    body = job.store.load(job.files[openpose.FILE], "OpenPose body (body_pose_model.pth)",
-                          _plain(openpose.BodyPoseNet), field=job.field)
-    hand = job.store.load(job.files[openpose.HAND_FILE], "OpenPose hand (hand_pose_model.pth)",
-                          _plain(openpose.HandPoseNet), field=job.field) if hands else None
+def _openpose(img: np.ndarray, res: int, job: Job, body: bool = True, hands: bool = False,
+              face: bool = False) -> np.ndarray:
+    """People found by the body net; their hands and faces looked for where the body says they are."""
+    nets = {"body": job.store.load(job.files[openpose.FILE], "OpenPose body (body_pose_model.pth)",
+                                   _plain(openpose.BodyPoseNet), field=job.field)}
+    if hands:
+        nets["hand"] = job.store.load(job.files[openpose.HAND_FILE], "OpenPose hand (hand_pose_model.pth)",
+                                      _plain(openpose.HandPoseNet), field=job.field)
+    if face:
+        nets["face"] = job.store.load(job.files[openpose.FACE_FILE], "OpenPose face (facenet.pth)",
+                                      _plain(openpose.FaceNet), field=job.field)
     padded, (h, w) = resize_with_pad(img, res)
     bgr = np.ascontiguousarray(padded[:, :, ::-1])  # the CMU nets were trained on BGR
-    found: list[list[openpose.Hand]] = []
-    with job.store.running(*([body] if hand is None else [body, hand])) as device:
-        heatmaps, fields = openpose.network_maps(body, bgr, device)
-        people = openpose.find_people(heatmaps, fields)
-        if hand is not None:
-            for person in people:
-                boxes = openpose.hand_boxes(person, *bgr.shape[:2])
-                found.append([openpose.place_hand(openpose.hand_joints(hand, bgr[y:y + side, x:x + side], device),
-                                                  (x, y, side)) for x, y, side in boxes])
-    return openpose.draw_bodies(np.zeros_like(padded), people, found)[:h, :w]
+    found_hands: list[list[openpose.Hand]] = []
+    found_faces: list[openpose.Face | None] = []
+    with job.store.running(*nets.values()) as device:
+        people = openpose.find_people(*openpose.network_maps(nets["body"], bgr, device))
+        for person in people:
+            if "hand" in nets:
+                found_hands.append([
+                    openpose.place_hand(openpose.hand_joints(nets["hand"], bgr[y:y + side, x:x + side], device),
+                                        (x, y, side)) for x, y, side in openpose.hand_boxes(person, *bgr.shape[:2])])
+            box = openpose.face_box(person, *bgr.shape[:2]) if "face" in nets else None
+            if box is None:
+                found_faces.append(None)
+                continue
+            x, y, side = box
+            points = openpose.face_landmarks(nets["face"], bgr[y:y + side, x:x + side], device)
+            found_faces.append(openpose.place_hand(points, box))
+    canvas = openpose.draw_bodies(np.zeros_like(padded), people, found_hands, found_faces, body=body)
+    return canvas[:h, :w]
 
 
 def _depth_anything(img: np.ndarray, res: int, a: float, b: float, job: Job) -> np.ndarray:
@@ -182,8 +196,11 @@ RUNNERS: dict[str, Runner] = {
     "lineart_coarse": lambda img, res, a, b, job: _sketch(img, res, job, lineart.COARSE_FILE),
     "lineart_anime": lambda img, res, a, b, job: _anime(img, res, job),
     "mlsd": _mlsd,
-    "openpose": _openpose,
-    "openpose_hand": lambda img, res, a, b, job: _openpose(img, res, a, b, job, hands=True),
+    "openpose": lambda img, res, a, b, job: _openpose(img, res, job),
+    "openpose_hand": lambda img, res, a, b, job: _openpose(img, res, job, hands=True),
+    "openpose_face": lambda img, res, a, b, job: _openpose(img, res, job, face=True),
+    "openpose_faceonly": lambda img, res, a, b, job: _openpose(img, res, job, body=False, face=True),
+    "openpose_full": lambda img, res, a, b, job: _openpose(img, res, job, hands=True, face=True),
     "depth_anything": _depth_anything,
 }
 

@@ -19,6 +19,7 @@ from .catalog import ANNOTATORS_FOLDER, Preprocessor
 # The weight-based preprocessors Atelier can run (annotator_maps.RUNNERS has one runner for each).
 RUNNABLE = frozenset({"hed", "hed_safe", "scribble_hed", "pidinet", "pidinet_safe", "pidinet_scribble",
                       "lineart", "lineart_coarse", "lineart_anime", "mlsd", "openpose", "openpose_hand",
+                      "openpose_face", "openpose_faceonly", "openpose_full",
                       "depth_anything"})
 
 

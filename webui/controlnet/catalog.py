@@ -98,7 +98,9 @@ PREPROCESSORS: tuple[Preprocessor, ...] = (
     # are in models/ControlNetAnnotators/ (and an implementation exists, see annotators.py).
     Preprocessor("openpose", "openpose", 0, ("OpenPose",), annotators=_OPENPOSE, union_type=POSE),
     Preprocessor("openpose_face", "openpose_face", 0, ("OpenPose",), annotators=_OPENPOSE + _FACE, union_type=POSE),
-    Preprocessor("openpose_faceonly", "openpose_faceonly", 0, ("OpenPose",), annotators=_FACE, union_type=POSE),
+    # Face only still finds the people with the body net (it draws only their faces).
+    Preprocessor("openpose_faceonly", "openpose_faceonly", 0, ("OpenPose",), annotators=_OPENPOSE + _FACE,
+                 union_type=POSE),
     Preprocessor("openpose_full", "openpose_full", 100, ("OpenPose",), annotators=_OPENPOSE + _HANDS + _FACE,
                  union_type=POSE),
     Preprocessor("openpose_hand", "openpose_hand", 0, ("OpenPose",), annotators=_OPENPOSE + _HANDS,

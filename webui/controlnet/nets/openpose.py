@@ -20,7 +20,7 @@ from scipy.ndimage import gaussian_filter
 from torch import nn
 from torch.nn import functional as F
 
-FILE, HAND_FILE = "body_pose_model.pth", "hand_pose_model.pth"
+FILE, HAND_FILE, FACE_FILE = "body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"
 STRIDE, BOX_SIZE, SCALE, PAD_VALUE = 8, 368, 0.5, 128
 PEAK_THRESHOLD, PAF_THRESHOLD, PAF_SAMPLES = 0.1, 0.05, 10
 
@@ -81,28 +81,30 @@ class BodyPoseNet(nn.Module):
         return fields, heatmaps
 
 
-# The hand network (``hand_pose_model.pth``): a deeper trunk, then six stages of 22 heat maps (21 joints and
-# the background), each stage's last layer linear.
-_HAND_TRUNK: list[_Layer] = [
+# The hand and face networks (``hand_pose_model.pth``, ``facenet.pth``): a deeper trunk, then six stages of
+# heat maps (hands: 21 joints and the background; face: 70 landmarks and the background), each stage's last
+# layer linear.
+_CPM_TRUNK: list[_Layer] = [
     *_TRUNK[:11], ("conv4_1", 256, 512, 3), ("conv4_2", 512, 512, 3), ("conv4_3", 512, 512, 3),
     ("conv4_4", 512, 512, 3), ("conv5_1", 512, 512, 3), ("conv5_2", 512, 512, 3), ("conv5_3_CPM", 512, 128, 3)]
-_HAND_MAPS = 22
+HAND_MAPS, FACE_MAPS = 22, 71
 
 
-def _hand_stage(stage: int) -> list[_Layer]:
+def _cpm_stage(stage: int, maps: int) -> list[_Layer]:
     if stage == 1:
-        return [("conv6_1_CPM", 128, 512, 1), ("conv6_2_CPM", 512, _HAND_MAPS, 1)]
-    return [(f"Mconv1_stage{stage}", 128 + _HAND_MAPS, 128, 7), *[(f"Mconv{i}_stage{stage}", 128, 128, 7)
-                                                                  for i in range(2, 6)],
-            (f"Mconv6_stage{stage}", 128, 128, 1), (f"Mconv7_stage{stage}", 128, _HAND_MAPS, 1)]
+        return [("conv6_1_CPM", 128, 512, 1), ("conv6_2_CPM", 512, maps, 1)]
+    return [(f"Mconv1_stage{stage}", 128 + maps, 128, 7), *[(f"Mconv{i}_stage{stage}", 128, 128, 7)
+                                                            for i in range(2, 6)],
+            (f"Mconv6_stage{stage}", 128, 128, 1), (f"Mconv7_stage{stage}", 128, maps, 1)]
 
 
-class HandPoseNet(nn.Module):
+class _CPMNet(nn.Module):
     _LINEAR = {"conv6_2_CPM", *(f"Mconv7_stage{s}" for s in range(2, 7))}
 
-    def __init__(self) -> None:
+    def __init__(self, maps: int) -> None:
         super().__init__()
-        for name, width_in, width_out, kernel in [*_HAND_TRUNK, *(e for s in range(1, 7) for e in _hand_stage(s))]:
+        self.maps = maps
+        for name, width_in, width_out, kernel in [*_CPM_TRUNK, *(e for s in range(1, 7) for e in _cpm_stage(s, maps))]:
             if name != "pool":
                 self.add_module(name, nn.Conv2d(width_in, width_out, kernel, padding=kernel // 2))
 
@@ -117,12 +119,22 @@ class HandPoseNet(nn.Module):
         return x
 
     def forward(self, bgr: torch.Tensor) -> torch.Tensor:
-        """(1, 3, H, W) BGR in -0.5..0.5 -> the last stage's 22 heat maps at 1/8 of the size."""
-        features = self._run(bgr, _HAND_TRUNK)
-        maps = self._run(features, _hand_stage(1))
+        """(1, 3, H, W) BGR in -0.5..0.5 -> the last stage's heat maps at 1/8 of the size."""
+        features = self._run(bgr, _CPM_TRUNK)
+        maps = self._run(features, _cpm_stage(1, self.maps))
         for stage in range(2, 7):
-            maps = self._run(torch.cat([maps, features], 1), _hand_stage(stage))
+            maps = self._run(torch.cat([maps, features], 1), _cpm_stage(stage, self.maps))
         return maps
+
+
+class HandPoseNet(_CPMNet):
+    def __init__(self) -> None:
+        super().__init__(HAND_MAPS)
+
+
+class FaceNet(_CPMNet):
+    def __init__(self) -> None:
+        super().__init__(FACE_MAPS)
 
 
 # Limbs as (part, part), 1-based COCO-18 order: 1 nose, 2 neck, 3-5 right arm, 6-8 left arm, 9-11 right leg,
@@ -146,6 +158,7 @@ class Keypoint:
 
 Person = list[Keypoint | None]  # 18 keypoints, None where the part was not found
 Hand = list[tuple[float, float]]  # 21 joints in pixels; -1 where a joint was not found
+Face = list[tuple[float, float]]  # the landmarks found, in pixels (-1 where a coordinate was 0)
 
 
 def _resize(x: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -292,7 +305,7 @@ def hand_joints(net: nn.Module, crop_bgr: np.ndarray, device: torch.device) -> l
 
     crop_h, crop_w = crop_bgr.shape[:2]
     blurred = cv2.GaussianBlur(crop_bgr, (0, 0), 0.8)
-    average = np.zeros((HAND_SIZE, HAND_SIZE, _HAND_MAPS))
+    average = np.zeros((HAND_SIZE, HAND_SIZE, HAND_MAPS))
     for factor in HAND_SCALES:
         side = int(factor * BOX_SIZE)
         square = _resize(blurred, side, side)  # sides are multiples of 8: no padding
@@ -320,6 +333,43 @@ def place_hand(joints: list[tuple[float, float]], box: tuple[int, int, int]) -> 
     return [(x + x0 if x >= 1e-6 else -1.0, y + y0 if y >= 1e-6 else -1.0) for x, y in joints]
 
 
+def face_box(person: Person, height: int, width: int) -> tuple[int, int, int] | None:
+    """The square (x, y, side) around the face: from the nose, 3x its distance to an eye or 1.5x to an ear
+    (the largest) each way, cut to the picture as the extension does; None without nose and eyes or ears,
+    or under 20 pixels."""
+    nose, eyes_ears = person[0], ((person[14], 3.0), (person[15], 3.0), (person[16], 1.5), (person[17], 1.5))
+    if nose is None or all(k is None for k, _ in eyes_ears):
+        return None
+    reach = 0.0
+    for keypoint, factor in eyes_ears:
+        if keypoint is not None:
+            reach = max(reach, max(abs(nose.x - keypoint.x), abs(nose.y - keypoint.y)) * factor)
+    x, y = max(nose.x - reach, 0.0), max(nose.y - reach, 0.0)
+    side_w = width - x if x + reach > width else reach * 2
+    side_h = height - y if y + reach > height else reach * 2
+    side = min(side_w, side_h)
+    return (int(x), int(y), int(side)) if side >= 20 else None
+
+
+FACE_INPUT, FACE_THRESHOLD = 384, 0.05
+
+
+def face_landmarks(net: nn.Module, crop_bgr: np.ndarray, device: torch.device) -> list[tuple[float, float]]:
+    """The strongest point (x, y) of each heat map over the threshold (maps with none are left out), the
+    crop run at 384x384 and its maps enlarged back to the crop's size."""
+    crop_h, crop_w = crop_bgr.shape[:2]
+    square = _resize(crop_bgr, FACE_INPUT, FACE_INPUT)
+    x = torch.from_numpy(square.astype(np.float32) / 256.0 - 0.5).permute(2, 0, 1)[None].to(device)
+    maps = F.interpolate(net(x), (crop_h, crop_w), mode="bilinear", align_corners=True)[0].float().cpu().numpy()
+    points = []
+    for heat in maps:
+        if not (heat > FACE_THRESHOLD).any():
+            continue
+        row, col = np.unravel_index(int(np.argmax(np.where(heat > FACE_THRESHOLD, heat, -np.inf))), heat.shape)
+        points.append((float(col), float(row)))
+    return points
+
+
 # Hand bones: wrist to each finger's four joints.
 HAND_EDGES = [(0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10), (10, 11), (11, 12),
               (0, 13), (13, 14), (14, 15), (15, 16), (0, 17), (17, 18), (18, 19), (19, 20)]
@@ -338,24 +388,35 @@ def _draw_hand(canvas: np.ndarray, hand: Hand) -> None:
             cv2.circle(canvas, (x, y), 4, (0, 0, 255), thickness=-1)
 
 
-def draw_bodies(canvas: np.ndarray, people: list[Person], hands: list[list[Hand]] | None = None) -> np.ndarray:
+def _draw_face(canvas: np.ndarray, face: Face) -> None:
+    for x, y in face:
+        if int(x) > 0 and int(y) > 0:
+            cv2.circle(canvas, (int(x), int(y)), 3, (255, 255, 255), thickness=-1)
+
+
+def draw_bodies(canvas: np.ndarray, people: list[Person], hands: list[list[Hand]] | None = None,
+                faces: list[Face | None] | None = None, body: bool = True) -> np.ndarray:
     """The extension's OpenPose drawing on an RGB canvas, person by person: each limb an ellipse 4 pixels
-    thick in its colour, the canvas dimmed to 60%, each keypoint a disc of radius 4 in its colour, then the
-    person's hands (left first)."""
+    thick in its colour, the canvas dimmed to 60%, each keypoint a disc of radius 4 in its colour (unless
+    ``body`` is False), then the person's hands (left first) and face landmarks (white discs of radius 3)."""
     for index, person in enumerate(people):
-        for (a, b), colour in zip(LIMBS[:17], COLOURS, strict=False):
-            ka, kb = person[a - 1], person[b - 1]
-            if ka is None or kb is None:
-                continue
-            mid_x, mid_y = (ka.x + kb.x) / 2, (ka.y + kb.y) / 2
-            length = math.hypot(ka.x - kb.x, ka.y - kb.y)
-            angle = math.degrees(math.atan2(ka.y - kb.y, ka.x - kb.x))
-            polygon = cv2.ellipse2Poly((int(mid_x), int(mid_y)), (int(length / 2), 4), int(angle), 0, 360, 1)
-            cv2.fillConvexPoly(canvas, np.asarray(polygon, np.int32), colour)
-        canvas = (canvas * 0.6).astype(np.uint8)
-        for keypoint, colour in zip(person, COLOURS, strict=True):
-            if keypoint is not None:
-                cv2.circle(canvas, (int(keypoint.x), int(keypoint.y)), 4, colour, thickness=-1)
+        if body:
+            for (a, b), colour in zip(LIMBS[:17], COLOURS, strict=False):
+                ka, kb = person[a - 1], person[b - 1]
+                if ka is None or kb is None:
+                    continue
+                mid_x, mid_y = (ka.x + kb.x) / 2, (ka.y + kb.y) / 2
+                length = math.hypot(ka.x - kb.x, ka.y - kb.y)
+                angle = math.degrees(math.atan2(ka.y - kb.y, ka.x - kb.x))
+                polygon = cv2.ellipse2Poly((int(mid_x), int(mid_y)), (int(length / 2), 4), int(angle), 0, 360, 1)
+                cv2.fillConvexPoly(canvas, np.asarray(polygon, np.int32), colour)
+            canvas = (canvas * 0.6).astype(np.uint8)
+            for keypoint, colour in zip(person, COLOURS, strict=True):
+                if keypoint is not None:
+                    cv2.circle(canvas, (int(keypoint.x), int(keypoint.y)), 4, colour, thickness=-1)
         for hand in (hands[index] if hands else []):
             _draw_hand(canvas, hand)
+        face = faces[index] if faces else None
+        if face:
+            _draw_face(canvas, face)
     return canvas
