@@ -349,3 +349,14 @@ def test_openpose_face_boxes_the_head_and_full_runs_every_net(folders, monkeypat
     with torch.inference_mode():
         points = real(openpose.FaceNet().eval(), np.zeros((30, 30, 3), np.uint8), torch.device("cpu"))
     assert all(0 <= x < 30 and 0 <= y < 30 for x, y in points) and len(points) <= openpose.FACE_MAPS
+
+
+def test_the_library_owns_one_store_that_keeps_a_loaded_net_for_the_next_job(folders):
+    from webui.controlnet.library import ControlNetLibrary
+    from webui.models.cache import ModelCache
+
+    library = ControlNetLibrary([], None, ModelCache(1 << 20), folders["pth"])
+    assert library.annotators.folder == folders["pth"] and library.annotators.device.type == "cpu"
+    for module in ("lineart", "lineart_coarse", "lineart"):
+        preprocess.detect_map(module, picture(), 64, annotators_dir=library.annotators)
+    assert [Path(p).name for p in library.annotators.loaded()] == [lineart.COARSE_FILE, lineart.REALISTIC_FILE]
