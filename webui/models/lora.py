@@ -6,9 +6,11 @@ Formats read:
   ``lora_te1_`` / ``lora_te2_`` (SDXL). UNet module names are diffusers' (SD 1.x) or the original
   layout's (``input_blocks_4_1_...``, SDXL); both are understood. The weight kinds are LoRA's
   (``lora_down.weight`` / ``lora_up.weight`` / ``alpha``) and LyCORIS' (LoCon, LoHa, LoKr, full
-  differences, norm layers, DoRA): ``lycoris.py`` turns each layer's tensors into a weight change.
+  differences, norm layers, DoRA, IA3, GLoRA, OFT / BOFT): ``lycoris.py`` turns each layer's tensors into
+  a weight change.
 - diffusers / PEFT: ``unet.<module>.lora_A.weight`` / ``lora_B.weight`` (or ``.lora.down`` / ``.lora.up``),
-  ``text_encoder.`` / ``text_encoder_2.`` likewise.
+  ``text_encoder.`` / ``text_encoder_2.`` likewise; PEFT's DoRA adds ``<module>.lora_magnitude_vector``
+  (``.weight`` in newer PEFT and in diffusers' conversions): one magnitude per output row.
 
 Patching: each target layer's weight (and, for full and norm layers, its bias) gets the layer's change
 times the tag's weight. Before a tensor is first touched its original values are copied aside; removing
@@ -89,7 +91,7 @@ class LoraNetwork:
     path: Path
     layers: list[LoraLayer]
     identity: FileIdentity  # the file version the layers were read from
-    ignored_keys: int = 0  # keys of kinds we do not apply (IA3, OFT, ...)
+    ignored_keys: int = 0  # keys of kinds we do not apply (T-LoRA, ...)
 
 
 def parse_lora(name: str, path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
@@ -105,15 +107,24 @@ def parse_lora(name: str, path: Path, tensors: dict[str, torch.Tensor], metadata
         found = _peft_layer(key, tensors)
         if found is None:
             continue
-        component, module, up_key, alpha_key = found
+        component, module, up_key, stem = found
         peft = {"lora_down.weight": tensor, "lora_up.weight": tensors[up_key]}
-        if alpha_key in tensors:
-            peft["alpha"] = tensors[alpha_key]
+        extras = {"alpha": f"{stem}.alpha", "dora_scale": f"{stem}.lora_magnitude_vector.weight"}
+        if extras["dora_scale"] not in tensors:
+            extras["dora_scale"] = f"{stem}.lora_magnitude_vector"  # PEFT before its DoRA layers had modules
+        for kind, extra_key in extras.items():
+            if extra_key in tensors:
+                peft[kind] = tensors[extra_key]
+                used.add(extra_key)
+        if "dora_scale" in peft:
+            # PEFT keeps one magnitude per output row ((out,), or (1, out, 1, 1) for a conv); as an (out, 1)
+            # column it cannot be read per input column, as a flat kohya dora_scale of a square layer would be.
+            peft["dora_scale"] = peft["dora_scale"].reshape(-1, 1)
         layers[(component, module)] = LoraLayer(component, module, LayerWeights("lora", peft))
-        used.update({key, up_key, alpha_key})
+        used.update({key, up_key})
     if not layers:
         raise CheckpointLoadError(f"{path.name}: no LoRA layers found (not a LoRA, or a kind we cannot use "
-                                  "such as IA3 / OFT / GLoRA)")
+                                  "such as T-LoRA)")
     return LoraNetwork(name, path, list(layers.values()), identity, len(set(tensors) - used))
 
 
@@ -133,6 +144,7 @@ def _kohya_groups(tensors: dict[str, torch.Tensor]) -> dict[tuple[str, str], dic
 
 
 def _peft_layer(key: str, tensors: dict[str, torch.Tensor]) -> tuple[str, str, str, str] | None:
+    """(component, module key, up key, the file's stem for the layer) when `key` is a PEFT down weight."""
     for down_suffix, up_suffix in _PEFT_SUFFIXES:
         if not key.endswith(down_suffix):
             continue
@@ -147,7 +159,7 @@ def _peft_layer(key: str, tensors: dict[str, torch.Tensor]) -> tuple[str, str, s
                 break
         for old, new in _PROCESSOR_NAMES.items():
             module = module.replace(old, new)
-        return component, module_key(module), up_key, f"{stem}.alpha"
+        return component, module_key(module), up_key, stem
     return None
 
 
