@@ -49,6 +49,7 @@ _FACTORS = {"lora": _LORA, "loha": _LOHA, "ia3": ("weight", "on_input"), "lokr":
             "norm": ("w_norm", "b_norm"), "glora": _GLORA, "oft": ("oft_blocks", "oft_diag", "rescale")}
 _SHARED = ("alpha", "scale", "dora_scale")
 _SCALARS = ("alpha", "scale", "on_input")
+_USES_WEIGHT = ("ia3", "glora", "oft")  # variants whose change is made of the weight itself
 _EPS = torch.finfo(torch.float32).eps  # keeps DoRA finite on an all-zero column
 
 
@@ -279,9 +280,11 @@ class LayerWeights:
     def weight_delta(self, weight: torch.Tensor) -> torch.Tensor:
         """The change to `weight` at multiplier 1: float32, on the weight's device, in its shape.
         Needs the weight's current values for DoRA, IA3, GLoRA and OFT; call `fits` first."""
-        current = weight.detach().to(torch.float32)
-        delta = self._product(current).reshape(weight.shape) * self.scale
         magnitude = self.tensors.get("dora_scale")
+        # A float32 copy of the weight only where the change depends on it (on a GPU in fp16, a copy per layer).
+        needs_weight = self.variant in _USES_WEIGHT or magnitude is not None
+        current = weight.detach().to(torch.float32) if needs_weight else weight.detach()
+        delta = self._product(current).reshape(weight.shape) * self.scale
         if magnitude is not None and weight.dim() >= 2:
             axis = _dora_axis(magnitude, weight.shape)
             assert axis is not None  # fits() said so
