@@ -261,6 +261,36 @@ def test_peft_dora_rescales_each_output_row_as_lycoris_does(make, suffix):
         "the same numbers read per input column are another change"
 
 
+def test_peft_files_take_lora_alpha_over_r_from_diffusers_metadata():
+    """diffusers keeps PEFT's LoraConfig as JSON in the safetensors metadata: lora_alpha / r, per-module
+    alpha_pattern entries, and lora_alpha / √r with rsLoRA; nothing usable there means a scale of 1."""
+    import json
+
+    g = torch.Generator().manual_seed(0)
+    stems = {"unet.mid_block.attentions.0.proj_in": 8, "unet.down_blocks.0.attentions.0.proj_out": 8,
+             "text_encoder.text_model.encoder.layers.0.self_attn.q_proj": 4}
+    tensors = {}
+    for stem, rank in stems.items():
+        tensors[f"{stem}.lora_A.weight"] = torch.randn(rank, 32, generator=g)
+        tensors[f"{stem}.lora_B.weight"] = torch.randn(32, rank, generator=g)
+
+    def scales(config) -> dict[str, float]:
+        metadata = {"format": "pt"} if config is None else {"lora_adapter_metadata": config}
+        net = parse_lora("peft", Path("peft.safetensors"), tensors, metadata, ("peft", 0, 0, 0))
+        return {layer.key: layer.weights.scale for layer in net.layers}
+
+    config = json.dumps({"unet.r": 8, "unet.lora_alpha": 16, "unet.alpha_pattern": {"attentions.0.proj_in": 4},
+                         "text_encoder.r": 4, "text_encoder.lora_alpha": 4, "text_encoder.use_rslora": True})
+    assert scales(config) == {"mid_block_attentions_0_proj_in": 0.5, "down_blocks_0_attentions_0_proj_out": 2.0,
+                              "encoder_layers_0_self_attn_q_proj": 2.0}
+    assert set(scales(None).values()) == {1.0} and set(scales("{not json").values()) == {1.0}
+    net = parse_lora("peft", Path("peft.safetensors"), tensors, {"lora_adapter_metadata": config}, ("p", 0, 0, 0))
+    layer = next(layer for layer in net.layers if layer.key == "down_blocks_0_attentions_0_proj_out")
+    stem = "unet.down_blocks.0.attentions.0.proj_out"
+    torch.testing.assert_close(layer.weights.weight_delta(torch.zeros(32, 32)),
+                               2.0 * tensors[f"{stem}.lora_B.weight"] @ tensors[f"{stem}.lora_A.weight"])
+
+
 # --------------------------------------------------------------------------- whole models
 
 def write_variants(path: Path, components: dict, algos: list[str], groups: list[tuple[str, str]],
