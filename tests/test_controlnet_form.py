@@ -159,5 +159,5 @@ def test_pasted_overrides_are_this_jobs_and_use_setting_leaves_the_settings():
                                                                       "eta_noise_seed_delta": 31337}), lambda: 64)
     assert (job.emphasis, job.rng, job.eta_noise_seed_delta) == ("No norm", "NV", 31337)
     default = build_request(settings, forms.form_fields("txt2img", None, {
-        **BASE, "emphasis": forms.USE_SETTING, "rng": forms.USE_SETTING, "eta_noise_seed_delta": None}), lambda: 64)
+        **BASE, "emphasis": forms.USE_SETTING, "rng": forms.USE_SETTING, "eta_noise_seed_delta": -1}), lambda: 64)
     assert (default.emphasis, default.rng, default.eta_noise_seed_delta) == ("None", "CPU", 7)

@@ -28,7 +28,7 @@ HIRES_FIELDS = ("enable_hr", "hr_upscaler", "hr_second_pass_steps", "denoising_s
                 "hr_resize_y", "hr_sampler", "hr_schedule_type", "hr_cfg_scale", "hr_checkpoint", "hr_prompt",
                 "hr_negative_prompt")
 REFINER_FIELDS = ("refiner_checkpoint", "refiner_switch_at")
-# A1111 settings that change the picture, overridden for one job (empty / "Use setting": the Settings' value).
+# A1111 settings that change the picture, overridden for one job ("Use setting" / ENSD -1: the Settings' value).
 OVERRIDE_FIELDS = ("emphasis", "rng", "eta_noise_seed_delta")
 USE_SETTING = "Use setting"
 SAME = "Use same"  # a hires dropdown's "like the first pass"
@@ -171,7 +171,8 @@ def _override_fields(values: Mapping[str, Any]) -> dict[str, Any]:
     for name in ("emphasis", "rng"):
         value = values.get(name)
         fields[name] = None if value in (None, "", USE_SETTING) else str(value)
-    fields["eta_noise_seed_delta"] = _int(values, "eta_noise_seed_delta")
+    ensd = _int(values, "eta_noise_seed_delta")
+    fields["eta_noise_seed_delta"] = None if ensd is None or ensd < 0 else ensd
     return fields
 
 

@@ -196,7 +196,7 @@ def build_mode_tab(ctx: AppContext, mode: str, top: TopBar, size: int, styles: A
 
 def build_override_row(fields: dict[str, Any], prefix: str) -> gr.Accordion:
     """A1111's settings that change the picture, for this job only (pasted parameters fill them); left at "Use
-    setting" / empty, the Settings' values apply."""
+    setting" / -1, the Settings' values apply."""
     with gr.Accordion("Emphasis, RNG source, ENSD (this job only)", open=False,
                       elem_id=f"{prefix}-overrides") as accordion:
         with gr.Row():
@@ -204,8 +204,9 @@ def build_override_row(fields: dict[str, Any], prefix: str) -> gr.Accordion:
                                              label="Emphasis", elem_id=f"{prefix}-emphasis")
             fields["rng"] = gr.Dropdown([forms.USE_SETTING, *RNG_SOURCES], value=forms.USE_SETTING,
                                         label="Random number generator source", elem_id=f"{prefix}-rng")
-            fields["eta_noise_seed_delta"] = gr.Number(value=None, precision=0, minimum=0,
-                                                       label="Eta noise seed delta (ENSD; empty = setting)",
+            # -1, not empty: a Number without a value would be a required argument of the API endpoints.
+            fields["eta_noise_seed_delta"] = gr.Number(value=-1, precision=0, minimum=-1,
+                                                       label="Eta noise seed delta (ENSD; -1 = setting)",
                                                        elem_id=f"{prefix}-ensd")
     return accordion
 
