@@ -130,6 +130,10 @@ def test_a_units_mask_reaches_it(api):
     plain = txt2img(api, [unit(module="inpaint")])
     assert "Module: inpaint" in masked["info"]["infotexts"][0]
     assert not np.array_equal(np.asarray(picture(masked)), np.asarray(picture(plain))), "the mask changes the map"
+    only = picture(txt2img(api, [unit(module="inpaint_only", mask=mask)]))
+    control = np.asarray(decode(top_left_map()).convert("RGB"))
+    assert np.array_equal(np.asarray(only)[:, 44:], control[:, 44:]), "the unmasked half is the unit's picture"
+    assert not np.array_equal(np.asarray(only)[:, :20], control[:, :20]), "the masked half is drawn"
     scribble = txt2img(api, [unit(mask_image=mask)])  # Forge's name; "none" is no inpaint preprocessor
     assert any("scribble" in warning for warning in scribble["info"]["warnings"]), scribble["info"]["warnings"]
     root = str(api.base_url).split("/sdapi")[0]

@@ -445,6 +445,18 @@ def test_the_inpaint_map_is_the_picture_with_masked_pixels_at_minus_one():
     assert shown.mode == "RGBA" and shown.getpixel((0, 0))[3] == 128 and shown.getpixel((0, 31))[3] == 255
 
 
+def test_inpaint_only_pastes_the_unmasked_part_back_feathered():
+    from webui.controlnet import inpaint
+
+    picture, mask = _quarters()
+    detected = preprocess.run("inpaint_only", picture, mask=mask)
+    result = Image.new("RGB", (64, 32), (0, 255, 0))
+    pasted = np.asarray(inpaint.paste_unmasked(result, detected))
+    assert (pasted[:10, :26] == [0, 255, 0]).all(), "deep inside the mask: the result"
+    assert (pasted[26:, :] == np.asarray(picture)[26:, :]).all(), "well outside it: the picture, exactly"
+    assert 0 < pasted[17, 10, 1] < 255, "at the mask's edge the two are blended"
+
+
 def test_a_mask_on_another_preprocessor_is_its_scribble_unless_blank():
     picture, mask = _quarters()
     strokes = preprocess.run("none", picture, mask=mask)

@@ -7,6 +7,8 @@
   the mask binary, and the border that "Resize and Fill" adds counts as masked (to be drawn).
 - The mask comes from the unit (the API's ``mask`` / ``mask_image``); a unit without one in the Inpaint tab
   takes the tab's inpaint mask (inverted and blurred as the tab says); without either, nothing is masked.
+- ``inpaint_only`` outside the Inpaint tab then pastes the unmasked part of its picture back over the result,
+  through the mask dilated and box-blurred by 7 pixels (in the Inpaint tab the tab's own paste-back does it).
 - A non-inpaint preprocessor with a unit mask: as the extension's "canvas scribble mode", the mask itself is
   the preprocessor's input (white strokes on black) unless it is blank or full, when it is ignored.
 
@@ -15,11 +17,13 @@ Pure numpy / PIL; no torch.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from PIL import Image
 
 INPAINT_MODULES = frozenset({"inpaint", "inpaint_only"})
 BLANK, FULL = 5, 250  # the extension's limits: a mask at most this dark everywhere, or this bright, is no mask
+PASTE_SIGMA = 7  # the extension's control_net_inpaint_blur_sigma: how far inpaint_only's paste-back feathers
 
 
 def is_inpaint(module: str) -> bool:
@@ -77,3 +81,15 @@ def preview(detected: np.ndarray) -> Image.Image:
     shown = detected.copy()
     shown[:, :, 3] = 255 - shown[:, :, 3] // 2
     return Image.fromarray(shown, "RGBA")
+
+
+def paste_unmasked(picture: Image.Image, fitted: np.ndarray, sigma: int = PASTE_SIGMA) -> Image.Image:
+    """inpaint_only's finish: ``fitted`` (an inpaint map fitted to the picture's size, H x W x 4) supplies the
+    unmasked pixels; the result stays where the mask, dilated then blurred by ``sigma``, is."""
+    result = np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0
+    source = fitted[:, :, :3].astype(np.float32) / 255.0
+    alpha = fitted[:, :, 3].astype(np.float32) / 255.0
+    mask = np.asarray(cv2.blur(cv2.dilate(alpha, np.ones((sigma, sigma), dtype=np.uint8)), (sigma, sigma)),
+                      dtype=np.float32)[:, :, None]
+    blended = (mask * result.clip(0, 1) + (1 - mask) * source).clip(0, 1)
+    return Image.fromarray(np.round(blended * 255).astype(np.uint8), "RGB")

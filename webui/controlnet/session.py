@@ -69,6 +69,7 @@ class ControlSession:
     units: list[_Prepared] = field(default_factory=list)
     sdxl: bool = False
     hires_job: bool = False
+    inpaint_job: bool = False  # the job pastes into its picture through a mask itself (inpaint_only does not)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     warnings: list[str] = field(default_factory=list)
     _on_device: set[int] = field(default_factory=set)
@@ -147,6 +148,23 @@ class ControlSession:
         return place(prepared.loaded.model, self.device, getattr(plan, "mode", None), prepared.unit.low_vram,
                      self._on_device, id(prepared.loaded.model))
 
+    def paste_unmasked(self, images: list[Image.Image]) -> list[Image.Image]:
+        """The finished pictures with each ``inpaint_only`` unit's unmasked part pasted back (the extension's
+        post-processing; an inpainting job has its own paste-back and is left as it is)."""
+        if self.inpaint_job:
+            return images
+        for prepared in self.units:
+            if prepared.pre.name != "inpaint_only" or prepared.detected.shape[2] < 4 \
+                    or not prepared.detected[:, :, 3].any():
+                continue  # nothing masked: pasting would replace the whole picture with the control image
+            fitted = {}
+            for i, image in enumerate(images):
+                if image.size not in fitted:
+                    fitted[image.size] = maps.fit_map(prepared.detected, image.width, image.height,
+                                                      prepared.unit.resize_mode)
+                images[i] = inpaint.paste_unmasked(image, fitted[image.size])
+        return images
+
     def release(self) -> None:
         """The job is over: ControlNets left on the accelerator go back to RAM."""
         for prepared in self.units:
@@ -191,9 +209,6 @@ def _mask_warning(unit: ControlUnit, pre: catalog.Preprocessor, index: int, requ
                    "preprocessor)"
         return (f"ControlNet unit {index}: {pre.name} is no inpaint preprocessor, so its mask's strokes are the "
                 "preprocessor's input instead of the image (the extension's canvas scribble mode)")
-    if pre.name == "inpaint_only" and getattr(request, "mask", None) is None:
-        return (f"ControlNet unit {index}: inpaint_only guides the masked part as inpaint_global_harmonious does; "
-                "the unmasked part is not pasted back outside the Inpaint tab")
     return None
 
 
@@ -207,7 +222,8 @@ def control_session(manager: Any, model: Any, request: Any, seed: int) -> Iterat
         return
     library: ControlNetLibrary = manager.controlnets
     unet_config = dict(model.components["unet"].config)
-    session = ControlSession(sdxl=model.is_sdxl, hires_job=bool(request.hires), device=manager.device)
+    session = ControlSession(sdxl=model.is_sdxl, hires_job=bool(request.hires), device=manager.device,
+                             inpaint_job=getattr(request, "mask", None) is not None)
     with ExitStack() as stack:
         for index, unit in units:
             unit = unit.with_defaults()
