@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from . import annotators, catalog
+from . import annotators, catalog, inpaint
 from .units import ControlResizeMode, UnitError
 
 
@@ -141,25 +141,35 @@ _IMPLEMENTED: dict[str, Callable[[np.ndarray, int, float, float, int], np.ndarra
 
 
 def run(module: str, image: Image.Image, processor_res: float = -1, threshold_a: float = -1,
-        threshold_b: float = -1, seed: int = 0, annotators_dir: object = None, field: str = "module") -> np.ndarray:
-    """The control map ``module`` makes of ``image`` (RGB uint8 array). Resolution and thresholds outside the
-    preprocessor's ranges (-1 among them) take its defaults. Raises UnitError naming ``field`` for an unknown
-    module, and annotators.AnnotatorMissingError for one whose weights are not installed."""
+        threshold_b: float = -1, seed: int = 0, annotators_dir: object = None, field: str = "module",
+        mask: Image.Image | None = None) -> np.ndarray:
+    """The control map ``module`` makes of ``image`` (RGB uint8 array; RGBA for the inpaint preprocessors,
+    the mask as alpha). Resolution and thresholds outside the preprocessor's ranges (-1 among them) take its
+    defaults. ``mask`` (white = masked): the inpaint preprocessors' mask; for the others, when it is neither
+    blank nor full, the input instead of ``image`` (see inpaint.py). Raises UnitError naming ``field`` for an
+    unknown module, and annotators.AnnotatorMissingError for one whose weights are not installed."""
     pre = catalog.find(module)
     if pre is None:
         raise UnitError(field, f"unknown preprocessor {module!r} (see /controlnet/module_list)")
     if not pre.weight_free:
         annotators.require(pre, annotators_dir, field)
+    rgb = to_rgb_array(image)
+    if inpaint.is_inpaint(pre.name):
+        return inpaint.with_mask(rgb, mask)
+    if mask is not None:
+        scribble = inpaint.scribble_input(rgb, mask)
+        rgb = rgb if scribble is None else scribble
     values = []
     for value, slider in ((processor_res, pre.resolution), (threshold_a, pre.slider_1), (threshold_b, pre.slider_2)):
         values.append(float(value) if slider.minimum <= value <= slider.maximum else float(slider.value))
     resolution = max(1, int(values[0]))
-    return _IMPLEMENTED[pre.name](to_rgb_array(image), resolution, values[1], values[2], seed)
+    return _IMPLEMENTED[pre.name](rgb, resolution, values[1], values[2], seed)
 
 
 def detect_map(module: str, image: Image.Image, processor_res: float = -1, threshold_a: float = -1,
                threshold_b: float = -1, seed: int = 0, annotators_dir: object = None,
-               field: str = "module") -> Image.Image:
-    """``run`` as a picture: what the preview button shows and ``POST /controlnet/detect`` returns."""
-    return Image.fromarray(run(module, image, processor_res, threshold_a, threshold_b, seed, annotators_dir, field),
-                           "RGB")
+               field: str = "module", mask: Image.Image | None = None) -> Image.Image:
+    """``run`` as a picture: what the preview button shows and ``POST /controlnet/detect`` returns (an
+    inpaint map as RGBA, its masked part half transparent)."""
+    return inpaint.preview(run(module, image, processor_res, threshold_a, threshold_b, seed, annotators_dir, field,
+                               mask))

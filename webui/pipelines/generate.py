@@ -556,6 +556,7 @@ def generate(
                 if req.task is Task.INPAINT and original is not None and paste_mask is not None:
                     images = [imgs.paste_back(original, im, paste_mask, prepared.crop)
                               for im in images]
+                images = controls.paste_unmasked(images)  # ControlNet inpaint_only's own paste-back
                 result.images.extend(images)
                 result.seeds.extend(group)
                 result.subseeds.extend(subgroup)
