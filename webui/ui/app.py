@@ -109,7 +109,8 @@ def build(ctx: AppContext) -> gr.Blocks:
             status = gr.Markdown("", elem_id="checkpoint-status")
         top = TopBar(checkpoint, refresh, clip_skip, vae, status)
         tabs_by_mode: dict[str, ModeTab] = {}
-        with gr.Tabs(elem_id="tabs") as tabs:
+        # Tabs that do not fit (a phone) wrap onto a second row, so History and the rest are one tap away.
+        with gr.Tabs(elem_id="tabs", overflow_behavior="wrap") as tabs:
             for mode in ("txt2img", "img2img", "inpaint"):
                 with gr.Tab(generation_tab.TITLES[mode], id=mode, elem_id=f"tab-{mode}"):
                     tabs_by_mode[mode] = generation_tab.build_mode_tab(ctx, mode, top, size, styles, tokenizer)
