@@ -203,7 +203,8 @@ class GuardMiddleware:
             if method == "GET":
                 send = _without_api_info(send)
         elif self.hidden_file is not None and scope["type"] == "http":
-            file = requested_file(path)
+            root = scope.get("root_path", "")  # behind a proxy's sub-path, routes are matched without it
+            file = requested_file(path[len(root):] if root and path.startswith(root) else path)
             if file is not None and await run_in_threadpool(self.hidden_file, scope, file):
                 return await self._refuse(scope, send, 404, "Not Found")
         if not signing_in:
