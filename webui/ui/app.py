@@ -15,6 +15,7 @@ from starlette.middleware import Middleware
 
 from ..config import PROJECT_ROOT
 from ..errors import AtelierError
+from ..history.access import may_read
 from ..history.library import private_folders
 from ..models.vae import AUTOMATIC, NONE, list_vaes
 from ..styles import StyleStore
@@ -108,7 +109,8 @@ def build(ctx: AppContext) -> gr.Blocks:
             status = gr.Markdown("", elem_id="checkpoint-status")
         top = TopBar(checkpoint, refresh, clip_skip, vae, status)
         tabs_by_mode: dict[str, ModeTab] = {}
-        with gr.Tabs(elem_id="tabs") as tabs:
+        # Tabs that do not fit (a phone) wrap onto a second row, so History and the rest are one tap away.
+        with gr.Tabs(elem_id="tabs", overflow_behavior="wrap") as tabs:
             for mode in ("txt2img", "img2img", "inpaint"):
                 with gr.Tab(generation_tab.TITLES[mode], id=mode, elem_id=f"tab-{mode}"):
                     tabs_by_mode[mode] = generation_tab.build_mode_tab(ctx, mode, top, size, styles, tokenizer)
@@ -294,6 +296,20 @@ def _sign_in_check(demo: gr.Blocks, credentials: Any) -> Any:
     return lambda scope: request_user(demo.app, credentials, HTTPConnection(scope)) is not None
 
 
+def _hidden_file_check(demo: gr.Blocks, ctx: AppContext, credentials: Any) -> Any:
+    """For the guard middleware: whether a signed-in request may not have a file of the outputs folder (a
+    friend's own pictures and thumbnails only; everything for an admin). None when the studio has no sign-in."""
+    if credentials is None:
+        return None
+    from starlette.requests import HTTPConnection
+
+    def hidden(scope: Any, file: str) -> bool:
+        user = request_user(demo.app, credentials, HTTPConnection(scope))
+        return user is None or not may_read(ctx.settings.outputs_dir, file, user, ctx.settings.admin_users)
+
+    return hidden
+
+
 def launch(ctx: AppContext, demo: gr.Blocks | None = None, credentials: Any = None, share: bool = False,
            api: bool = False, api_credentials: Any = None, flags: dict[str, Any] | None = None,
            **overrides: Any) -> gr.Blocks:
@@ -308,7 +324,8 @@ def launch(ctx: AppContext, demo: gr.Blocks | None = None, credentials: Any = No
         "server_name": settings.host,
         "server_port": settings.port,
         "inbrowser": settings.autolaunch,
-        # Only generated images may be served from disk: the outputs folder (and Gradio's own temp folder).
+        # Only generated images may be served from disk: the outputs folder (and Gradio's own temp folder), a
+        # friend's own only (the guard's hidden_file). What the page shows goes through Gradio's cache instead.
         "allowed_paths": [str(settings.outputs_dir)],
         # ...except the History index (everyone's prompts) and its trash.
         "blocked_paths": [str(p) for p in private_folders(settings.outputs_dir)],
@@ -321,6 +338,7 @@ def launch(ctx: AppContext, demo: gr.Blocks | None = None, credentials: Any = No
         # Every route, Gradio's included, sits behind the cross-site and sign-in-throttling guard.
         "app_kwargs": {"middleware": [Middleware(
             GuardMiddleware, is_signed_in=_sign_in_check(demo, credentials),
+            hidden_file=_hidden_file_check(demo, ctx, credentials),
             limiter=FailureLimiter(settings.signin_failures_before_lockout)), Middleware(BrowserIdMiddleware)]},
     }
     if credentials is not None:
