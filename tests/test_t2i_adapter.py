@@ -150,3 +150,37 @@ def test_sdxl_adapter_guides_sdxl_and_adapters_of_the_other_family_are_refused_b
     with pytest.raises(ControlNetFileError, match="xl_adapter_folder cannot guide checkpoint sd1: it is made for SDXL"):
         run(ctx, controlnet_units=[unit("xl_adapter_folder")])
     assert run(ctx, xl).shape == plain.shape, "the next job runs normally"
+
+
+def test_an_adapter_and_a_controlnet_on_one_unet_call_add_both_kinds_of_residuals():
+    """The hook hands the UNet the ControlNet's residuals and the adapter's features at once, each scaled by its
+    unit's weight, the adapter's on both CFG halves: the same output as calling the UNet with them by hand."""
+    from tests.support import controlnet_files as cnf
+    from tests.support.tiny_models import tiny_components
+    from webui.controlnet.guidance import ControlNetHook, GuidedUnit
+
+    unet = tiny_components("sd1", seed=0)["unet"]
+    controlnet, adapter = cnf.tiny_controlnet(unet, seed=11), af.tiny_adapter("sd1", seed=21)
+    generator = torch.Generator().manual_seed(1)
+    hint = torch.rand(1, 3, SIZE, SIZE, generator=generator)
+    x, context = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 77, 32, generator=generator)
+    t = torch.tensor(500)
+    units = [GuidedUnit(controlnet, hint, 0.01, 0.0, 1.0, soft=False, cond_only=False),
+             GuidedUnit(adapter, hint, 2.0, 0.0, 1.0, soft=False, cond_only=False, adapter=True)]
+    hook = ControlNetHook(units, images=1, sdxl=False, steps=lambda: 4, unet_config=dict(unet.config))
+    with torch.no_grad():
+        handle = unet.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            hooked = unet(x, t, encoder_hidden_states=context).sample
+        finally:
+            handle.remove()
+        down, mid = controlnet(x, t, encoder_hidden_states=context, controlnet_cond=hint.repeat(2, 1, 1, 1),
+                               return_dict=False)
+        features = [2.0 * f.repeat(2, 1, 1, 1) for f in adapter(hint)]
+        by_hand = unet(x, t, encoder_hidden_states=context, down_block_additional_residuals=[d * 0.01 for d in down],
+                       mid_block_additional_residual=mid * 0.01, down_intrablock_additional_residuals=features).sample
+        controlnet_only = unet(x, t, encoder_hidden_states=context,
+                               down_block_additional_residuals=[d * 0.01 for d in down],
+                               mid_block_additional_residual=mid * 0.01).sample
+    assert torch.allclose(hooked, by_hand, atol=1e-5)
+    assert float((hooked - controlnet_only).abs().max()) > 1e-2, "the adapter's features count too"
