@@ -15,6 +15,9 @@ Modules, one job each (importing the package imports nothing heavy; the torch on
   tensor names and shapes (pure).
 - ``layout``: original-layout keys -> diffusers ``ControlNetModel`` keys, and the model config read off the
   tensors (pure).
+- ``t2i``: T2I-Adapters: what a file holds, original names -> diffusers ``T2IAdapter`` names, its config and
+  whether it fits the UNet, and where its features go (pure).
+- ``adapter_loader``: a T2I-Adapter's tensors -> a diffusers T2IAdapter, handed out by ``loader`` (torch).
 - ``files``: the model folders, entries and their titles "name [hash]" (the extension's short hash) (pure).
 - ``library``: ``ControlNetLibrary``: listing, lookup, and loading into the checkpoint RAM cache (torch).
 - ``loader``: one file or folder -> a diffusers ControlNetModel / ControlNetUnionModel (torch).

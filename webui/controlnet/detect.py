@@ -9,8 +9,9 @@
 - the family it was made for: SDXL when it has the size/crop embedding, otherwise by its text width
   (768: SD 1.x, 1024: SD 2.x).
 
-Files that are something else (T2I-Adapter, Control-LoRA, ControlLLLite, IP-Adapter, a checkpoint, a LoRA)
-are refused with a message saying what they are. Pure: no torch.
+T2I-Adapters are recognised before this (``t2i``); files that are something else (a T2I style adapter,
+Control-LoRA, ControlLLLite, IP-Adapter, a checkpoint, a LoRA) are refused with a message saying what they are.
+Pure: no torch.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import AtelierError
+from .t2i import unsupported as unsupported_adapter
 
 LDM_PREFIX = "control_model."
 _TO_K = re.compile(r"attn2\.to_k\.weight$")
@@ -59,6 +61,9 @@ def _shape(value: Any) -> tuple[int, ...]:
 
 
 def _what_else(keys: list[str]) -> str | None:
+    adapter = unsupported_adapter(keys)
+    if adapter:
+        return adapter
     if any("lora_controlnet" in k for k in keys):
         return "a Control-LoRA (Stability AI's control-lora files), which Atelier does not support yet"
     if any(k.startswith("lllite_") or ".lllite" in k for k in keys):
@@ -66,7 +71,7 @@ def _what_else(keys: list[str]) -> str | None:
     if any(k.startswith(("image_proj.", "ip_adapter.")) or k in ("image_proj", "ip_adapter") for k in keys):
         return "an IP-Adapter, which Atelier does not support yet"
     if any(k.startswith(("body.", "adapter.body.", "adapter.conv_in")) for k in keys):
-        return "a T2I-Adapter, which Atelier does not support yet"
+        return "a T2I-Adapter of a layout Atelier does not know"
     if any(k.startswith("model.diffusion_model.") for k in keys):
         return "a Stable Diffusion checkpoint: put it in models/Stable-diffusion"
     if any(k.startswith(("lora_unet_", "lora_te")) or ".lora_down." in k or "lora_A" in k for k in keys):

@@ -2,10 +2,11 @@
 
 Folders: ``models/ControlNet`` (A1111, Forge), ``models/controlnet`` (ComfyUI), sub-folders included, then the
 models shipped inside the package. A single file (``.safetensors``, ``.pth``, ``.ckpt``, ``.pt``, ``.bin``) is
-named by its stem; a diffusers folder (``config.json`` naming a ControlNet class, plus its weights) by the
-folder's name, and each extra ``diffusion_pytorch_model_<variant>.safetensors`` in it (xinsir's ``_promax``)
-by ``<folder>_<variant>``. Titles are ``name [hash]`` with the extension's short hash: SHA-256 of the 64 KiB
-at 1 MiB into the file, first 8 hex digits (A1111's old model hash), cheap enough to compute while listing.
+named by its stem; a diffusers folder (``config.json`` naming a ControlNet class or ``T2IAdapter``, plus its
+weights) by the folder's name, and each extra ``diffusion_pytorch_model_<variant>.safetensors`` in it (xinsir's
+``_promax``) by ``<folder>_<variant>``. Titles are ``name [hash]`` with the extension's short hash: SHA-256 of
+the 64 KiB at 1 MiB into the file, first 8 hex digits (A1111's old model hash), cheap enough to compute while
+listing.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 SUFFIXES = (".safetensors", ".pth", ".ckpt", ".pt", ".bin")
 FOLDER_NAMES = ("ControlNet", "controlnet")
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
-CONTROLNET_CLASSES = ("ControlNetModel", "ControlNetUnionModel")
+CONTROLNET_CLASSES = ("ControlNetModel", "ControlNetUnionModel", "T2IAdapter")
 _WEIGHTS = re.compile(r"^diffusion_pytorch_model(?:_(?P<variant>[\w-]+?))?(?P<fp16>\.fp16)?\.(?P<ext>safetensors|bin)$")
 NONE = "None"
 

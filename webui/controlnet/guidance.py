@@ -16,6 +16,16 @@ Per unit, as sd-webui-controlnet's hook.py does:
 - in the hires pass canny and MLSD units always use soft injection (the extension's forced soft injection);
 - models trained with global average pooling (v1.1 shuffle) get their residuals averaged over the picture, and
   guide the conditional half only (the extension's hook treats them like cfg_injection).
+T2I-Adapter units (``adapter``) run their adapter once per pass on the control map (features do not depend on
+the step) and hand the features to the UNet as ``down_intrablock_additional_residuals``, as sd-webui-controlnet
+does with them:
+- the same features guide both halves of the CFG batch; "ControlNet is more important" zeroes the
+  unconditional half;
+- soft injection ("My prompt is more important", and canny / MLSD in the hires pass) scales the features,
+  shallowest first, by weight * (0.25, 0.62, 0.825, 1.0);
+- a feature whose size differs from the UNet's at its place (a picture size the adapter's downsampling does
+  not divide) is resized to it, nearest neighbour (the extension's aligned adding);
+- an adapter that takes one channel (the sketch adapter) gets the map's first channel.
 Several units add up. A unit with weight 0 never gets here: the session drops it, so the picture is exactly
 the one without it.
 """
@@ -28,6 +38,7 @@ from typing import Any
 import torch
 
 SOFT_BASE = 0.825
+ADAPTER_SOFT = (0.25, 0.62, 0.825, 1.0)
 
 
 def layer_scales(count: int, weight: float, soft: bool, sdxl: bool) -> list[float]:
@@ -36,6 +47,13 @@ def layer_scales(count: int, weight: float, soft: bool, sdxl: bool) -> list[floa
         return [weight] * count
     exponents = [12 - i for i in range(count)] if sdxl else [count - 1 - i for i in range(count)]
     return [weight * SOFT_BASE ** float(e) for e in exponents]
+
+
+def adapter_scales(count: int, weight: float, soft: bool) -> list[float]:
+    """The scale of each of an adapter's ``count`` features (shallowest first)."""
+    if not soft:
+        return [weight] * count
+    return [weight * s for s in ADAPTER_SOFT[:count]] + [weight] * max(0, count - len(ADAPTER_SOFT))
 
 
 @dataclass
@@ -50,7 +68,9 @@ class GuidedUnit:
     global_pool: bool = False
     union_type: int | None = None  # ControlNet-Union control type
     num_types: int = 0
+    adapter: bool = False  # a T2IAdapter (features for the down blocks) instead of a ControlNet
     _ready: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict, repr=False)
+    _features: dict[tuple[Any, ...], list[torch.Tensor]] = field(default_factory=dict, repr=False)
 
     def active(self, fraction: float) -> bool:
         return self.start <= fraction <= self.end
@@ -61,12 +81,24 @@ class GuidedUnit:
             self._ready[key] = self.hint.to(device=device, dtype=dtype).repeat(rows, 1, 1, 1)
         return self._ready[key]
 
+    def adapter_features(self, device: torch.device) -> list[torch.Tensor]:
+        """The adapter's features of the map (batch 1), computed once per device: they do not change per step."""
+        key = (str(device),)
+        if key not in self._features:
+            hint = self.hint_for(1, device, self.model.dtype)
+            if int(self.model.config.in_channels) == 1:
+                hint = hint[:, :1]  # the sketch adapter reads one channel, the map's first as in the extension
+            self._features[key] = list(self.model(hint))
+        return self._features[key]
+
 
 class ControlNetHook:
     """Called by torch before each UNet forward of one pipeline call; adds the units' residuals."""
 
-    def __init__(self, units: list[GuidedUnit], images: int, sdxl: bool, steps: Any) -> None:
+    def __init__(self, units: list[GuidedUnit], images: int, sdxl: bool, steps: Any,
+                 unet_config: dict[str, Any] | None = None) -> None:
         self.units = units
+        self.unet_config = unet_config or {}  # where adapter features go (t2i.residual_sizes)
         self.images = images  # pictures in the call: the batch is twice that with CFG
         self.sdxl = sdxl
         self.steps = steps  # () -> denoising steps of this call (the pipeline's num_timesteps)
@@ -83,19 +115,45 @@ class ControlNetHook:
         timestep = args[1] if len(args) > 1 else kwargs["timestep"]
         context = args[2] if len(args) > 2 else kwargs["encoder_hidden_states"]
         added = kwargs.get("added_cond_kwargs")
+        kwargs = dict(kwargs)
         down_total: list[torch.Tensor] | None = None
         mid_total: torch.Tensor | None = None
-        for unit in active:
+        for unit in (u for u in active if not u.adapter):
             down, mid = self._run(unit, sample, timestep, context, added)
             if down_total is None or mid_total is None:
                 down_total, mid_total = list(down), mid
             else:
                 down_total = [a + b for a, b in zip(down_total, down, strict=True)]
                 mid_total = mid_total + mid
-        assert down_total is not None and mid_total is not None
-        kwargs = dict(kwargs, down_block_additional_residuals=tuple(down_total),
-                      mid_block_additional_residual=mid_total)
+        if down_total is not None and mid_total is not None:
+            kwargs.update(down_block_additional_residuals=tuple(down_total), mid_block_additional_residual=mid_total)
+        features: list[torch.Tensor] = []
+        for unit in (u for u in active if u.adapter):
+            mine = self._adapt(unit, sample)
+            features = mine if not features else [a + b for a, b in zip(features, mine, strict=True)]
+        if features:
+            kwargs["down_intrablock_additional_residuals"] = features  # a fresh list: the UNet pops from it
         return args, kwargs
+
+    def _adapt(self, unit: GuidedUnit, sample: torch.Tensor) -> list[torch.Tensor]:
+        """One adapter unit's features, scaled, sized to their places in the UNet, for every row of the batch."""
+        from .t2i import residual_sizes
+
+        rows = sample.shape[0]
+        features = unit.adapter_features(sample.device)
+        scales = adapter_scales(len(features), unit.weight, unit.soft)
+        sizes = residual_sizes(self.unet_config, sample.shape[2], sample.shape[3], len(features)) \
+            if self.unet_config else [tuple(f.shape[-2:]) for f in features]
+        out = []
+        for feature, scale, size in zip(features, scales, sizes, strict=False):
+            feature = feature.to(sample.dtype) * scale
+            if tuple(feature.shape[-2:]) != tuple(size):
+                feature = torch.nn.functional.interpolate(feature, size=size, mode="nearest")
+            feature = feature.expand(rows, -1, -1, -1).clone()
+            if unit.cond_only and rows == 2 * self.images:
+                feature[: self.images] = 0  # diffusers batches [unconditional, conditional] under CFG
+            out.append(feature)
+        return out
 
     def _run(self, unit: GuidedUnit, sample: torch.Tensor, timestep: Any, context: torch.Tensor,
              added: dict[str, torch.Tensor] | None) -> tuple[list[torch.Tensor], torch.Tensor]:

@@ -24,7 +24,7 @@ from ..models.header import CorruptCheckpointError, read_header
 from . import files, layout
 from .annotator_store import AnnotatorStore
 from .files import ControlNetEntry
-from .loader import ControlNetSource, LoadedControlNet, check_fits, inspect, load_controlnet
+from .loader import ControlNetSource, LoadedControlNet, check_header, load_controlnet
 from .units import UnitError
 
 KEY_PREFIX = "ControlNet/"
@@ -116,9 +116,8 @@ class ControlNetLibrary:
             model = self.cache.get(key)
             if model is None:
                 source = ControlNetSource(entry.label, entry.weights, entry.config)
-                early = inspect(source)  # a wrong or damaged file fails before the cache evicts anything
-                if early is not None:
-                    check_fits(source, early[1], unet_config, checkpoint)
+                # a wrong or damaged file fails before the cache evicts anything
+                check_header(source, unet_config, checkpoint)
                 expected = estimate_nbytes(entry, dtype)
                 if expected:
                     self.cache.make_room(expected)

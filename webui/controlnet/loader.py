@@ -1,4 +1,5 @@
-"""One ControlNet file (or diffusers folder) -> a diffusers ``ControlNetModel`` / ``ControlNetUnionModel``.
+"""One ControlNet file (or diffusers folder) -> a diffusers ``ControlNetModel`` / ``ControlNetUnionModel``, or a
+``T2IAdapter`` when the file is a T2I-Adapter (``adapter_loader``; it then travels the same way as a ControlNet).
 
 Offline and without running pickled code: safetensors headers are checked first (so a wrong or damaged file
 fails before anything is read), ``.pth``/``.ckpt`` files open only with ``torch.load(weights_only=True)``
@@ -21,7 +22,8 @@ import torch
 
 from ..models.header import CorruptCheckpointError, read_header
 from ..models.loader import CheckpointLoadError, instantiate_module, modules_nbytes, read_checkpoint_file
-from . import layout
+from . import layout, t2i
+from .adapter_loader import build_adapter, config_for
 from .detect import ControlNetFileError, ControlNetKind, detect_controlnet
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class LoadedControlNet:
     family: str
     global_pool: bool  # average the residuals over the picture (v1.1 "shuffle" models)
     load_seconds: float = 0.0
+    adapter: bool = False  # a T2IAdapter: its features go to the UNet's down blocks
 
     @property
     def nbytes(self) -> int:
@@ -103,6 +106,24 @@ def inspect(source: ControlNetSource) -> tuple[ControlNetKind, dict[str, Any]] |
         raise ControlNetFileError(f"{source.label}: not a ControlNet layout Atelier knows ({exc})") from exc
 
 
+def check_header(source: ControlNetSource, unet_config: dict[str, Any], checkpoint: str) -> None:
+    """Refuse a safetensors file that cannot guide the checkpoint from its header alone (nothing to do for
+    pickled files, which are checked once read)."""
+    if source.weights.suffix.lower() != ".safetensors":
+        return
+    try:
+        shapes = {k: v.shape for k, v in read_header(source.weights).tensors.items()}
+    except CorruptCheckpointError as exc:
+        raise ControlNetFileError(f"{source.label}: {exc}") from exc
+    adapter = t2i.detect_adapter(list(shapes))
+    if adapter is not None:
+        config_for(source.label, adapter, shapes, unet_config, checkpoint, _file_config(source))
+        return
+    early = inspect(source)
+    if early is not None:
+        check_fits(source, early[1], unet_config, checkpoint)
+
+
 def check_fits(source: ControlNetSource, derived: dict[str, Any], unet_config: dict[str, Any],
                checkpoint: str) -> None:
     problem = layout.mismatch(derived, unet_config)
@@ -115,13 +136,17 @@ def load_controlnet(source: ControlNetSource, unet_config: dict[str, Any], dtype
                     checkpoint: str = "the checkpoint") -> LoadedControlNet:
     """Load ``source`` for a checkpoint whose UNet has ``unet_config``. Raises ControlNetFileError naming it."""
     start = time.perf_counter()
-    early = inspect(source)
-    if early is not None:
-        check_fits(source, early[1], unet_config, checkpoint)
+    check_header(source, unet_config, checkpoint)
     try:
         tensors, _ = read_checkpoint_file(source.weights, dtype, skip=_NOT_CONTROL)
     except (CheckpointLoadError, CorruptCheckpointError) as exc:
         raise ControlNetFileError(f"{source.label}: {exc}") from exc
+    adapter = t2i.detect_adapter(list(tensors))
+    if adapter is not None:
+        model = build_adapter(source.label, adapter, tensors, unet_config, dtype, checkpoint, _file_config(source))
+        elapsed = time.perf_counter() - start
+        log.info("Loaded T2I-Adapter %s (%s) in %.1f s", source.label, model.config.adapter_type, elapsed)
+        return LoadedControlNet(source.label, model, False, t2i.family(model.config), False, elapsed, adapter=True)
     kind = detect_controlnet({k: tuple(v.shape) for k, v in tensors.items()}, source.label)
     inner = {k[len(kind.prefix):]: v for k, v in tensors.items() if k.startswith(kind.prefix)}
     del tensors

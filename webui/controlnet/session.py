@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import catalog, inpaint, layout, maps, preprocess
+from . import catalog, inpaint, layout, maps, preprocess, t2i
 from .detect import ControlNetFileError
 from .guidance import ControlNetHook, GuidedUnit
 from .library import ControlNetLibrary
@@ -114,10 +114,12 @@ class ControlSession:
             yield
             return
         for prepared in chosen:  # the hires pass may run on another checkpoint (hires checkpoint)
-            problem = layout.mismatch(dict(prepared.loaded.model.config), dict(pipe.unet.config))
+            check = t2i.mismatch if prepared.loaded.adapter else layout.mismatch
+            problem = check(dict(prepared.loaded.model.config), dict(pipe.unet.config))
             if problem:
+                what = "T2I-Adapter" if prepared.loaded.adapter else "ControlNet"
                 raise UnitError(f"controlnet_units[{prepared.index}].hr_option",
-                                f"ControlNet {prepared.loaded.label} cannot guide this pass: {problem}; let it guide "
+                                f"{what} {prepared.loaded.label} cannot guide this pass: {problem}; let it guide "
                                 f"the low-res pass only (hr_option \"{HiresOption.LOW_RES_ONLY.value}\")")
         guided = []
         for prepared in chosen:
@@ -128,9 +130,10 @@ class ControlSession:
                 loaded.model, self._hint(prepared, width, height, box, full_size), float(unit.weight),
                 float(unit.guidance_start), float(unit.guidance_end), soft, global_pool=loaded.global_pool,
                 cond_only=unit.control_mode is ControlMode.CONTROL or loaded.global_pool,
-                union_type=prepared.pre.union_type if loaded.union else None, num_types=loaded.num_control_types))
+                union_type=prepared.pre.union_type if loaded.union else None, num_types=loaded.num_control_types,
+                adapter=loaded.adapter))
         hook = ControlNetHook(guided, images, self.sdxl, lambda: getattr(pipe, "num_timesteps", 0) or
-                              len(pipe.scheduler.timesteps))
+                              len(pipe.scheduler.timesteps), unet_config=dict(pipe.unet.config))
         distinct = {id(p.loaded.model): p for p in chosen}  # two units may use one model: place it once
         undo = [self._place(p, plan) for p in distinct.values()]
         handle = pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
