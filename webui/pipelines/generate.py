@@ -621,7 +621,8 @@ def _run_batch(
     memory, step the offload plan up and retry until no more frugal plan is left; then a clear error instead of
     the allocator's."""
     while True:
-        scheduler = make_scheduler(choice, model.components["scheduler"].config, noise_seeds=seeds)
+        scheduler = make_scheduler(choice, model.components["scheduler"].config, noise_seeds=seeds,
+                                   sdxl=model.is_sdxl)
         if latents is not None and images is None and req.task is not Task.TXT2IMG:
             use_start_noise(scheduler, latents)
         pipe = manager.pipeline(model, task, scheduler, vae)
