@@ -287,3 +287,78 @@ def test_dpmpp_sde_noise_follows_the_seed():
     assert torch.equal(one_step([5]), one_step([5]))
     assert not torch.equal(one_step([5]), one_step([6]))
     assert torch.allclose(one_step([5, 6])[1], one_step([6])[0])  # image i of a batch = its own seed alone
+
+
+# ---- Atelier's k-diffusion path: A1111's schedule types and the samplers' arithmetic ----
+
+def _model_sigmas():
+    from webui.pipelines.ksigmas import ModelSigmas, alphas_cumprod_from_config
+
+    return ModelSigmas(alphas_cumprod_from_config(_SD1_SCHEDULE))
+
+
+@pytest.mark.parametrize("schedule", SCHEDULE_TYPES)
+@pytest.mark.parametrize("steps", [1, 7, 10, 30])
+def test_every_schedule_type_walks_down_to_zero(schedule, steps):
+    from webui.pipelines.ksigmas import schedule_sigmas
+
+    m = _model_sigmas()
+    sigmas = schedule_sigmas(schedule, steps, m)
+    assert bool((sigmas[1:] < sigmas[:-1]).all()) and bool((sigmas[:-1] > 0).all())
+    if schedule == "KL Optimal":  # A1111's ends at the model's smallest sigma, without a last step to 0
+        assert len(sigmas) == steps + 1 and sigmas[-1].item() == pytest.approx(m.sigma_min, rel=1e-4)
+    elif schedule == "DDIM":  # A1111's takes every (1000 // steps)-th timestep from 1: a step more at some counts
+        assert len(sigmas) == len(range(1, 1000, 1000 // steps)) + 1 and sigmas[-1] == 0
+    else:
+        assert len(sigmas) == steps + 1 and sigmas[-1] == 0
+
+
+def test_schedule_types_have_a1111s_numbers():
+    import torch
+
+    from webui.pipelines.ksigmas import schedule_sigmas
+
+    m = _model_sigmas()
+    assert abs(m.sigma_max - 14.6146) < 1e-3 and abs(m.sigma_min - 0.0292) < 1e-4  # SD 1.x's sigma range
+    ays = schedule_sigmas("Align Your Steps", 11, m)  # A1111 uses the list as it is for 11 steps
+    assert ays[:-1].tolist() == pytest.approx([14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399,
+                                               0.152, 0.029], rel=1e-6)  # NVIDIA's published SD 1.5 steps
+    assert schedule_sigmas("Align Your Steps", 11, m, sdxl=True)[1].item() == pytest.approx(6.315)
+    assert len(schedule_sigmas("Align Your Steps", 20, m)) == 21  # other counts interpolate log-linearly
+    assert torch.equal(schedule_sigmas("Turbo", 4, m)[:-1], m.sigmas[[999, 749, 499, 249]])
+    ddim = schedule_sigmas("DDIM", 10, m)[:-1]
+    assert torch.equal(ddim, m.sigmas[[901, 801, 701, 601, 501, 401, 301, 201, 101, 1]])
+    assert torch.equal(schedule_sigmas("Simple", 4, m)[:-1], m.sigmas[[999, 749, 499, 249]])
+    kl = schedule_sigmas("KL Optimal", 5, m)
+    assert kl[0].item() == pytest.approx(m.sigma_max, rel=1e-5)
+    karras = schedule_sigmas("Karras", 10, m)
+    assert karras[0].item() == pytest.approx(m.sigma_max, rel=1e-6)
+    assert karras[-2].item() == pytest.approx(m.sigma_min, rel=1e-5)
+    # DPM2 and DPM++ 3M SDE: one sigma more, the next-to-last dropped (A1111's discard_next_to_last_sigma)
+    longer = schedule_sigmas("Karras", 11, m)
+    discarded = schedule_sigmas("Karras", 10, m, discard_penultimate=True)
+    assert torch.equal(discarded, torch.cat([longer[:-2], longer[-1:]]))
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "heunpp2", "dpm_2", "lms", "dpmpp_2m"])
+def test_deterministic_samplers_are_exact_when_the_model_is(sampler):
+    """A model that always predicts the same clean picture makes the ODE's path a straight line in sigma: every
+    deterministic sampler must land on that picture (HeunPP2's weights, LMS's coefficients sum to one)."""
+    import torch
+
+    from webui.pipelines.ksamplers import SAMPLERS as K
+    from webui.pipelines.ksigmas import schedule_sigmas
+
+    sigmas = schedule_sigmas("Karras", 8, _model_sigmas())
+    clean = torch.linspace(-1, 1, 16).reshape(1, 1, 4, 4)
+    x = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * sigmas[0]
+    run, evaluations = K[sampler][0](x, sigmas, lambda a, b: torch.zeros_like(x)), 0
+    try:
+        next(run)
+        while True:
+            evaluations += 1
+            run.send(clean)
+    except StopIteration as done:
+        result = done.value
+    assert torch.allclose(result, clean, atol=1e-5)
+    assert evaluations >= 8
