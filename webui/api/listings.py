@@ -44,10 +44,13 @@ def sd_vaes(ctx: AppContext) -> list[dict[str, Any]]:
 
 
 def samplers() -> list[dict[str, Any]]:
-    """A1111 lists a sampler's own default schedule type as options.scheduler."""
+    """A1111 lists a sampler's own default schedule type as options.scheduler, and whether it discards the
+    next-to-last sigma."""
     items = []
     for spec in SAMPLERS.values():
-        options = {"scheduler": _SCHEDULER_IDS[spec.automatic]} if spec.automatic != AUTOMATIC else {}
+        options: dict[str, str] = {"scheduler": _SCHEDULER_IDS[spec.automatic]} if spec.automatic != AUTOMATIC else {}
+        if spec.options.get("discard_penultimate_sigma"):
+            options["discard_next_to_last_sigma"] = "True"  # A1111's schema makes its option values strings
         items.append({"name": spec.name, "aliases": list(spec.aliases), "options": options})
     return items
 
