@@ -81,7 +81,10 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         self._begin_index: int | None = None
         self._step_index: int | None = None
         self._run: Run | None = None
+        # what the current step() call was given, for the ancestral samplers' noise drawn inside the run
         self._generator: Any = None
+        self._shape: tuple[int, ...] = ()
+        self._device = torch.device("cpu")
 
     def __len__(self) -> int:
         return int(self.config["num_train_timesteps"])
@@ -133,15 +136,15 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         return int(matches[0]) if len(matches) else 0
 
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
-        sigma = float(self.eval_sigmas[self._position()])
-        return sample / ((sigma ** 2 + 1) ** 0.5)
+        sigma = self.eval_sigmas[self._position()]
+        return sample * (1 / (sigma ** 2 + 1) ** 0.5)  # k-diffusion's c_in, computed as it does
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         if self._begin_index is None and self._step_index is None:
             index = self.index_for_timestep(timesteps.reshape(-1)[0])
         else:
             index = self._position()
-        return original_samples + noise * float(self.eval_sigmas[index])
+        return original_samples + noise * self.eval_sigmas[index]
 
     def _denoised(self, output: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         kind = self.config["prediction_type"]
@@ -170,8 +173,7 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         next(self._run)
 
     def _drawn_noise(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
-        shape = self._shape
-        return randn_tensor(shape, generator=self._generator, device=self._device, dtype=torch.float32)
+        return randn_tensor(self._shape, generator=self._generator, device=self._device, dtype=torch.float32)
 
     def step(
         self,
@@ -183,7 +185,7 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
     ) -> SchedulerOutput | tuple[torch.Tensor]:
         position = self._position()
         x = sample.to(torch.float32)
-        self._generator, self._shape, self._device = generator, x.shape, x.device
+        self._generator, self._shape, self._device = generator, tuple(x.shape), x.device
         if self._run is None:
             self._start(x)
         sigma = self.eval_sigmas[position]
