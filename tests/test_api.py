@@ -216,6 +216,9 @@ def test_options_persist_settings_like_the_settings_tab(server):
         assert "Clip skip: 2" in quick(api)["infotexts"][0]
         bad = api.post("/options", json={"samples_format": "bmp"})
         assert bad.status_code == 422 and bad.json()["field"] == "samples_format"
+        bad = api.post("/options", json={"sd_vae_decode_method": "Fast"})  # A1111's: Full or TAESD
+        assert bad.status_code == 422 and bad.json()["field"] == "sd_vae_decode_method"
+        assert api.get("/options").json()["sd_vae_decode_method"] == "Full"
         assert api.post("/options", json={"samples_format": "png", "CLIP_stop_at_last_layers": 1}).status_code == 200
     assert json.loads(settings_file.read_text())["save_format"] == "png"
 

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.test_api import _start, b64, decode
 from tools.demo_model import outlines, positions, shapes
@@ -119,3 +120,26 @@ def test_bad_units_get_422_naming_the_field_and_the_next_job_runs(api, changes, 
 def test_other_always_on_scripts_are_refused_by_name(api):
     reply = api.post("/txt2img", json={**BASE, "alwayson_scripts": {"ADetailer": {"args": []}}})
     assert reply.status_code == 422 and "ADetailer" in reply.text
+
+
+def test_a_units_mask_reaches_it(api):
+    half = np.zeros((64, 64), dtype=np.uint8)
+    half[:, :32] = 255  # the left half is masked
+    mask = b64(Image.fromarray(half, "L"))
+    masked = txt2img(api, [unit(module="inpaint", mask=mask)])
+    plain = txt2img(api, [unit(module="inpaint")])
+    assert "Module: inpaint" in masked["info"]["infotexts"][0]
+    assert not np.array_equal(np.asarray(picture(masked)), np.asarray(picture(plain))), "the mask changes the map"
+    only = picture(txt2img(api, [unit(module="inpaint_only", mask=mask)]))
+    control = np.asarray(decode(top_left_map()).convert("RGB"))
+    assert np.array_equal(np.asarray(only)[:, 44:], control[:, 44:]), "the unmasked half is the unit's picture"
+    assert not np.array_equal(np.asarray(only)[:, :20], control[:, :20]), "the masked half is drawn"
+    scribble = txt2img(api, [unit(mask_image=mask)])  # Forge's name; "none" is no inpaint preprocessor
+    assert any("scribble" in warning for warning in scribble["info"]["warnings"]), scribble["info"]["warnings"]
+    root = str(api.base_url).split("/sdapi")[0]
+    detected = api.post(f"{root}/controlnet/detect", json={"controlnet_module": "inpaint",
+                                                           "controlnet_input_images": [top_left_map()],
+                                                           "controlnet_masks": [mask]})
+    assert detected.status_code == 200, detected.text
+    shown = decode(detected.json()["images"][0])
+    assert shown.mode == "RGBA" and shown.getpixel((0, 0))[3] == 128 and shown.getpixel((63, 0))[3] == 255

@@ -12,9 +12,10 @@ import time
 
 import httpx
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from webui.auth import Credentials
+from webui.outputs import OWNER_KEY
 
 USER, PASSWORD = "ann", "correct horse"
 
@@ -30,7 +31,9 @@ def server(tmp_path_factory):
     (root / "models" / "Stable-diffusion").mkdir(parents=True)
     outputs = root / "outputs"
     outputs.mkdir()
-    Image.new("RGB", (8, 8), "red").save(outputs / "mine.png")
+    mine = PngImagePlugin.PngInfo()
+    mine.add_text(OWNER_KEY, USER)  # made by the signed-in user: theirs to fetch
+    Image.new("RGB", (8, 8), "red").save(outputs / "mine.png", pnginfo=mine)
     (root / "secret.txt").write_text("SECRET")
     os.symlink(root / "secret.txt", outputs / "link.png")
     settings = load_settings({"settings_file": root / "settings.json", "models_dir": root / "models",

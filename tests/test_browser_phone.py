@@ -1,8 +1,9 @@
 """The studio on a phone: Debian's chromium emulating a 390x844 touch screen against a signed-in server.
 
-A friend signs in, types a prompt, taps Generate, and sees the picture within the first screen and a half; the
-options wait folded below; every control there is at least 44 px; the inpaint brush paints by touch and the
-change stays inside the painted region. The desktop layout is unchanged by any of it.
+A friend signs in, types a prompt, taps Generate, and sees the picture within the first screen and a half, and
+then in the History tab, one tap away in the tab bar; the options wait folded below; every control there is at
+least 44 px; the inpaint brush paints by touch and the change stays inside the painted region. The desktop layout
+is unchanged by any of it.
 """
 
 from __future__ import annotations
@@ -129,6 +130,13 @@ def test_sign_in_prompt_generate_and_the_picture_is_near_the_top(browser, studio
         assert toggle.get_attribute("aria-expanded") == "true"
         toggle.tap()
         page.wait_for_selector("#txt2img-sampler", state="hidden")
+
+        history = page.get_by_role("tab", name="History")  # in the tab bar itself, not behind a "More tabs" menu
+        assert history.is_visible() and page.get_by_role("button", name="More tabs").count() == 0
+        page.evaluate("window.scrollTo(0, 0)")
+        history.tap()
+        page.wait_for_function("() => document.querySelector('#history-page').innerText.includes('of your pictures')")
+        page.wait_for_selector("#history-gallery img")
     finally:
         context.close()
 

@@ -413,3 +413,69 @@ def test_front_ends_may_hand_the_request_builder_unit_dicts():
     with pytest.raises(UnitError) as raised:
         build_request(Settings(), {**given, "controlnet_units": [{}, {"weight": -1, "model": "m"}]}, lambda: 512)
     assert raised.value.field == "controlnet_units[1].weight", "an empty slot ({}) is skipped, as placeholders are"
+
+
+# ---------------------------------------------------------------- masks and the inpaint preprocessors
+def _quarters() -> tuple[Image.Image, Image.Image]:
+    """A 64×32 picture, red on the left and blue on the right, and a mask over its top-left 32×16."""
+    picture = Image.new("RGB", (64, 32), (0, 0, 255))
+    picture.paste((255, 0, 0), (0, 0, 32, 32))
+    mask = Image.new("L", (64, 32), 0)
+    mask.paste(255, (0, 0, 32, 16))
+    return picture, mask
+
+
+def test_the_inpaint_map_is_the_picture_with_masked_pixels_at_minus_one():
+    from webui.controlnet import inpaint
+
+    picture, mask = _quarters()
+    detected = preprocess.run("inpaint", picture, mask=mask)
+    assert detected.shape == (32, 64, 4) and (detected[:16, :32, 3] == 255).all() and (detected[16:, :, 3] == 0).all()
+    hint = inpaint.hint_pixels(maps.fit_map(detected, 64, 32, ControlResizeMode.JUST_RESIZE))
+    assert (hint[:16, :32] == -1).all(), "masked pixels are -1"
+    assert np.allclose(hint[16:, :32], [1, 0, 0]) and np.allclose(hint[:, 32:], [0, 0, 1]), "the rest is the picture"
+    # Fitted to a square by "Resize and Fill": the added bands are masked (to be drawn), the mask stays binary.
+    filled = maps.fit_map(detected, 64, 64, ControlResizeMode.RESIZE_AND_FILL)
+    assert filled.shape == (64, 64, 4) and set(np.unique(filled[:, :, 3])) == {0, 255}
+    assert (filled[:10, :, 3] == 255).all() and (filled[-10:, :, 3] == 255).all()
+    assert (filled[40:48, 40:, 3] == 0).all()
+    # Without a mask nothing is masked; inpaint_only makes the same map; the preview shows the mask half see-through.
+    assert (preprocess.run("inpaint_only", picture)[:, :, 3] == 0).all()
+    shown = preprocess.detect_map("inpaint", picture, mask=mask)
+    assert shown.mode == "RGBA" and shown.getpixel((0, 0))[3] == 128 and shown.getpixel((0, 31))[3] == 255
+
+
+def test_inpaint_only_pastes_the_unmasked_part_back_feathered():
+    from webui.controlnet import inpaint
+
+    picture, mask = _quarters()
+    detected = preprocess.run("inpaint_only", picture, mask=mask)
+    result = Image.new("RGB", (64, 32), (0, 255, 0))
+    pasted = np.asarray(inpaint.paste_unmasked(result, detected))
+    assert (pasted[:10, :26] == [0, 255, 0]).all(), "deep inside the mask: the result"
+    assert (pasted[26:, :] == np.asarray(picture)[26:, :]).all(), "well outside it: the picture, exactly"
+    assert 0 < pasted[17, 10, 1] < 255, "at the mask's edge the two are blended"
+
+
+def test_a_mask_on_another_preprocessor_is_its_scribble_unless_blank():
+    picture, mask = _quarters()
+    strokes = preprocess.run("none", picture, mask=mask)
+    assert (strokes[:16, :32] == 255).all() and (strokes[16:] == 0).all(), "the mask's strokes are the input"
+    blank = preprocess.run("none", picture, mask=Image.new("L", (64, 32), 0))
+    assert np.array_equal(blank, np.asarray(picture)), "a blank mask is ignored"
+
+
+def test_an_inpaint_unit_without_a_mask_takes_the_inpaint_tabs_mask():
+    from types import SimpleNamespace
+
+    from webui.controlnet.session import _control_mask, _mask_warning
+
+    picture, mask = _quarters()
+    job = SimpleNamespace(mask=mask, mask_invert=True, mask_blur=0)
+    pre = catalog.find("inpaint")
+    taken = _control_mask(ControlUnit(module="inpaint"), pre, job, picture)
+    assert taken is not None and taken.getpixel((0, 0)) == 0 and taken.getpixel((40, 20)) == 255, "inverted"
+    own = Image.new("L", (64, 32), 255)
+    assert _control_mask(ControlUnit(module="inpaint", mask=own), pre, job, picture) is own
+    assert _control_mask(ControlUnit(module="canny"), catalog.find("canny"), job, picture) is None
+    assert "scribble" in _mask_warning(ControlUnit(module="canny", mask=mask), catalog.find("canny"), 1, job)

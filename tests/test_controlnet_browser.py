@@ -109,3 +109,53 @@ def test_a_scribble_drawn_on_the_blank_canvas_becomes_the_control_image(page_at)
     lines = detected > 128
     assert 0 < lines.mean() < 0.2, lines.mean()  # the stroke, white on black after "invert"
     _screenshot(page, "txt2img-controlnet-scribble")
+
+
+def test_pasted_parameters_fill_two_units_and_say_the_images_are_missing(page_at, server):  # noqa: F811
+    import shutil
+
+    ctx, _ = server
+    title = next(t for t in ctx.manager.controlnets.titles() if t.startswith(DEMO_CONTROLNET))
+    text = ("a yellow star\nSteps: 4, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 64x64, Emphasis: No norm, "
+            f'ControlNet 0: "Module: canny, Model: {title}, Weight: 0.6, Resize Mode: Just Resize, Processor Res: '
+            "256, Threshold A: 80.0, Threshold B: 160.0, Guidance Start: 0.1, Guidance End: 0.9, Pixel Perfect: "
+            'True, Control Mode: My prompt is more important", ControlNet 1: "Module: invert, Model: '
+            "control_v11p_sd15_lineart [43d4be0d], Weight: 1.2, Resize Mode: Resize and Fill, Processor Res: -1, "
+            "Threshold A: -1, Threshold B: -1, Guidance Start: 0.0, Guidance End: 0.5, Pixel Perfect: False, "
+            'Control Mode: ControlNet is more important"')
+    page = page_at()
+    _fill(page, "#txt2img-prompt textarea", text)
+    page.click("#txt2img-read-params")
+    page.wait_for_function("document.querySelector('#txt2img-prompt textarea').value === 'a yellow star'")
+    page.click("#txt2img-controlnet")
+    note = page.locator("#txt2img-cn0-note")
+    note.wait_for(state="visible")
+    assert "Control image missing" in note.inner_text()
+    assert page.is_checked("#txt2img-cn0-enable input") and page.is_checked("#txt2img-cn0-pixel-perfect input")
+    assert page.input_value("#txt2img-cn0-module input") == "canny"
+    assert page.input_value("#txt2img-cn0-model input") == title
+    assert page.input_value("#txt2img-cn0-weight input[type=number]") == "0.6"
+    assert page.input_value("#txt2img-cn0-end input[type=number]") == "0.9"
+    assert page.input_value("#txt2img-cn0-threshold-a input[type=number]") == "80"
+    assert page.locator("#txt2img-cn0-control-mode").get_by_label("My prompt is more important").is_checked()
+    assert page.locator("#txt2img-cn0-resize-mode").get_by_label("Just Resize").is_checked()
+    assert page.input_value("#txt2img-emphasis input") == "No norm"  # this job's override, shown
+    page.get_by_role("tab", name="ControlNet Unit 1").click()
+    note = page.locator("#txt2img-cn1-note")
+    note.wait_for(state="visible")
+    assert "Control image missing" in note.inner_text() and "Model missing" in note.inner_text()
+    assert page.is_checked("#txt2img-cn1-enable input")
+    assert page.input_value("#txt2img-cn1-module input") == "invert"
+    assert page.input_value("#txt2img-cn1-model input") == "None"
+    assert page.locator("#txt2img-cn1-control-mode").get_by_label("ControlNet is more important").is_checked()
+    _screenshot(page, "txt2img-controlnet-restored")
+
+    # The model arrives: 🔄 lists it without a restart.
+    entry = next(e for e in ctx.manager.controlnets.entries() if e.title == title)
+    source = entry.weights.parent if entry.weights.parent.name == DEMO_CONTROLNET else entry.weights
+    target = ctx.manager.controlnets.folders[0] / "control_v11p_sd15_lineart"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (shutil.copytree if source.is_dir() else shutil.copyfile)(source, target)
+    page.get_by_role("button", name="Refresh ControlNet models").first.click()
+    page.click("#txt2img-cn1-model input")
+    page.get_by_role("option", name="control_v11p_sd15_lineart", exact=False).first.wait_for()

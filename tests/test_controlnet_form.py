@@ -10,7 +10,7 @@ from webui.controlnet.units import ControlMode, ControlResizeMode, ControlUnit, 
 from webui.errors import AtelierError
 from webui.pipelines.build import build_request
 from webui.ui import forms
-from webui.ui.controlnet_form import unit_count, unit_field, unit_fields
+from webui.ui.controlnet_form import restore_units, unit_count, unit_field, unit_fields
 
 BASE = {"prompt": "a red square", "negative_prompt": "", "sampler": "Euler", "schedule_type": "Automatic",
         "steps": 4, "width": 64, "height": 64, "batch_count": 1, "batch_size": 1, "cfg_scale": 7, "seed": 1}
@@ -110,3 +110,54 @@ def test_a_scribble_is_strokes_over_white_and_an_empty_canvas_is_nothing():
     assert picture is not None and picture.mode == "RGB"
     assert picture.getpixel((3, 4)) == (0, 0, 0) and picture.getpixel((0, 0)) == (255, 255, 255)
     assert scribble_picture({"composite": Image.new("RGBA", (16, 16), (0, 0, 0, 0))}) is None
+
+
+TWO_UNITS = (
+    "a yellow star\nSteps: 4, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 64x64, Emphasis: No norm, RNG: NV, "
+    'ENSD: 31337, ControlNet 0: "Module: canny, Model: atelier-demo-outline [0adecd84], Weight: 0.6, Resize Mode: '
+    "Just Resize, Processor Res: 256, Threshold A: 80.0, Threshold B: 160.0, Guidance Start: 0.1, Guidance End: "
+    '0.9, Pixel Perfect: True, Control Mode: My prompt is more important", ControlNet 2: "Module: invert, Model: '
+    "control_v11p_sd15_lineart [43d4be0d], Weight: 1.2, Resize Mode: Resize and Fill, Processor Res: -1, "
+    "Threshold A: -1, Threshold B: -1, Guidance Start: 0.0, Guidance End: 1.0, Pixel Perfect: False, Control "
+    'Mode: ControlNet is more important, Hr Option: Low res only"')
+
+
+def test_pasted_units_fill_every_units_controls_and_say_what_is_missing():
+    values = forms.values_from_infotext(TWO_UNITS)
+    installed = {"atelier-demo-outline [0adecd84]": MODEL}
+    restored = restore_units(values["controlnet_units"], 4, installed.get, has_image=[False, False, False, True])
+    got = restored.values
+    assert got[unit_field(0, "enabled")] is True and got[unit_field(0, "module")] == "canny"
+    assert got[unit_field(0, "model")] == MODEL
+    assert (got[unit_field(0, "weight")], got[unit_field(0, "guidance_start")], got[unit_field(0, "guidance_end")]) \
+        == (0.6, 0.1, 0.9)
+    assert got[unit_field(0, "resize_mode")] == "Just Resize" and got[unit_field(0, "pixel_perfect")] is True
+    assert got[unit_field(0, "control_mode")] == "My prompt is more important"
+    assert (got[unit_field(0, "processor_res")], got[unit_field(0, "threshold_a")],
+            got[unit_field(0, "threshold_b")]) == (256, 80.0, 160.0)
+    assert got[unit_field(0, "hr_option")] == "Both", "an entry without Hr Option means both passes"
+    # Unit 1 is not in the text: switched off, its other controls left as they are.
+    assert got[unit_field(1, "enabled")] is False and unit_field(1, "module") not in got
+    # Unit 2: a model not installed keeps "None" and says so; -1 means the preprocessor's defaults.
+    assert got[unit_field(2, "enabled")] is True and got[unit_field(2, "model")] == "None"
+    assert got[unit_field(2, "control_mode")] == "ControlNet is more important"
+    assert got[unit_field(2, "resize_mode")] == "Resize and Fill" and got[unit_field(2, "hr_option")] == "Low res only"
+    assert got[unit_field(2, "processor_res")] == 512 and got[unit_field(2, "threshold_a")] == 0.5
+    assert "Control image missing" in restored.notes[0] and "Model missing" not in restored.notes[0]
+    assert "Model missing" in restored.notes[2] and "control_v11p_sd15_lineart [43d4be0d]" in restored.notes[2]
+    assert restored.notes[1] == "" and got[unit_field(3, "enabled")] is False and restored.notes[3] == ""
+
+
+def test_pasted_overrides_are_this_jobs_and_use_setting_leaves_the_settings():
+    values = forms.values_from_infotext(TWO_UNITS)
+    assert (values["emphasis"], values["rng"], values["eta_noise_seed_delta"]) == ("No norm", "NV", 31337)
+    plain = forms.values_from_infotext("a cat\nSteps: 6, Sampler: Euler, Seed: 1, Size: 64x64")
+    assert (plain["emphasis"], plain["rng"], plain["eta_noise_seed_delta"]) == ("Original", "GPU", 0)
+    assert plain["controlnet_units"] == [], "a text without ControlNet switches the units off"
+    settings = Settings(emphasis="None", randn_source="CPU", eta_noise_seed_delta=7)
+    job = build_request(settings, forms.form_fields("txt2img", None, {**BASE, "emphasis": "No norm", "rng": "NV",
+                                                                      "eta_noise_seed_delta": 31337}), lambda: 64)
+    assert (job.emphasis, job.rng, job.eta_noise_seed_delta) == ("No norm", "NV", 31337)
+    default = build_request(settings, forms.form_fields("txt2img", None, {
+        **BASE, "emphasis": forms.USE_SETTING, "rng": forms.USE_SETTING, "eta_noise_seed_delta": -1}), lambda: 64)
+    assert (default.emphasis, default.rng, default.eta_noise_seed_delta) == ("None", "CPU", 7)

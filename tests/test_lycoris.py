@@ -174,7 +174,8 @@ def test_a_file_with_unknown_kinds_keeps_its_known_layers():
     torch.manual_seed(0)
     loha = layer_tensors(lycoris_module(linear(), "loha", seed=1), "loha")
     tensors = {f"lora_unet_mid_block_attentions_0_proj_in.{k}": v for k, v in loha.items()}
-    tensors["lora_unet_mid_block_attentions_0_proj_out.oft_blocks"] = torch.zeros(4, 12, 12)  # OFT: not ours
+    # T-LoRA: a change that depends on the timestep, which no patch of the weights can be
+    tensors["lora_unet_mid_block_attentions_0_proj_out.lambda_layer"] = torch.zeros(1, 4)
     net = parse_lora("x", Path("x.safetensors"), tensors, {}, ("x", 0, 0, 0))
     assert [(layer.key, layer.weights.variant) for layer in net.layers] == [("mid_block_attentions_0_proj_in", "loha")]
     assert net.ignored_keys == 1
@@ -269,7 +270,7 @@ def test_a_file_with_none_of_the_known_keys_warns_and_changes_nothing(make_conte
     ctx = make_context(["sd1"])
     folder = ctx.settings.models_dir / "Lora"
     folder.mkdir(parents=True)
-    save_file({"lora_unet_mid_block_attentions_0_proj_in.oft_blocks": torch.zeros(4, 8, 8),
+    save_file({"lora_unet_mid_block_attentions_0_proj_in.lambda_layer": torch.zeros(1, 4),  # T-LoRA
                "lora_unet_mid_block_attentions_0_proj_in.alpha": torch.tensor(1.0),
                "something.else": torch.zeros(3)}, str(folder / "odd.safetensors"))
     base = generate(ctx.manager, request())

@@ -132,6 +132,34 @@ def test_taesd_decoder_files_make_the_previews(make_context, tmp_path):
         tiny.decoder.state_dict().keys()
 
 
+def test_final_pictures_are_decoded_by_taesd_when_the_setting_says_so(make_context, tmp_path):
+    from safetensors.torch import save_file
+
+    tiny = _taesd_decoder(0)
+    approx = tmp_path / "models" / "VAE-approx"
+    approx.mkdir(parents=True)
+    save_file({f"decoder.{k}": v.contiguous() for k, v in tiny.decoder.state_dict().items()},
+              str(approx / "taesd_decoder.safetensors"))
+    ctx = make_context(["sd1"])
+    latents: list[torch.Tensor] = []
+    hooks = Registry()
+    hooks.add_hook("on_step", "test", lambda state: latents.append(state.latents))
+    request = GenerationRequest(prompt="a cat", checkpoint="sd1.safetensors", steps=2, width=SIZE, height=SIZE,
+                                seed=1, save_images=False)
+    full = generate(ctx.manager, request, hooks=hooks)
+    assert "VAE Decoder" not in full.infotexts[0], "the VAE decodes by default"
+    ctx.apply_settings(ctx.settings.replace(vae_decode_method="TAESD"))  # what the Settings tab does
+    fast = generate(ctx.manager, request, hooks=hooks)
+    assert "VAE Decoder: TAESD" in fast.infotexts[0]
+    with torch.no_grad():
+        decoded = tiny.decode(latents[-1][:1].float()).sample[0].clamp(-1, 1)
+    expected = ((decoded.permute(1, 2, 0) + 1) * 127.5).round().to(torch.uint8).numpy().astype(np.int16)
+    picture = np.asarray(fast.images[0], dtype=np.int16)
+    assert fast.images[0].size == full.images[0].size == (SIZE, SIZE)
+    assert np.abs(picture - expected).max() <= 1, "the picture is TAESD's decode of the last step's latents"
+    assert np.abs(picture - np.asarray(full.images[0], dtype=np.int16)).mean() > 5, "not the VAE's"
+
+
 @pytest.mark.slow
 def test_preview_of_the_demo_model_looks_like_its_picture(tmp_path):
     from tests.test_demo_model import DEMO

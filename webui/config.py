@@ -60,6 +60,9 @@ class Settings:
     ram_cache_bytes: int = field(default_factory=default_ram_cache_bytes)
     batch_mode: str = "auto"  # exact | fast | auto (see PipelineManager)
     preview_every_n_steps: int = 5
+    # How final pictures are decoded from latents (A1111's sd_vae_decode_method): "Full" (the VAE) or "TAESD" (a
+    # taesd decoder from models/VAE-approx when there is one for the model: much faster, slightly less detail)
+    vae_decode_method: str = "Full"
     # Workers (docs/scaling.md): "" = one in-process worker on `device`; "cuda:0,cuda:1" or "cpu,cpu" = one per entry
     devices: str = ""
     ray: str = ""  # "" = no Ray; "auto" or a cluster address: every generation runs on Ray actors
@@ -195,11 +198,14 @@ def load_settings(overrides: Mapping[str, Any] | None = None, env: Mapping[str, 
     return _apply(settings, {k: v for k, v in overrides.items() if v is not None}, "command line")
 
 
+VAE_DECODE_METHODS = ("Full", "TAESD")
+
 # What the Settings tab may change and save; folders and the server address stay with flags and the file.
 EDITABLE = ("outputs_dir", "ram_cache_bytes", "offload", "preview_every_n_steps", "default_sampler",
             "default_steps", "default_size", "save_format", "filename_pattern", "save_images", "default_clip_skip",
             "emphasis", "randn_source", "eta_noise_seed_delta",
-            "default_vae", "upscaler_tile_size", "save_images_before_highres_fix", "save_per_user_folders")
+            "default_vae", "upscaler_tile_size", "save_images_before_highres_fix", "save_per_user_folders",
+            "vae_decode_method")
 
 
 def check_changes(settings: Settings, changes: Mapping[str, Any]) -> tuple[Settings, dict[str, Any]]:
@@ -248,6 +254,8 @@ def _validate(settings: Settings) -> None:
         raise ValueError("default_clip_skip must be between 1 and 12")
     if not settings.default_vae.strip():
         raise ValueError('default_vae must be "Automatic", "None" or a file name in models/VAE')
+    if settings.vae_decode_method not in VAE_DECODE_METHODS:
+        raise ValueError("vae_decode_method must be Full or TAESD")
     if settings.preview_every_n_steps < 0:
         raise ValueError("preview_every_n_steps must be 0 (off) or more")
     if settings.upscaler_tile_size != 0 and not 32 <= settings.upscaler_tile_size <= 4096:

@@ -191,6 +191,7 @@ class AppContext:
         for manager in managers:  # the RAM budget is shared between the workers of this process
             manager.cache.set_budget(settings.ram_cache_bytes // len(managers))
             manager.offload_setting = settings.offload
+            manager.decode_method = settings.vae_decode_method
             manager.upscalers.tile_size = settings.upscaler_tile_size
         if self.manager not in managers:
             self.manager.upscalers.tile_size = settings.upscaler_tile_size

@@ -214,7 +214,7 @@ def _encode(image: Image.Image, infotext: str, pil_format: str, owner: str | Non
     exif = Image.Exif()
     exif.get_ifd(ExifTags.IFD.Exif)[USER_COMMENT] = UNICODE_PREFIX + infotext.encode("utf-16-be")
     if owner:
-        exif[ARTIST] = owner
+        exif[ARTIST] = artist_bytes(owner)
     if pil_format == "JPEG" and image.mode not in ("RGB", "L"):
         image = image.convert("RGB")  # JPEG has no alpha or palette
     image.save(buffer, format=pil_format, exif=exif.tobytes(), quality=JPEG_QUALITY)
@@ -242,7 +242,23 @@ def _owner_of(image: Image.Image) -> str | None:
     if isinstance(text, dict) and text.get(OWNER_KEY):
         return str(text[OWNER_KEY])
     artist = image.getexif().get(ARTIST)
-    return str(artist) if artist else None
+    return artist_text(artist) if artist else None
+
+
+def artist_bytes(user: str) -> bytes:
+    """A user name for EXIF Artist: UTF-8 (PIL would turn a str's non-ASCII letters into '?')."""
+    return user.encode("utf-8")
+
+
+def artist_text(value: object) -> str:
+    """EXIF Artist as written by ``artist_bytes`` (PIL reads those bytes as latin-1)."""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    text = str(value).rstrip("\0")
+    try:
+        return text.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return text
 
 
 def read_infotext(source: str | os.PathLike[str] | Image.Image) -> str | None:

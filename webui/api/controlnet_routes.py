@@ -28,7 +28,8 @@ UNIT_COUNT = 3  # units the page shows, what /controlnet/settings tells clients
 
 
 class DetectRequest(BaseModel):
-    """The extension's POST /controlnet/detect body (masks and low_vram are accepted and not needed here)."""
+    """The extension's POST /controlnet/detect body (low_vram is accepted and not needed here). A mask, one per
+    image, is the inpaint preprocessors' mask and, for the others, their input (see webui/controlnet/inpaint.py)."""
 
     controlnet_module: str = "none"
     controlnet_input_images: list[str] = Field(default_factory=list)
@@ -72,13 +73,18 @@ def build_controlnet_router(ctx: "AppContext", check: "Callable[[Request], Calle
             raise ApiError(422, "controlnet_input_images", f"at most {MAX_DETECT_IMAGES} images at once", "invalid")
         pictures = [decode_image(text, f"controlnet_input_images[{i}]")
                     for i, text in enumerate(controlnet_input_images)]
+        if len(body.controlnet_masks) > len(pictures):
+            raise ApiError(422, "controlnet_masks", "more masks than images", "invalid")
+        masks = [decode_image(text, f"controlnet_masks[{i}]") if text else None
+                 for i, text in enumerate(body.controlnet_masks)]
+        masks += [None] * (len(pictures) - len(masks))
 
         def run() -> list[str]:
             return [encode_png(detect_map(body.controlnet_module, picture, body.controlnet_processor_res,
                                           body.controlnet_threshold_a, body.controlnet_threshold_b,
-                                          annotators_dir=ctx.manager.controlnets.annotators_dir,
-                                          field="controlnet_module"))
-                    for picture in pictures]
+                                          annotators_dir=ctx.manager.controlnets.annotators,
+                                          field="controlnet_module", mask=mask))
+                    for picture, mask in zip(pictures, masks, strict=True)]
 
         try:
             images = await run_in_threadpool(run)

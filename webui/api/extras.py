@@ -33,6 +33,7 @@ class ExtrasJob:
     options: ExtrasOptions
     save: bool
     notes: list[str] = field(default_factory=list)
+    user: str | None = None  # the signed-in caller, recorded in the saved pictures (None: the host)
 
 
 def single_job(body: ExtrasSingleImageRequest, ctx: AppContext) -> ExtrasJob:
@@ -72,7 +73,8 @@ def _job(body: ExtrasBaseRequest, ctx: AppContext, pictures: list[ExtrasPicture]
 def run(job: ExtrasJob, ctx: AppContext) -> list[ExtrasOutput]:
     """In the queue's turn. Raises AtelierError (UpscalerError, ExtrasSaveError)."""
     outputs = ctx.outputs if job.save else None
-    return run_pictures(ctx.manager.upscalers, job.pictures, job.options, outputs, ctx.settings.save_format)
+    return run_pictures(ctx.manager.upscalers, job.pictures, job.options, outputs, ctx.settings.save_format,
+                        job.user)
 
 
 def single_response(job: ExtrasJob, done: list[ExtrasOutput]) -> dict[str, Any]:

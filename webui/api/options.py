@@ -28,6 +28,7 @@ A1111_SETTINGS = {
     "samples_format": "save_format",
     "samples_save": "save_images",
     "show_progress_every_n_steps": "preview_every_n_steps",
+    "sd_vae_decode_method": "vae_decode_method",
 }
 # Editable settings shown under their own names; the output folder stays with the Settings tab and flags.
 NATIVE_SETTINGS = tuple(n for n in EDITABLE if n not in A1111_SETTINGS.values() and n != "outputs_dir")

@@ -139,6 +139,7 @@ def build_router(ctx: "AppContext", service: ApiService, check: Callable[[Reques
 
     async def run_extras(job: extras.ExtrasJob, who: Caller) -> list[Any]:
         """An Extras job in the queue's turn, like a generation."""
+        job.user = who.user  # saved pictures record their maker (History), as generations do
         try:
             return await service.in_queue(lambda: extras.run(job, ctx), who, "extras")
         except AtelierError as exc:

@@ -5,7 +5,11 @@ Modules, one job each (importing the package imports nothing heavy; the torch on
 - ``catalog``: the preprocessors ("modules") with their names, labels and sliders (pure).
 - ``infotext``: the ``ControlNet N: "Module: ..."`` infotext entries, written and read (pure).
 - ``preprocess``: the weight-free preprocessors and pixel-perfect resolution (numpy + OpenCV).
-- ``annotators``: the weight-based preprocessors' files in models/ControlNetAnnotators/ (pure).
+- ``annotators``: the weight-based preprocessors' files in models/ControlNetAnnotators/, and which run (pure).
+- ``annotator_store``: ``AnnotatorStore``: annotator networks loaded weights-only on first use, a few kept (torch).
+- ``annotator_maps``: the weight-based preprocessors' maps, as the extension makes them (torch).
+- ``nets``: the annotator networks (HED, PiDiNet, line art, M-LSD, OpenPose body, Depth Anything) with the
+  original files' tensor names (torch).
 - ``maps``: fitting a control map to the picture's size by resize mode (numpy + OpenCV).
 - ``detect``: what a ControlNet file is (original / diffusers / union layout, SD 1.x / 2.x / SDXL) from its
   tensor names and shapes (pure).

@@ -98,7 +98,9 @@ PREPROCESSORS: tuple[Preprocessor, ...] = (
     # are in models/ControlNetAnnotators/ (and an implementation exists, see annotators.py).
     Preprocessor("openpose", "openpose", 0, ("OpenPose",), annotators=_OPENPOSE, union_type=POSE),
     Preprocessor("openpose_face", "openpose_face", 0, ("OpenPose",), annotators=_OPENPOSE + _FACE, union_type=POSE),
-    Preprocessor("openpose_faceonly", "openpose_faceonly", 0, ("OpenPose",), annotators=_FACE, union_type=POSE),
+    # Face only still finds the people with the body net (it draws only their faces).
+    Preprocessor("openpose_faceonly", "openpose_faceonly", 0, ("OpenPose",), annotators=_OPENPOSE + _FACE,
+                 union_type=POSE),
     Preprocessor("openpose_full", "openpose_full", 100, ("OpenPose",), annotators=_OPENPOSE + _HANDS + _FACE,
                  union_type=POSE),
     Preprocessor("openpose_hand", "openpose_hand", 0, ("OpenPose",), annotators=_OPENPOSE + _HANDS,
@@ -143,6 +145,11 @@ PREPROCESSORS: tuple[Preprocessor, ...] = (
                  slider_1=Slider("MLSD Value Threshold", 0.01, 2.0, 0.1, 0.01),
                  slider_2=Slider("MLSD Distance Threshold", 0.01, 20.0, 0.1, 0.01), union_type=HARD_EDGE,
                  soft_in_hires=True),
+    # Weight-free, with the unit's (or the Inpaint tab's) mask: see inpaint.py.
+    Preprocessor("inpaint", "inpaint_global_harmonious", 0, ("Inpaint",),
+                 resolution=Slider("Resolution", 64, 2048, 512, 8, visible=False)),
+    Preprocessor("inpaint_only", "inpaint_only", 100, ("Inpaint",),
+                 resolution=Slider("Resolution", 64, 2048, 512, 8, visible=False)),
 )
 
 _BY_NAME = {p.name: p for p in PREPROCESSORS}

@@ -41,7 +41,7 @@ def layer_scales(count: int, weight: float, soft: bool, sdxl: bool) -> list[floa
 @dataclass
 class GuidedUnit:
     model: Any  # ControlNetModel | ControlNetUnionModel
-    hint: torch.Tensor  # (1, 3, H, W) float in [0, 1], the fitted control map
+    hint: torch.Tensor  # (1, 3, H, W) float in [0, 1] (-1 where an inpaint map masks), the fitted control map
     weight: float
     start: float
     end: float

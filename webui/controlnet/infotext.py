@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .units import ControlUnit, UnitError, control_mode_from_value, resize_mode_from_value
+from .units import ControlUnit, UnitError, control_mode_from_value, hr_option_from_value, resize_mode_from_value
 
 KEY = "ControlNet"
 KEY_RE = re.compile(r"^ControlNet (\d+)$")
@@ -25,6 +25,8 @@ MAX_UNITS = 32  # more "ControlNet N" entries than any UI has units: the text is
 # The extension's ControlNetUnit.infotext_fields(), in order.
 FIELDS: tuple[str, ...] = ("module", "model", "weight", "resize_mode", "processor_res", "threshold_a",
                            "threshold_b", "guidance_start", "guidance_end", "pixel_perfect", "control_mode")
+# Read but not written: newer versions of the extension add "Hr Option" to the entry.
+READ_FIELDS: tuple[str, ...] = (*FIELDS, "hr_option")
 
 
 def display_name(field: str) -> str:
@@ -32,7 +34,7 @@ def display_name(field: str) -> str:
     return " ".join(word.capitalize() for word in field.split("_"))
 
 
-_DISPLAY = {display_name(f): f for f in FIELDS}
+_DISPLAY = {display_name(f): f for f in READ_FIELDS}
 # One "Key: value" pair; the value runs to the next ", Key:" of a known key, so a model name with a comma
 # survives (the extension itself would split it).
 _PAIR_RE = re.compile(r"\s*(" + "|".join(re.escape(k) for k in _DISPLAY) + r"):\s*(.*?)\s*(?=,\s*(?:"
@@ -88,6 +90,8 @@ def parse_unit(text: str, index: int = 0) -> ControlUnit:
     if "control_mode" in pairs:
         fields["control_mode"] = control_mode_from_value(pairs["control_mode"],
                                                          f"controlnet_units[{index}].control_mode")
+    if "hr_option" in pairs:
+        fields["hr_option"] = hr_option_from_value(pairs["hr_option"], f"controlnet_units[{index}].hr_option")
     return ControlUnit(**fields)
 
 

@@ -22,6 +22,7 @@ import torch
 from ..models.cache import ModelCache
 from ..models.header import CorruptCheckpointError, read_header
 from . import files, layout
+from .annotator_store import AnnotatorStore
 from .files import ControlNetEntry
 from .loader import ControlNetSource, LoadedControlNet, check_fits, inspect, load_controlnet
 from .units import UnitError
@@ -53,9 +54,12 @@ def estimate_nbytes(entry: ControlNetEntry, dtype: torch.dtype) -> int:
 
 class ControlNetLibrary:
     def __init__(self, folders: list[Path], builtin_dir: Path | None, cache: ModelCache[Any],
-                 annotators_dir: Path | None = None) -> None:
+                 annotators_dir: Path | None = None, device: torch.device | str = "cpu") -> None:
         self.folders = [Path(f) for f in folders]
         self.annotators_dir = annotators_dir  # models/ControlNetAnnotators: weights of the annotators
+        # The annotator networks (HED, PiDiNet, line art...), loaded on first use, a few kept; preprocess.run
+        # takes this store as its ``annotators_dir``.
+        self.annotators = AnnotatorStore(annotators_dir, device)
         self.builtin_dir = builtin_dir
         self.cache = cache
         self._lock = threading.Lock()

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from . import inpaint
 from .units import ControlResizeMode
 
 
@@ -31,6 +32,10 @@ def _colour_count(x: np.ndarray, limit: int = 256) -> int:
 def high_quality_resize(x: np.ndarray, width: int, height: int) -> np.ndarray:
     if x.shape[0] == height and x.shape[1] == width:
         return x
+    if x.shape[2] == 4:  # an inpaint map: the picture as below, its mask (alpha) kept binary
+        rgb = high_quality_resize(np.ascontiguousarray(x[:, :, :3]), width, height)
+        alpha = cv2.resize(np.ascontiguousarray(x[:, :, 3]), (width, height), interpolation=cv2.INTER_LINEAR)
+        return np.concatenate([rgb, ((alpha > 127) * 255).astype(np.uint8)[:, :, None]], axis=2)
     smaller = width * height < x.shape[0] * x.shape[1]
     colours = _colour_count(x)
     binary = colours == 2 and int(x.min()) < 16 and int(x.max()) > 240
@@ -49,7 +54,7 @@ def high_quality_resize(x: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def fit_map(x: np.ndarray, width: int, height: int, mode: ControlResizeMode) -> np.ndarray:
-    """``x`` (H, W, 3 uint8) fitted to width x height."""
+    """``x`` (H, W, 3 uint8; 4 for an inpaint map, its mask as alpha) fitted to width x height."""
     if mode is ControlResizeMode.JUST_RESIZE:
         return np.ascontiguousarray(high_quality_resize(x, width, height))
     old_h, old_w = x.shape[:2]
@@ -58,6 +63,8 @@ def fit_map(x: np.ndarray, width: int, height: int, mode: ControlResizeMode) -> 
         k = min(k_h, k_w)
         border = np.concatenate([x[0, :, :], x[-1, :, :], x[:, 0, :], x[:, -1, :]], axis=0)
         colour = np.median(border, axis=0).astype(x.dtype)
+        if colour.shape[0] == 4:
+            colour[3] = 255  # an inpaint map's added border is masked: it is to be drawn
         canvas = np.tile(colour[None, None], (height, width, 1))
         inner = high_quality_resize(x, max(1, int(round(old_w * k))), max(1, int(round(old_h * k))))
         new_h, new_w = inner.shape[:2]
@@ -72,4 +79,6 @@ def fit_map(x: np.ndarray, width: int, height: int, mode: ControlResizeMode) -> 
 
 
 def to_image(x: np.ndarray) -> Image.Image:
+    if x.shape[2] == 4:
+        return inpaint.preview(x)
     return Image.fromarray(np.ascontiguousarray(x), "RGB")

@@ -3,18 +3,20 @@
 Each takes an RGB uint8 array (H, W, 3), the preprocessor resolution (the short side it works at) and the
 two thresholds, and returns the control map as an RGB uint8 array. Maps come out at the working resolution;
 ``maps.fit_map`` later fits them to the picture. ``run`` is the entry point (the preview button and the
-``/controlnet/detect`` route use it too); the weight-based ones go through ``annotators``.
+``/controlnet/detect`` route use it too); the weight-based ones go through ``annotators`` (which files)
+and ``annotator_maps`` (the networks, from the library's AnnotatorStore).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from . import annotators, catalog
+from . import annotators, catalog, inpaint
 from .units import ControlResizeMode, UnitError
 
 
@@ -141,25 +143,47 @@ _IMPLEMENTED: dict[str, Callable[[np.ndarray, int, float, float, int], np.ndarra
 
 
 def run(module: str, image: Image.Image, processor_res: float = -1, threshold_a: float = -1,
-        threshold_b: float = -1, seed: int = 0, annotators_dir: object = None, field: str = "module") -> np.ndarray:
-    """The control map ``module`` makes of ``image`` (RGB uint8 array). Resolution and thresholds outside the
-    preprocessor's ranges (-1 among them) take its defaults. Raises UnitError naming ``field`` for an unknown
-    module, and annotators.AnnotatorMissingError for one whose weights are not installed."""
+        threshold_b: float = -1, seed: int = 0, annotators_dir: object = None, field: str = "module",
+        mask: Image.Image | None = None) -> np.ndarray:
+    """The control map ``module`` makes of ``image`` (RGB uint8 array; RGBA for the inpaint preprocessors,
+    the mask as alpha). Resolution and thresholds outside the preprocessor's ranges (-1 among them) take its
+    defaults. ``mask`` (white = masked): the inpaint preprocessors' mask; for the others, when it is neither
+    blank nor full, the input instead of ``image`` (see inpaint.py). Raises UnitError naming ``field`` for an
+    unknown module, annotators.AnnotatorMissingError for one whose weights are not installed and
+    annotator_store.AnnotatorFileError for weights that cannot be used. ``annotators_dir``: the library's
+    AnnotatorStore (its cache keeps the networks loaded), or a folder (loaded for this call only)."""
     pre = catalog.find(module)
     if pre is None:
         raise UnitError(field, f"unknown preprocessor {module!r} (see /controlnet/module_list)")
+    store = None
     if not pre.weight_free:
-        annotators.require(pre, annotators_dir, field)
+        from .annotator_store import AnnotatorStore  # torch: only for the weight-based ones
+
+        store = annotators_dir if isinstance(annotators_dir, AnnotatorStore) else \
+            AnnotatorStore(Path(annotators_dir) if isinstance(annotators_dir, (str, Path)) else None)
+        found = annotators.require(pre, store.folder, field)
+    rgb = to_rgb_array(image)
+    if inpaint.is_inpaint(pre.name):
+        return inpaint.with_mask(rgb, mask)
+    if mask is not None:
+        scribble = inpaint.scribble_input(rgb, mask)
+        rgb = rgb if scribble is None else scribble
     values = []
     for value, slider in ((processor_res, pre.resolution), (threshold_a, pre.slider_1), (threshold_b, pre.slider_2)):
         values.append(float(value) if slider.minimum <= value <= slider.maximum else float(slider.value))
     resolution = max(1, int(values[0]))
-    return _IMPLEMENTED[pre.name](to_rgb_array(image), resolution, values[1], values[2], seed)
+    if store is not None:
+        from . import annotator_maps  # torch and the networks: only when a weight-based one runs
+
+        job = annotator_maps.Job(store, found, field)
+        return annotator_maps.run(pre.name, rgb, resolution, values[1], values[2], job)
+    return _IMPLEMENTED[pre.name](rgb, resolution, values[1], values[2], seed)
 
 
 def detect_map(module: str, image: Image.Image, processor_res: float = -1, threshold_a: float = -1,
                threshold_b: float = -1, seed: int = 0, annotators_dir: object = None,
-               field: str = "module") -> Image.Image:
-    """``run`` as a picture: what the preview button shows and ``POST /controlnet/detect`` returns."""
-    return Image.fromarray(run(module, image, processor_res, threshold_a, threshold_b, seed, annotators_dir, field),
-                           "RGB")
+               field: str = "module", mask: Image.Image | None = None) -> Image.Image:
+    """``run`` as a picture: what the preview button shows and ``POST /controlnet/detect`` returns (an
+    inpaint map as RGBA, its masked part half transparent)."""
+    return inpaint.preview(run(module, image, processor_res, threshold_a, threshold_b, seed, annotators_dir, field,
+                               mask))

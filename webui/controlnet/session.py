@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import catalog, layout, maps, preprocess
+from . import catalog, inpaint, layout, maps, preprocess
 from .detect import ControlNetFileError
 from .guidance import ControlNetHook, GuidedUnit
 from .library import ControlNetLibrary
@@ -69,6 +69,7 @@ class ControlSession:
     units: list[_Prepared] = field(default_factory=list)
     sdxl: bool = False
     hires_job: bool = False
+    inpaint_job: bool = False  # the job pastes into its picture through a mask itself (inpaint_only does not)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     warnings: list[str] = field(default_factory=list)
     _on_device: set[int] = field(default_factory=set)
@@ -96,7 +97,8 @@ class ControlSession:
             fitted = maps.high_quality_resize(np.ascontiguousarray(whole[top:bottom, left:right]), width, height)
         else:
             fitted = maps.fit_map(prepared.detected, width, height, mode)
-        pixels = np.ascontiguousarray(fitted, dtype=np.float32) / 255.0  # as diffusers' control image processor
+        # [0, 1] as diffusers' control image processor makes it; an inpaint map's masked pixels -1
+        pixels = inpaint.hint_pixels(fitted)
         return torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
 
     @contextmanager
@@ -146,6 +148,23 @@ class ControlSession:
         return place(prepared.loaded.model, self.device, getattr(plan, "mode", None), prepared.unit.low_vram,
                      self._on_device, id(prepared.loaded.model))
 
+    def paste_unmasked(self, images: list[Image.Image]) -> list[Image.Image]:
+        """The finished pictures with each ``inpaint_only`` unit's unmasked part pasted back (the extension's
+        post-processing; an inpainting job has its own paste-back and is left as it is)."""
+        if self.inpaint_job:
+            return images
+        for prepared in self.units:
+            if prepared.pre.name != "inpaint_only" or prepared.detected.shape[2] < 4 \
+                    or not prepared.detected[:, :, 3].any():
+                continue  # nothing masked: pasting would replace the whole picture with the control image
+            fitted = {}
+            for i, image in enumerate(images):
+                if image.size not in fitted:
+                    fitted[image.size] = maps.fit_map(prepared.detected, image.width, image.height,
+                                                      prepared.unit.resize_mode)
+                images[i] = inpaint.paste_unmasked(image, fitted[image.size])
+        return images
+
     def release(self) -> None:
         """The job is over: ControlNets left on the accelerator go back to RAM."""
         for prepared in self.units:
@@ -170,6 +189,29 @@ def _control_image(unit: ControlUnit, index: int, init_image: Image.Image | None
     return image
 
 
+def _control_mask(unit: ControlUnit, pre: catalog.Preprocessor, request: Any, image: Image.Image) -> Image.Image | None:
+    """The unit's mask; for an inpaint preprocessor without one, in the Inpaint tab, the tab's mask (inverted and
+    blurred as the job says, at the control image's size)."""
+    if unit.mask is not None or not inpaint.is_inpaint(pre.name) or getattr(request, "mask", None) is None:
+        return unit.mask
+    from ..pipelines import images as imgs
+
+    _, blurred = imgs.prepare_mask(request.mask, image.size, bool(request.mask_invert), int(request.mask_blur or 0))
+    return blurred
+
+
+def _mask_warning(unit: ControlUnit, pre: catalog.Preprocessor, index: int, request: Any) -> str | None:
+    """What the job says about a unit's mask, when it does something users might not expect."""
+    if unit.mask is not None and not inpaint.is_inpaint(pre.name):
+        alpha = inpaint.mask_array(unit.mask, unit.mask.size)
+        if inpaint.is_blank_or_full(alpha):
+            return f"ControlNet unit {index}: its mask is blank or full, so it is ignored ({pre.name} is no inpaint " \
+                   "preprocessor)"
+        return (f"ControlNet unit {index}: {pre.name} is no inpaint preprocessor, so its mask's strokes are the "
+                "preprocessor's input instead of the image (the extension's canvas scribble mode)")
+    return None
+
+
 @contextmanager
 def control_session(manager: Any, model: Any, request: Any, seed: int) -> Iterator[ControlSession]:
     """The job's ControlNet session (without units when no used unit has a weight). ``manager`` is the
@@ -180,7 +222,8 @@ def control_session(manager: Any, model: Any, request: Any, seed: int) -> Iterat
         return
     library: ControlNetLibrary = manager.controlnets
     unet_config = dict(model.components["unet"].config)
-    session = ControlSession(sdxl=model.is_sdxl, hires_job=bool(request.hires), device=manager.device)
+    session = ControlSession(sdxl=model.is_sdxl, hires_job=bool(request.hires), device=manager.device,
+                             inpaint_job=getattr(request, "mask", None) is not None)
     with ExitStack() as stack:
         for index, unit in units:
             unit = unit.with_defaults()
@@ -196,8 +239,10 @@ def control_session(manager: Any, model: Any, request: Any, seed: int) -> Iterat
                 raise UnitError(f"{field_name}.module", f"the union ControlNet {entry.name} has no control type for "
                                 f"the {pre.label} preprocessor")
             image = _control_image(unit, index, request.init_image)
-            if unit.mask is not None:
-                session.warnings.append(f"ControlNet unit {index}: its mask is not used (no inpaint preprocessor)")
+            mask = _control_mask(unit, pre, request, image)
+            warning = _mask_warning(unit, pre, index, request)
+            if warning:
+                session.warnings.append(warning)
             resolution = unit.processor_res
             if unit.pixel_perfect:
                 width, height = request.hr_size if request.hires and unit.hr_option is HiresOption.HIGH_RES_ONLY \
@@ -205,7 +250,7 @@ def control_session(manager: Any, model: Any, request: Any, seed: int) -> Iterat
                 resolution = preprocess.pixel_perfect_resolution(image.size, width, height, unit.resize_mode)
                 resolution = int(min(max(resolution, pre.resolution.minimum), pre.resolution.maximum))
             detected = preprocess.run(pre.name, image, resolution, unit.threshold_a, unit.threshold_b, seed,
-                                      annotators_dir=library.annotators_dir, field=f"{field_name}.module")
+                                      annotators_dir=library.annotators, field=f"{field_name}.module", mask=mask)
             session.units.append(_Prepared(index, unit, pre, loaded, detected, image.size))
         try:
             yield session

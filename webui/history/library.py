@@ -21,7 +21,7 @@ class HistoryError(AtelierError):
 
 def private_folders(outputs_dir: Path) -> list[Path]:
     """Folders inside the outputs folder the server must never serve: the index (everyone's prompts) and the
-    trash. Thumbnails are served like the pictures."""
+    trash. Thumbnails are served like the pictures, to whoever may see the picture (``access.may_read``)."""
     state = Path(outputs_dir) / STATE_DIR
     return [state / "history", state / "trash"]
 
@@ -66,7 +66,7 @@ class History:
         if refresh:
             self.index.refresh()
         page = self.index.page(self.scope(user), filters, number, per_page, viewer=owner_name(user))
-        images = [self.thumbnails.get(self.path_of(e.path), e.path, e.mtime_ns, e.size) or self.path_of(e.path)
+        images = [self.thumbnails.get(self.path_of(e.path), e.path, e.mtime_ns, e.size, e.owner) or self.path_of(e.path)
                   for e in page.entries]
         return Shown(page, images)
 

@@ -6,9 +6,14 @@ Formats read:
   ``lora_te1_`` / ``lora_te2_`` (SDXL). UNet module names are diffusers' (SD 1.x) or the original
   layout's (``input_blocks_4_1_...``, SDXL); both are understood. The weight kinds are LoRA's
   (``lora_down.weight`` / ``lora_up.weight`` / ``alpha``) and LyCORIS' (LoCon, LoHa, LoKr, full
-  differences, norm layers, DoRA): ``lycoris.py`` turns each layer's tensors into a weight change.
+  differences, norm layers, DoRA, IA3, GLoRA, OFT / BOFT): ``lycoris.py`` turns each layer's tensors into
+  a weight change.
 - diffusers / PEFT: ``unet.<module>.lora_A.weight`` / ``lora_B.weight`` (or ``.lora.down`` / ``.lora.up``),
-  ``text_encoder.`` / ``text_encoder_2.`` likewise.
+  ``text_encoder.`` / ``text_encoder_2.`` likewise; PEFT's DoRA adds ``<module>.lora_magnitude_vector``
+  (``.weight`` in newer PEFT and in diffusers' conversions): one magnitude per output row. Their scale is
+  lora_alpha / r from the PEFT config diffusers writes in the ``lora_adapter_metadata`` entry of a
+  safetensors file's metadata (``unet.lora_alpha``, ``unet.alpha_pattern``, ``unet.use_rslora``, ...), a
+  ``<module>.alpha`` tensor, or 1.
 
 Patching: each target layer's weight (and, for full and norm layers, its bias) gets the layer's change
 times the tag's weight. Before a tensor is first touched its original values are copied aside; removing
@@ -18,7 +23,9 @@ checkpoint is never reloaded.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import struct
 import threading
 from collections import OrderedDict
@@ -89,13 +96,14 @@ class LoraNetwork:
     path: Path
     layers: list[LoraLayer]
     identity: FileIdentity  # the file version the layers were read from
-    ignored_keys: int = 0  # keys of kinds we do not apply (IA3, OFT, ...)
+    ignored_keys: int = 0  # keys of kinds we do not apply (T-LoRA, ...)
 
 
 def parse_lora(name: str, path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
                identity: FileIdentity) -> LoraNetwork:
     layers: dict[tuple[str, str], LoraLayer] = {}
     used: set[str] = set()
+    configs = _peft_configs(metadata)
     for (component, module), named in _kohya_groups(tensors).items():
         weights = LayerWeights.from_tensors({kind: tensors[key] for kind, key in named.items()})
         if weights is not None:
@@ -105,15 +113,28 @@ def parse_lora(name: str, path: Path, tensors: dict[str, torch.Tensor], metadata
         found = _peft_layer(key, tensors)
         if found is None:
             continue
-        component, module, up_key, alpha_key = found
+        component, path_in_model, up_key, stem = found
+        module = module_key(path_in_model)
         peft = {"lora_down.weight": tensor, "lora_up.weight": tensors[up_key]}
-        if alpha_key in tensors:
-            peft["alpha"] = tensors[alpha_key]
+        scale = _peft_scale(configs.get(component), path_in_model, tensor.shape[0])
+        if scale is not None:
+            peft["scale"] = torch.tensor(scale)
+        extras = {"alpha": f"{stem}.alpha", "dora_scale": f"{stem}.lora_magnitude_vector.weight"}
+        if extras["dora_scale"] not in tensors:
+            extras["dora_scale"] = f"{stem}.lora_magnitude_vector"  # PEFT before its DoRA layers had modules
+        for kind, extra_key in extras.items():
+            if extra_key in tensors:
+                peft[kind] = tensors[extra_key]
+                used.add(extra_key)
+        if "dora_scale" in peft:
+            # PEFT keeps one magnitude per output row ((out,), or (1, out, 1, 1) for a conv); as an (out, 1)
+            # column it cannot be read per input column, as a flat kohya dora_scale of a square layer would be.
+            peft["dora_scale"] = peft["dora_scale"].reshape(-1, 1)
         layers[(component, module)] = LoraLayer(component, module, LayerWeights("lora", peft))
-        used.update({key, up_key, alpha_key})
+        used.update({key, up_key})
     if not layers:
         raise CheckpointLoadError(f"{path.name}: no LoRA layers found (not a LoRA, or a kind we cannot use "
-                                  "such as IA3 / OFT / GLoRA)")
+                                  "such as T-LoRA)")
     return LoraNetwork(name, path, list(layers.values()), identity, len(set(tensors) - used))
 
 
@@ -133,6 +154,7 @@ def _kohya_groups(tensors: dict[str, torch.Tensor]) -> dict[tuple[str, str], dic
 
 
 def _peft_layer(key: str, tensors: dict[str, torch.Tensor]) -> tuple[str, str, str, str] | None:
+    """(component, module path in it, up key, the file's stem for the layer) when `key` is a PEFT down weight."""
     for down_suffix, up_suffix in _PEFT_SUFFIXES:
         if not key.endswith(down_suffix):
             continue
@@ -147,8 +169,51 @@ def _peft_layer(key: str, tensors: dict[str, torch.Tensor]) -> tuple[str, str, s
                 break
         for old, new in _PROCESSOR_NAMES.items():
             module = module.replace(old, new)
-        return component, module_key(module), up_key, f"{stem}.alpha"
+        return component, module, up_key, stem
     return None
+
+
+def _peft_configs(metadata: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The PEFT LoraConfig per component that diffusers saves as JSON in the file's metadata (keys prefixed
+    ``unet.`` / ``text_encoder.`` / ``text_encoder_2.``; unprefixed for one model's adapter, the UNet's)."""
+    raw = metadata.get("lora_adapter_metadata")
+    if not raw:
+        return {}
+    try:
+        packed = json.loads(raw)
+    except ValueError:
+        log.warning("LoRA metadata: lora_adapter_metadata is not JSON; its alphas are not used")
+        return {}
+    if not isinstance(packed, dict):
+        return {}
+    configs: dict[str, dict[str, Any]] = {}
+    for key, value in packed.items():
+        prefix, dot, field_name = str(key).partition(".")
+        if dot and prefix in (UNET, TE1, TE2):
+            configs.setdefault(prefix, {})[field_name] = value
+        else:
+            configs.setdefault("", {})[str(key)] = value
+    if "" in configs:
+        configs.setdefault(UNET, configs.pop(""))
+    return configs
+
+
+def _peft_scale(config: dict[str, Any] | None, module: str, rank: int) -> float | None:
+    """PEFT's lora_alpha / r (or / √r with rsLoRA) for one module; None where the config says nothing."""
+    if not config or rank <= 0:
+        return None
+    alpha = config.get("lora_alpha")
+    patterns = config.get("alpha_pattern")
+    if isinstance(patterns, dict):
+        # PEFT matches these as regular expressions on the module's path; diffusers writes module paths, taken
+        # here as literal dotted suffixes (a file's own regex is never compiled).
+        for pattern, value in patterns.items():
+            if module == pattern or module.endswith(f".{pattern}"):
+                alpha = value
+                break
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+        return None
+    return float(alpha) / (math.sqrt(rank) if config.get("use_rslora") is True else rank)
 
 
 PatchableLayer = torch.nn.Linear | torch.nn.Conv2d | torch.nn.LayerNorm | torch.nn.GroupNorm

@@ -72,6 +72,7 @@ class GenerationResult:
     model_name: str = ""
     model_hash: str | None = None
     seconds: float = 0.0
+    vae_decoder: str | None = None  # "TAESD" when the final pictures were decoded by TAESD, not the VAE
 
     @property
     def info(self) -> dict[str, Any]:
@@ -556,6 +557,7 @@ def generate(
                 if req.task is Task.INPAINT and original is not None and paste_mask is not None:
                     images = [imgs.paste_back(original, im, paste_mask, prepared.crop)
                               for im in images]
+                images = controls.paste_unmasked(images)  # ControlNet inpaint_only's own paste-back
                 result.images.extend(images)
                 result.seeds.extend(group)
                 result.subseeds.extend(subgroup)
@@ -566,6 +568,8 @@ def generate(
         result.model_hash = manager.short_hash(model)
         vae_name = vae_file.name if vae_file is not None else None
         vae_hash = manager.vae_hash(vae_file) if vae_file is not None else None
+        if result.vae_decoder:  # A1111 names a decode method other than the full VAE this way
+            extra = {**extra, "VAE Decoder": result.vae_decoder}
         for index, (image, seed, subseed) in enumerate(zip(result.images, result.seeds, result.subseeds,
                                                            strict=True)):
             text = _infotext(req, choice, seed, subseed, result.model_name, result.model_hash, vae_name, vae_hash,
@@ -620,6 +624,8 @@ def _run_batch(
     ``latents`` is the starting noise (variation seeds); ``refiner`` finishes the pass. On out-of-memory, free
     memory, step the offload plan up and retry until no more frugal plan is left; then a clear error instead of
     the allocator's."""
+    # The vae_decode_method setting: a TAESD decoder turns the final latents into pictures instead of the VAE.
+    fast = manager.final_decoder(vae, model.is_sdxl) if output_type == "pil" else None
     while True:
         scheduler = make_scheduler(choice, model.components["scheduler"].config, noise_seeds=seeds,
                                    sdxl=model.is_sdxl)
@@ -634,7 +640,12 @@ def _run_batch(
             with attach_controls(controls, pipe, req.width, req.height, len(seeds), plan, images is not None,
                                  prepared.crop, prepared.original):
                 output = _call_pipeline(pipe, task, req, prepared, seeds, callback, encoder, networks, images=images,
-                                        latents=latents, output_type=output_type, refiner=refiner)
+                                        latents=latents, output_type="latent" if fast is not None else output_type,
+                                        refiner=refiner)
+            if fast is not None:
+                decoded = manager.previews.taesd_decode(fast, output)
+                output = list(pipe.image_processor.postprocess(decoded, output_type="pil"))
+                result.vae_decoder = "TAESD"
             return output, plan, pipe
         except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
             if not devices.is_out_of_memory(exc):

@@ -108,6 +108,7 @@ class PipelineManager:
         upscaler_tile_size: int = 192,
         controlnet_dirs: list[Path] | None = None,
         controlnet_builtin_dir: Path | None = None,
+        decode_method: str = "Full",
     ) -> None:
         self.registry = registry
         models_dir = registry.checkpoints_dir.parent
@@ -124,6 +125,7 @@ class PipelineManager:
         self.upscalers = UpscalerLibrary(upscaler_dirs or default_upscaler_dirs(models_dir), upscaler_builtin_dir,
                                          device, dtype, tile_size=upscaler_tile_size)
         self.offload_setting = offload
+        self.decode_method = decode_method  # "Full" | "TAESD": how final pictures leave latent space
         self.default_checkpoint = default_checkpoint
         # "exact": image i of a batch is pixel-identical to a single run with seed + i (images denoised one
         # by one; on a CPU batching gains little). "fast": one batched call, which GPUs run much faster but
@@ -132,7 +134,8 @@ class PipelineManager:
         self.cache: ModelCache[LoadedModel] = ModelCache(ram_cache_bytes, on_evict=self._on_evict)
         # ControlNets share the checkpoints' cache and its byte budget (under "ControlNet/..." keys).
         self.controlnets = ControlNetLibrary(controlnet_dirs or default_controlnet_dirs(models_dir),
-                                             controlnet_builtin_dir, self.cache, models_dir / "ControlNetAnnotators")
+                                             controlnet_builtin_dir, self.cache, models_dir / "ControlNetAnnotators",
+                                             device)
         # One job at a time on the model and the device; waiting jobs queue on this lock.
         self._run_lock = threading.Lock()
         self._load_lock = threading.Lock()
@@ -336,6 +339,13 @@ class PipelineManager:
         # Jobs hold the run lock, so swapping in this job's own scheduler and VAE cannot race another job.
         pipe.register_modules(scheduler=scheduler, vae=vae if vae is not None else model.components["vae"])
         return pipe
+
+    def final_decoder(self, vae: Any, is_sdxl: bool) -> Any | None:
+        """The TAESD decoder that decodes this VAE's final pictures when the decode method is "TAESD" and
+        models/VAE-approx has one for its latent space; None: the VAE decodes them."""
+        if self.decode_method != "TAESD":
+            return None
+        return self.previews.taesd_decoder(vae, is_sdxl)
 
     def plan_offload(self, model: LoadedModel, width: int, height: int, batch_size: int) -> OffloadPlan:
         unet_bytes = sum(t.numel() * t.element_size() for t in model.components["unet"].parameters())

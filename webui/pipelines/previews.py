@@ -14,7 +14,8 @@ because decoders colour a pixel from its neighbours too; it is a 3x3 convolution
   fitted again at the next start.
 
 When the user puts TAESD decoders (``taesd_decoder.safetensors``, ``taesdxl_decoder.safetensors``, safetensors
-only) into ``models/VAE-approx`` (A1111's folder), previews of SD and SDXL latents are decoded by them instead.
+only) into ``models/VAE-approx`` (A1111's folder), previews of SD and SDXL latents are decoded by them instead,
+and so are the final pictures when the ``vae_decode_method`` setting is "TAESD" (``taesd_decode``).
 """
 
 from __future__ import annotations
@@ -480,7 +481,9 @@ class LatentPreviewer:
             fit = self._stats.get(learner.key) if learner is not None else None
             return fit.current if fit is not None else None
 
-    def _taesd_for(self, vae: Any, is_sdxl: bool) -> Any | None:
+    def taesd_decoder(self, vae: Any, is_sdxl: bool) -> Any | None:
+        """The TAESD decoder (an AutoencoderTiny) for this VAE's latent space from ``approx_dir``, loaded once per
+        file version; None when there is none, or it cannot be read."""
         if vae_scale(vae) != 8 or int(vae.config.latent_channels) != 4:
             return None  # TAESD knows SD's and SDXL's latent spaces only
         path = taesd_file(self.approx_dir, is_sdxl)
@@ -502,13 +505,18 @@ class LatentPreviewer:
     @torch.no_grad()
     def preview(self, vae: Any, latents: torch.Tensor, is_sdxl: bool, index: int = 0) -> Image.Image:
         """A preview of image ``index`` of a latent batch that ``vae`` will decode."""
-        taesd = self._taesd_for(vae, is_sdxl)
+        taesd = self.taesd_decoder(vae, is_sdxl)
         if taesd is not None:
-            latent = latents[index:index + 1].detach().float()
-            with self._lock:  # one thread at a time moves the shared decoder to where the latents are
-                if next(taesd.parameters()).device != latent.device:
-                    taesd.to(latent.device)
-            rgb = taesd.decode(latent).sample[0]
+            rgb = self.taesd_decode(taesd, latents[index:index + 1])[0]
             return _to_image(rgb.permute(1, 2, 0), 1)
         fit = self.fitted(vae) or fixed_preview(is_sdxl, vae_scale(vae))
         return fit.render(latents[index])
+
+    @torch.no_grad()
+    def taesd_decode(self, taesd: Any, latents: torch.Tensor) -> torch.Tensor:
+        """A batch of latents (as the UNet leaves them) decoded by ``taesd``: (n, 3, H, W) in [-1, 1], float32."""
+        latents = latents.detach().float()
+        with self._lock:  # one thread at a time moves the shared decoder to where the latents are
+            if next(taesd.parameters()).device != latents.device:
+                taesd.to(latents.device)
+        return taesd.decode(latents).sample.clamp(-1, 1)

@@ -140,6 +140,7 @@ def build_manager(settings: Settings, registry: CheckpointRegistry, device: str 
         upscaler_builtin_dir=BUILTIN_UPSCALER_DIR if settings.include_builtin else None,
         upscaler_tile_size=settings.upscaler_tile_size,
         controlnet_builtin_dir=BUILTIN_CONTROLNET_DIR if settings.include_builtin else None,
+        decode_method=settings.vae_decode_method,
     )
 
 

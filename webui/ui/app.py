@@ -15,6 +15,7 @@ from starlette.middleware import Middleware
 
 from ..config import PROJECT_ROOT
 from ..errors import AtelierError
+from ..history.access import may_read
 from ..history.library import private_folders
 from ..models.vae import AUTOMATIC, NONE, list_vaes
 from ..styles import StyleStore
@@ -108,7 +109,8 @@ def build(ctx: AppContext) -> gr.Blocks:
             status = gr.Markdown("", elem_id="checkpoint-status")
         top = TopBar(checkpoint, refresh, clip_skip, vae, status)
         tabs_by_mode: dict[str, ModeTab] = {}
-        with gr.Tabs(elem_id="tabs") as tabs:
+        # Tabs that do not fit (a phone) wrap onto a second row, so History and the rest are one tap away.
+        with gr.Tabs(elem_id="tabs", overflow_behavior="wrap") as tabs:
             for mode in ("txt2img", "img2img", "inpaint"):
                 with gr.Tab(generation_tab.TITLES[mode], id=mode, elem_id=f"tab-{mode}"):
                     tabs_by_mode[mode] = generation_tab.build_mode_tab(ctx, mode, top, size, styles, tokenizer)
@@ -201,9 +203,20 @@ def _wire_transfers(ctx: AppContext, top: TopBar, tabs: gr.Tabs, by_mode: dict[s
         """A refiner or hires checkpoint named by an infotext: its title here, else ``none`` (not available)."""
         return lambda name: none if name == none else (find_checkpoint(name) or none)
 
+    def find_controlnet(name: str) -> Any:
+        """An installed ControlNet's title for an infotext's "name [hash]" (its hash or name), else None."""
+        try:
+            entry = ctx.manager.controlnets.find(name)
+        except OSError:
+            return None
+        return entry.title if entry is not None else None
+
+    setting_names = {"emphasis": "emphasis", "rng": "randn_source", "eta_noise_seed_delta": "eta_noise_seed_delta"}
     resolvers = {"checkpoint": find_checkpoint, "vae": find_vae,
                  "refiner_checkpoint": second_checkpoint(forms.NO_REFINER),
-                 "hr_checkpoint": second_checkpoint(forms.SAME_CHECKPOINT)}
+                 "hr_checkpoint": second_checkpoint(forms.SAME_CHECKPOINT),
+                 "controlnet_model": find_controlnet,
+                 "settings": lambda name: getattr(ctx.settings, setting_names[name], None)}
 
     def transfer(target_mode: str, with_image: bool):
         target = by_mode[target_mode]
@@ -213,39 +226,40 @@ def _wire_transfers(ctx: AppContext, top: TopBar, tabs: gr.Tabs, by_mode: dict[s
         def outputs() -> list[Any]:
             return [tabs] + ([image_component] if image_component is not None else []) + fill_targets(target, top)
 
-        def from_values(image: Any, text: str) -> list[Any]:
+        def from_values(image: Any, text: str, *held: Any) -> list[Any]:
             if with_image and image is None:
                 raise gr.Error("Generate or drop a picture first.")
             values = forms.values_from_infotext(text) if text else {}
             head = [gr.Tabs(selected=target_mode)]
             if image_component is not None:
                 head.append(_image_value(target_mode, image))
-            return head + fill_updates(target, top, values, resolvers)
+            return head + fill_updates(target, top, values, resolvers, held)
 
-        return outputs, from_values
+        return outputs, from_values, target.controlnet.held
 
     for source in by_mode.values():
         for target_mode, button in source.send.items():
-            outputs, from_values = transfer(target_mode, with_image=target_mode != "txt2img")
+            outputs, from_values, held = transfer(target_mode, with_image=target_mode != "txt2img")
 
-            def from_gallery(results: dict, _from_values=from_values):
+            def from_gallery(results: dict, *pictures: Any, _from_values=from_values):
                 paths, texts = results.get("paths") or [], results.get("infotexts") or []
                 index = min(int(results.get("selected", 0)), len(paths) - 1) if paths else -1
                 if index < 0:
                     raise gr.Error("Generate a picture first.")
-                return _from_values(paths[index], texts[index] if index < len(texts) else "")
+                return _from_values(paths[index], texts[index] if index < len(texts) else "", *pictures)
 
-            button.click(from_gallery, [source.results], outputs(), queue=False, api_visibility="private")
+            button.click(from_gallery, [source.results, *held], outputs(), queue=False, api_visibility="private")
 
     for panel in (info_tab, history) if history is not None else (info_tab,):
         for target_mode, button in panel.send.items():
-            outputs, from_values = transfer(target_mode, with_image=target_mode != "txt2img")
-            button.click(from_values, [panel.image, panel.text], outputs(), queue=False, api_visibility="private")
+            outputs, from_values, held = transfer(target_mode, with_image=target_mode != "txt2img")
+            button.click(from_values, [panel.image, panel.text, *held], outputs(), queue=False,
+                         api_visibility="private")
 
     for tab in by_mode.values():
-        outputs, _ = transfer(tab.mode, with_image=False)
+        outputs, _, held = transfer(tab.mode, with_image=False)
 
-        def read_params(prompt: str, results: dict, _tab: ModeTab = tab):
+        def read_params(prompt: str, results: dict, *pictures: Any, _tab: ModeTab = tab):
             # A1111's ↙️: the prompt box holds pasted parameters; an empty box reads the last generation's.
             text = prompt or ""
             if not text.strip():
@@ -253,9 +267,9 @@ def _wire_transfers(ctx: AppContext, top: TopBar, tabs: gr.Tabs, by_mode: dict[s
                 text = texts[min(int(results.get("selected", 0)), len(texts) - 1)] if texts else ""
             if not text.strip():
                 raise gr.Error("Paste generation parameters into the prompt box first.")
-            return fill_updates(_tab, top, forms.values_from_infotext(text), resolvers)
+            return fill_updates(_tab, top, forms.values_from_infotext(text), resolvers, pictures)
 
-        tab.read_params.click(read_params, [tab.fields["prompt"], tab.results], outputs()[1:], queue=False,
+        tab.read_params.click(read_params, [tab.fields["prompt"], tab.results, *held], outputs()[1:], queue=False,
                               api_visibility="private")
 
 
@@ -282,6 +296,20 @@ def _sign_in_check(demo: gr.Blocks, credentials: Any) -> Any:
     return lambda scope: request_user(demo.app, credentials, HTTPConnection(scope)) is not None
 
 
+def _hidden_file_check(demo: gr.Blocks, ctx: AppContext, credentials: Any) -> Any:
+    """For the guard middleware: whether a signed-in request may not have a file of the outputs folder (a
+    friend's own pictures and thumbnails only; everything for an admin). None when the studio has no sign-in."""
+    if credentials is None:
+        return None
+    from starlette.requests import HTTPConnection
+
+    def hidden(scope: Any, file: str) -> bool:
+        user = request_user(demo.app, credentials, HTTPConnection(scope))
+        return user is None or not may_read(ctx.settings.outputs_dir, file, user, ctx.settings.admin_users)
+
+    return hidden
+
+
 def launch(ctx: AppContext, demo: gr.Blocks | None = None, credentials: Any = None, share: bool = False,
            api: bool = False, api_credentials: Any = None, flags: dict[str, Any] | None = None,
            **overrides: Any) -> gr.Blocks:
@@ -296,7 +324,8 @@ def launch(ctx: AppContext, demo: gr.Blocks | None = None, credentials: Any = No
         "server_name": settings.host,
         "server_port": settings.port,
         "inbrowser": settings.autolaunch,
-        # Only generated images may be served from disk: the outputs folder (and Gradio's own temp folder).
+        # Only generated images may be served from disk: the outputs folder (and Gradio's own temp folder), a
+        # friend's own only (the guard's hidden_file). What the page shows goes through Gradio's cache instead.
         "allowed_paths": [str(settings.outputs_dir)],
         # ...except the History index (everyone's prompts) and its trash.
         "blocked_paths": [str(p) for p in private_folders(settings.outputs_dir)],
@@ -309,6 +338,7 @@ def launch(ctx: AppContext, demo: gr.Blocks | None = None, credentials: Any = No
         # Every route, Gradio's included, sits behind the cross-site and sign-in-throttling guard.
         "app_kwargs": {"middleware": [Middleware(
             GuardMiddleware, is_signed_in=_sign_in_check(demo, credentials),
+            hidden_file=_hidden_file_check(demo, ctx, credentials),
             limiter=FailureLimiter(settings.signin_failures_before_lockout)), Middleware(BrowserIdMiddleware)]},
     }
     if credentials is not None:

@@ -7,6 +7,8 @@ The preview button runs the preprocessor (``preprocess.detect_map``) and can sen
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -15,7 +17,7 @@ from PIL import Image
 from ..controlnet import catalog, preprocess
 from ..controlnet.units import ControlMode, ControlResizeMode, HiresOption, UnitError, resize_mode_from_value
 from ..errors import AtelierError
-from .controlnet_form import NO_MODEL, scribble_picture, unit_count, unit_field
+from .controlnet_form import NO_MODEL, RESTORED_FIELDS, RestoredUnits, scribble_picture, unit_count, unit_field
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -53,20 +55,77 @@ def preview_map(ctx: AppContext, module: str, image: Image.Image | None, process
         processor_res = preprocess.pixel_perfect_resolution(
             image.size, int(width), int(height), resize_mode_from_value(resize_mode, f"{field}.resize_mode"))
     return preprocess.detect_map(module, image.convert("RGB"), processor_res, threshold_a, threshold_b,
-                                 annotators_dir=ctx.manager.controlnets.annotators_dir, field=f"{field}.module")
+                                 annotators_dir=ctx.manager.controlnets.annotators, field=f"{field}.module")
 
 
-def build_controlnet_section(ctx: AppContext, fields: dict[str, Any], mode: str) -> None:
+@dataclass
+class ControlNetSection:
+    """The parts of a tab's units that are not request fields: each unit's note (what pasted parameters could
+    not restore), the State holding its control image, and its model list with the 🔄 beside it."""
+
+    notes: list[gr.Markdown] = field(default_factory=list)
+    held: list[gr.State] = field(default_factory=list)
+    models: list[gr.Dropdown] = field(default_factory=list)
+    refresh: list[gr.Button] = field(default_factory=list)
+
+    def restore_targets(self, fields: dict[str, Any]) -> list[Any]:
+        """The components ``restore_updates`` fills, unit by unit."""
+        out: list[Any] = []
+        for index, note in enumerate(self.notes):
+            out += [fields[unit_field(index, name)] for name in RESTORED_FIELDS if unit_field(index, name) in fields]
+            out.append(note)
+        return out
+
+    def restore_updates(self, fields: dict[str, Any], restored: RestoredUnits) -> list[Any]:
+        """gr.update per ``restore_targets`` entry. The sliders take the restored preprocessor's labels and
+        ranges with the restored values (the module's change event, which resets them, fires on user input only)."""
+        out: list[Any] = []
+        for index, note in enumerate(restored.notes[:len(self.notes)]):
+            values = {name: restored.values[unit_field(index, name)] for name in RESTORED_FIELDS
+                      if unit_field(index, name) in restored.values}
+            sliders = dict(zip(("processor_res", "threshold_a", "threshold_b"), slider_updates(values["module"]),
+                               strict=True)) if "module" in values else {}
+            for name in RESTORED_FIELDS:
+                if unit_field(index, name) not in fields:
+                    continue
+                if name not in values:
+                    out.append(gr.skip())
+                elif name in sliders:
+                    out.append({**sliders[name], "value": values[name]})
+                else:
+                    out.append(gr.update(value=values[name]))
+            out.append(gr.update(value=note, visible=bool(note)))
+        return out
+
+
+def refresh_model_lists(ctx: AppContext, current: Sequence[str | None]) -> list[Any]:
+    """Rescan the ControlNet folders: every unit's list gets the models there now, keeping its choice while
+    that model is still there."""
+    ctx.manager.controlnets.refresh()
+    choices = model_choices(ctx)
+    return [gr.update(choices=choices, value=value if value in choices else NO_MODEL) for value in current]
+
+
+def build_controlnet_section(ctx: AppContext, fields: dict[str, Any], mode: str) -> ControlNetSection:
     """Build inside the tab's left column, after ``width`` / ``height`` exist (pixel perfect reads them)."""
     count = unit_count(ctx.settings.controlnet_unit_count)
     models = model_choices(ctx)
+    section = ControlNetSection()
     with gr.Accordion("ControlNet", open=False, elem_id=f"{mode}-controlnet"), gr.Tabs():
         for index in range(count):
             with gr.Tab(f"ControlNet Unit {index}", elem_id=f"{mode}-cn{index}-tab"):
-                _build_unit(ctx, fields, mode, index, models)
+                _build_unit(ctx, fields, mode, index, models, section)
+
+    def on_refresh(*current: str | None) -> list[Any]:
+        return refresh_model_lists(ctx, current)
+
+    for button in section.refresh:
+        button.click(on_refresh, section.models, section.models, queue=False, api_visibility="private")
+    return section
 
 
-def _build_unit(ctx: AppContext, fields: dict[str, Any], mode: str, index: int, models: list[str]) -> None:
+def _build_unit(ctx: AppContext, fields: dict[str, Any], mode: str, index: int, models: list[str],
+                section: ControlNetSection) -> None:
     prefix = f"{mode}-cn{index}"
 
     def put(name: str, component: Any) -> Any:
@@ -91,7 +150,13 @@ def _build_unit(ctx: AppContext, fields: dict[str, Any], mode: str, index: int, 
     with gr.Row():
         module = put("module", gr.Dropdown(catalog.module_list(), value="none", label="Preprocessor",
                                            elem_id=f"{prefix}-module"))
-        put("model", gr.Dropdown(models, value=NO_MODEL, label="Model", elem_id=f"{prefix}-model"))
+        section.models.append(put("model", gr.Dropdown(models, value=NO_MODEL, label="Model",
+                                                       elem_id=f"{prefix}-model", scale=4)))
+        section.refresh.append(gr.Button("🔄", elem_id=f"{prefix}-refresh-cn-models", size="sm", scale=0,
+                                         min_width=40))
+    # What pasted parameters could not restore (the control image, a model not installed here).
+    note = gr.Markdown("", visible=False, elem_id=f"{prefix}-note", elem_classes=["atelier-warning"])
+    section.notes.append(note)
     with gr.Row():
         put("weight", gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Control Weight", elem_id=f"{prefix}-weight"))
         put("guidance_start", gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Starting Control Step",
@@ -117,9 +182,15 @@ def _build_unit(ctx: AppContext, fields: dict[str, Any], mode: str, index: int, 
     # Generate reads the picture from a State: a gr.Image input without a value would be a required argument
     # of the txt2img / img2img API endpoints and break gradio clients that send only the older fields.
     held = put("image", gr.State(None))
-    image.change(lambda picture: picture, [image], [held], queue=False, api_visibility="private",
-                 show_progress="hidden")
-    module.change(slider_updates, [module], [resolution, threshold_a, threshold_b], queue=False,
+    section.held.append(held)
+
+    def on_image(picture: Image.Image | None) -> tuple[Any, Any]:
+        # A control image is there now: the note about the missing one has done its job.
+        return picture, (gr.skip() if picture is None else gr.update(value="", visible=False))
+
+    image.change(on_image, [image], [held, note], queue=False, api_visibility="private", show_progress="hidden")
+    # On input only: pasted parameters set the module and the slider values together (restore_updates).
+    module.input(slider_updates, [module], [resolution, threshold_a, threshold_b], queue=False,
                   api_visibility="private", show_progress="hidden")
 
     def on_preview(module_name: str, picture: Image.Image | None, res: float, a: float, b: float, perfect: bool,

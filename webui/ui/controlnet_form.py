@@ -7,11 +7,14 @@ them (a bad weight, start after end, an enabled unit without an image: RequestEr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 
+from ..controlnet import catalog
+from ..controlnet.units import ControlUnit
 from ..pipelines.request import RequestError
 
 PREFIX = "controlnet_"
@@ -22,6 +25,8 @@ MAX_UNITS = 10  # the extension's own "max models" limit
 UNIT_FIELDS = ("enabled", "image", "module", "model", "weight", "guidance_start", "guidance_end", "control_mode",
                "resize_mode", "pixel_perfect", "processor_res", "threshold_a", "threshold_b")
 TXT2IMG_UNIT_FIELDS = (*UNIT_FIELDS, "hr_option")
+# The controls an infotext fills (the image it cannot: pictures' parameters carry no control image).
+RESTORED_FIELDS = tuple(name for name in TXT2IMG_UNIT_FIELDS if name != "image")
 
 
 def unit_field(index: int, name: str) -> str:
@@ -92,3 +97,56 @@ def units_from_values(values: Mapping[str, Any]) -> list[dict[str, Any]]:
     while units and not units[-1]["enabled"]:
         units.pop()
     return units
+
+
+@dataclass
+class RestoredUnits:
+    """What pasted parameters put into the page's units: control values (``controlnet_<i>_<field>``) and, per
+    unit, the note it shows ("" for none)."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def restore_units(units: Sequence[ControlUnit], count: int, find_model: Callable[[str], str | None],
+                  has_image: Sequence[bool] = (), init_image_mode: bool = False) -> RestoredUnits:
+    """The page's ``count`` units as an infotext's ``ControlNet N`` entries describe them (``units``, as
+    ``webui.controlnet.infotext.units_from_params`` reads them): a unit the text names is enabled with its
+    settings; every other unit is switched off (its other controls are left), so the page makes what the text
+    describes. ``find_model`` gives the installed model's title for a name or "name [hash]" (None: not
+    installed; the unit then keeps "None" and says the model is missing). ``has_image[i]``: unit i already holds
+    a control image, which is kept; otherwise the note says the image is missing and must be uploaded."""
+    restored = RestoredUnits()
+    for index in range(count):
+        unit = units[index] if index < len(units) else None
+        if unit is None or not unit.enabled:
+            restored.values[unit_field(index, "enabled")] = False
+            restored.notes.append("")
+            continue
+        problems: list[str] = []
+        pre = catalog.find(unit.module)
+        if pre is None:
+            problems.append(f"⚠️ **Preprocessor missing**: `{unit.module}` is not available here, so \"none\" is "
+                            "chosen.")
+            pre = catalog.find("none")
+            assert pre is not None
+        unit = unit.replace(module=pre.name).with_defaults()
+        title = find_model(unit.model) if unit.model.strip() not in ("", NO_MODEL) else None
+        if title is None:
+            problems.append(f"⚠️ **Model missing**: `{unit.model}` is not installed. Put it in models/ControlNet, "
+                            "press 🔄 beside the model list and choose it.")
+        values = {
+            "enabled": True, "module": pre.name, "model": title or NO_MODEL, "weight": unit.weight,
+            "guidance_start": unit.guidance_start, "guidance_end": unit.guidance_end,
+            "control_mode": unit.control_mode.value, "resize_mode": unit.resize_mode.value,
+            "pixel_perfect": unit.pixel_perfect, "processor_res": unit.processor_res,
+            "threshold_a": unit.threshold_a, "threshold_b": unit.threshold_b, "hr_option": unit.hr_option.value,
+        }
+        restored.values.update({unit_field(index, name): value for name, value in values.items()})
+        if not (index < len(has_image) and has_image[index]):
+            fallback = " (or leave it empty to use the picture above)" if init_image_mode else ""
+            problems.insert(0, f"⚠️ **Control image missing**: the settings of ControlNet Unit {index} came from "
+                               "pasted parameters, which cannot hold its control image. Upload the control image"
+                               f"{fallback} before generating.")
+        restored.notes.append("\n\n".join(problems))
+    return restored

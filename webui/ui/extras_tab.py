@@ -1,15 +1,17 @@
 """Extras: enlarge pictures with an upscaler (and blend a second one over it), as A1111's Extras tab does.
 
 One picture, several uploads, or a folder inside the outputs folder (never one outside it: the page may be
-used from other machines). Results go to outputs/extras-images/ with the original's parameters and what was
-done ("Postprocess upscale by: 2, Postprocess upscaler: ..."). Jobs wait in Atelier's job queue, in the
-user's turn, and run on the head's own engine.
+used from other machines; and of a folder a friend reads only their own pictures). Results go to
+outputs/extras-images/ (outputs/<user>/extras-images/ with per-user folders) with the original's parameters and
+what was done ("Postprocess upscale by: 2, Postprocess upscaler: ...") and the signed-in user who made them.
+Jobs wait in Atelier's job queue, in the user's turn, and run on the head's own engine.
 The work is ``webui.upscalers.extras``; this module only gathers the pictures and shows the results.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +20,7 @@ import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import AtelierError
+from ..history.access import may_read
 from ..upscalers.extras import (
     BY,
     MAX_SIDE,
@@ -29,6 +32,7 @@ from ..upscalers.extras import (
     html_info,
     run_pictures,
 )
+from ..users import user_of
 from .runner import owner_of
 
 if TYPE_CHECKING:
@@ -75,16 +79,20 @@ def folder_inside(outputs_dir: Path, text: str) -> Path:
     folder = (root / text.strip()).resolve()
     if not folder.is_relative_to(root):
         raise gr.Error(f"Input folder: only folders inside the outputs folder ({root}) can be read")
-    if not folder.is_dir():
+    if not folder.is_dir() or any(part.startswith(".") for part in folder.relative_to(root).parts):
+        # Hidden folders (History's thumbnails and trash) hold no pictures to enlarge.
         raise gr.Error(f"Input folder: {text.strip()} is not a folder inside {root}")
     return folder
 
 
-def folder_pictures(outputs_dir: Path, text: str) -> list[ExtrasPicture]:
+def folder_pictures(outputs_dir: Path, text: str,
+                    readable: Callable[[Path], bool] = lambda path: True) -> list[ExtrasPicture]:
+    """The pictures of a folder inside the outputs folder that ``readable`` lets the user see."""
     folder = folder_inside(outputs_dir, text)
     root = Path(outputs_dir).resolve()
     paths = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in PICTURE_SUFFIXES and p.is_file()
-             and not p.name.startswith(".") and p.resolve().is_relative_to(root)]  # no link out of the folder
+             and not p.name.startswith(".") and p.resolve().is_relative_to(root)  # no link out of the folder
+             and readable(p)]
     if not paths:
         raise gr.Error(f"Input folder: no PNG, JPEG or WebP pictures in {text.strip()}")
     if len(paths) > MAX_FOLDER_PICTURES:
@@ -92,14 +100,15 @@ def folder_pictures(outputs_dir: Path, text: str) -> list[ExtrasPicture]:
     return [ExtrasPicture(open_picture(p, "Input folder"), p.name) for p in paths]
 
 
-def gather(source: str, image: Any, files: Any, folder: str, outputs_dir: Path) -> list[ExtrasPicture]:
+def gather(source: str, image: Any, files: Any, folder: str, outputs_dir: Path,
+           readable: Callable[[Path], bool] = lambda path: True) -> list[ExtrasPicture]:
     if source == BATCH:
         paths = [Path(getattr(f, "name", f)) for f in (files or [])]
         if not paths:
             raise gr.Error("Batch process: upload one or more pictures first")
         return [ExtrasPicture(open_picture(p, "Batch process"), p.name) for p in paths]
     if source == FOLDER:
-        return folder_pictures(outputs_dir, folder)
+        return folder_pictures(outputs_dir, folder, readable)
     if image is None:
         raise gr.Error("Drop a picture into Source first")
     if image.width * image.height > MAX_SIDE * MAX_SIDE:
@@ -166,7 +175,10 @@ def build(ctx: AppContext) -> ExtrasTab:
                to_w: Any, to_h: Any, crop_to_fit: bool, first: str, second: str, amount: float,
                request: gr.Request | None = None):
         # Values as the page (or a Gradio API client) sent them; check_options turns them into whole numbers.
-        pictures = gather(source_kind, picture, uploads, folder_text, ctx.settings.outputs_dir)
+        user = user_of(request)
+        root = ctx.settings.outputs_dir
+        pictures = gather(source_kind, picture, uploads, folder_text, root,
+                          lambda path: may_read(root, path, user, ctx.settings.admin_users))
         given = ExtrasOptions(int(resize_mode), by, to_w, to_h, bool(crop_to_fit), first or "None",
                               second or "None", amount)
         try:
@@ -174,7 +186,7 @@ def build(ctx: AppContext) -> ExtrasTab:
             check_batch([p.image.size for p in pictures], options, "image")
             outputs = ctx.outputs if ctx.settings.save_images else None
             done = ctx.run_on_head(lambda: run_pictures(library, pictures, options, outputs,
-                                                        ctx.settings.save_format), owner_of(request), "extras")
+                                                        ctx.settings.save_format, user), owner_of(request), "extras")
         except AtelierError as exc:
             raise gr.Error(str(exc)) from exc
         shown = [str(out.path) if out.path is not None else out.image for out in done]

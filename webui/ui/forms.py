@@ -28,14 +28,18 @@ HIRES_FIELDS = ("enable_hr", "hr_upscaler", "hr_second_pass_steps", "denoising_s
                 "hr_resize_y", "hr_sampler", "hr_schedule_type", "hr_cfg_scale", "hr_checkpoint", "hr_prompt",
                 "hr_negative_prompt")
 REFINER_FIELDS = ("refiner_checkpoint", "refiner_switch_at")
+# A1111 settings that change the picture, overridden for one job ("Use setting" / ENSD -1: the Settings' value).
+OVERRIDE_FIELDS = ("emphasis", "rng", "eta_noise_seed_delta")
+USE_SETTING = "Use setting"
 SAME = "Use same"  # a hires dropdown's "like the first pass"
 SAME_CHECKPOINT = "Use same checkpoint"
 NO_REFINER = "None"
+# The override fields come last, so gradio clients that send the older fields positionally still work.
 MODE_FIELDS = {
-    "txt2img": COMMON_FIELDS + VARIATION_FIELDS + HIRES_FIELDS + REFINER_FIELDS,
-    "img2img": COMMON_FIELDS + IMG2IMG_FIELDS + VARIATION_FIELDS + REFINER_FIELDS,
+    "txt2img": COMMON_FIELDS + VARIATION_FIELDS + HIRES_FIELDS + REFINER_FIELDS + OVERRIDE_FIELDS,
+    "img2img": COMMON_FIELDS + IMG2IMG_FIELDS + VARIATION_FIELDS + REFINER_FIELDS + OVERRIDE_FIELDS,
     "inpaint": COMMON_FIELDS + ("denoising_strength", "resize_mode") + INPAINT_FIELDS + VARIATION_FIELDS
-    + REFINER_FIELDS,
+    + REFINER_FIELDS + OVERRIDE_FIELDS,
 }
 
 
@@ -116,6 +120,7 @@ def form_fields(mode: str, checkpoint: str | None, values: Mapping[str, Any],
     }
     fields.update(_variation_fields(values))
     fields.update(_refiner_fields(values))
+    fields.update(_override_fields(values))
     if mode == "txt2img":
         fields.update(_hires_fields(values))
     if mode in ("img2img", "inpaint"):
@@ -160,6 +165,17 @@ def _variation_fields(values: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def _override_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Emphasis, RNG source and ENSD for this job; None (the Settings' value) where the page says so."""
+    fields: dict[str, Any] = {}
+    for name in ("emphasis", "rng"):
+        value = values.get(name)
+        fields[name] = None if value in (None, "", USE_SETTING) else str(value)
+    ensd = _int(values, "eta_noise_seed_delta")
+    fields["eta_noise_seed_delta"] = None if ensd is None or ensd < 0 else ensd
+    return fields
+
+
 def _refiner_fields(values: Mapping[str, Any]) -> dict[str, Any]:
     checkpoint = values.get("refiner_checkpoint")
     if checkpoint in (None, "", NO_REFINER):
@@ -198,14 +214,17 @@ _FORM_NAMES = {"prompt": "prompt", "negative_prompt": "negative_prompt", "steps"
                "seed": "seed", "width": "width", "height": "height", "sampler": "sampler",
                "schedule_type": "schedule_type", "denoising_strength": "denoising_strength",
                "clip_skip": "clip_skip", "checkpoint": "checkpoint", "vae": "vae",
-               **{name: name for name in VARIATION_FIELDS + HIRES_FIELDS + REFINER_FIELDS}}
+               **{name: name for name in VARIATION_FIELDS + HIRES_FIELDS + REFINER_FIELDS + OVERRIDE_FIELDS},
+               "controlnet_units": "controlnet_units"}
 
 
 def values_from_infotext(text: str) -> dict[str, Any]:
     """Form values read from a pasted or embedded infotext; what does not parse is left out. A text without
-    hires fix or variation seed switches them off, so the form makes the picture the text describes."""
-    fields = {"enable_hr": False, "subseed_strength": 0.0, "refiner_checkpoint": NO_REFINER,
-              **request_fields_from_infotext(text)}
+    hires fix, variation seed or ControlNet units switches them off, and one without "Emphasis" / "ENSD" means
+    A1111's defaults (it writes them only when they differ), so the form makes the picture the text describes.
+    ``controlnet_units`` holds the text's units (``ControlUnit``, without images) for ``restore_units``."""
+    fields = {"enable_hr": False, "subseed_strength": 0.0, "refiner_checkpoint": NO_REFINER, "controlnet_units": [],
+              "emphasis": "Original", "eta_noise_seed_delta": 0, **request_fields_from_infotext(text)}
     values = {_FORM_NAMES[k]: v for k, v in fields.items() if k in _FORM_NAMES}
     for name in ("hr_sampler", "hr_schedule_type"):
         if fields.get("enable_hr") and name not in values:

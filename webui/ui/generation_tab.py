@@ -16,12 +16,13 @@ from ..context import EXAMPLE_PROMPT
 from ..errors import AtelierError
 from ..extensions.scripts import run_script
 from ..pipelines.conditioning import count_part_tokens
-from ..pipelines.request import InpaintArea, MaskedContent, ResizeMode
+from ..pipelines.request import EMPHASIS_MODES, RNG_SOURCES, InpaintArea, MaskedContent, ResizeMode
 from ..samplers import SAMPLERS, SCHEDULE_TYPES
 from ..users import user_of
 from . import forms
-from .controlnet_controls import build_controlnet_section
+from .controlnet_controls import ControlNetSection, build_controlnet_section
 from .controlnet_form import PREFIX as CONTROLNET_PREFIX
+from .controlnet_form import restore_units
 from .extension_controls import ExtensionControls, build_extension_controls
 from .networks_panel import build_networks_panel
 from .runner import info_html, owner_of, run_job, show_updates
@@ -65,6 +66,8 @@ class ModeTab:
     read_params: gr.Button
     send: dict[str, gr.Button] = field(default_factory=dict)
     extensions: ExtensionControls = field(default_factory=ExtensionControls)
+    controlnet: ControlNetSection = field(default_factory=ControlNetSection)
+    overrides: Any = None  # the accordion of the per-job overrides (emphasis, RNG, ENSD)
 
     def inputs(self, top: TopBar) -> list[Any]:
         """[checkpoint, *fields in ``names`` order, *extensions' controls]: the event's inputs."""
@@ -156,10 +159,11 @@ def build_mode_tab(ctx: AppContext, mode: str, top: TopBar, size: int, styles: A
                 reuse_seed = gr.Button("♻️ Reuse", elem_id=f"{prefix}-reuse-seed", size="sm", scale=0, min_width=40)
             seed_buttons = {"seed": (random_seed, reuse_seed)}
             seed_buttons["subseed"] = build_variation_row(fields, prefix)
+            overrides = build_override_row(fields, prefix)
             if mode == "txt2img":
                 build_hires_section(ctx, fields, prefix)
             build_refiner_section(ctx, fields, prefix)
-            build_controlnet_section(ctx, fields, mode)
+            controlnet = build_controlnet_section(ctx, fields, mode)
             extension_controls = build_extension_controls(ctx, mode)
         with gr.Column(scale=2, elem_classes=["atelier-gen-output"]):
             with gr.Row(elem_id=f"{prefix}-actions"):
@@ -184,10 +188,27 @@ def build_mode_tab(ctx: AppContext, mode: str, top: TopBar, size: int, styles: A
     networks.connect(results, top.checkpoint)
 
     tab = ModeTab(mode, fields, generate, interrupt, skip, gallery, info, preview, progress, results, read_params,
-                  send, extension_controls)
+                  send, extension_controls, controlnet, overrides)
     _wire_generation(ctx, tab, top, styles)
     _wire_helpers(ctx, tab, styles, tokenizer, token_count, apply_styles, style_name, save_style, swap, seed_buttons)
     return tab
+
+
+def build_override_row(fields: dict[str, Any], prefix: str) -> gr.Accordion:
+    """A1111's settings that change the picture, for this job only (pasted parameters fill them); left at "Use
+    setting" / -1, the Settings' values apply."""
+    with gr.Accordion("Emphasis, RNG source, ENSD (this job only)", open=False,
+                      elem_id=f"{prefix}-overrides") as accordion:
+        with gr.Row():
+            fields["emphasis"] = gr.Dropdown([forms.USE_SETTING, *EMPHASIS_MODES], value=forms.USE_SETTING,
+                                             label="Emphasis", elem_id=f"{prefix}-emphasis")
+            fields["rng"] = gr.Dropdown([forms.USE_SETTING, *RNG_SOURCES], value=forms.USE_SETTING,
+                                        label="Random number generator source", elem_id=f"{prefix}-rng")
+            # -1, not empty: a Number without a value would be a required argument of the API endpoints.
+            fields["eta_noise_seed_delta"] = gr.Number(value=-1, precision=0, minimum=-1,
+                                                       label="Eta noise seed delta (ENSD; -1 = setting)",
+                                                       elem_id=f"{prefix}-ensd")
+    return accordion
 
 
 def _wire_generation(ctx: AppContext, tab: ModeTab, top: TopBar, styles: Any) -> None:
@@ -305,20 +326,42 @@ def _reuse(name: str) -> Any:
 
 
 def fill_targets(tab: ModeTab, top: TopBar) -> list[Any]:
-    """The components that infotext values land in, in ``FILL_ORDER``."""
+    """The components that infotext values land in: ``FILL_ORDER``, the overrides' accordion, then the
+    ControlNet units' controls and notes (``ControlNetSection.restore_targets``)."""
     targets = {**tab.fields, "checkpoint": top.checkpoint}
-    return [targets.get(name) for name in FILL_ORDER if name in targets]
+    return ([targets.get(name) for name in FILL_ORDER if name in targets]
+            + ([tab.overrides] if tab.overrides is not None else []) + tab.controlnet.restore_targets(tab.fields))
 
 
 FILL_ORDER = ("prompt", "negative_prompt", "sampler", "schedule_type", "steps", "cfg_scale", "seed", "width", "height",
               "denoising_strength", "clip_skip", "vae", "checkpoint", *forms.VARIATION_FIELDS,
-              *(name for name in forms.HIRES_FIELDS if name != "denoising_strength"), *forms.REFINER_FIELDS)
+              *(name for name in forms.HIRES_FIELDS if name != "denoising_strength"), *forms.REFINER_FIELDS,
+              *forms.OVERRIDE_FIELDS)
 
 
-def fill_updates(tab: ModeTab, top: TopBar, values: dict[str, Any], resolvers: dict[str, Any]) -> list[Any]:
+def fill_updates(tab: ModeTab, top: TopBar, values: dict[str, Any], resolvers: dict[str, Any],
+                 held: tuple[Any, ...] = ()) -> list[Any]:
     """gr.update per ``fill_targets`` entry: the infotext's value, or no change where it has none.
 
-    ``resolvers`` turn names from the infotext (checkpoint, VAE) into the dropdowns' choices, or None."""
+    ``resolvers`` turn names from the infotext (checkpoint, VAE, ``controlnet_model``) into the dropdowns'
+    choices, or None; ``settings`` gives a setting's value (the overrides' accordion opens where the text's
+    differs). ``held``: the units' control images now (kept; a unit without one says it is missing)."""
+    updates = _form_updates(tab, top, values, resolvers)
+    if tab.overrides is not None:
+        setting = resolvers.get("settings", lambda name: None)
+        differs = any(name in values and values[name] != setting(name) for name in forms.OVERRIDE_FIELDS)
+        updates.append(gr.update(open=True) if differs else gr.skip())
+    if "controlnet_units" in values and tab.controlnet.notes:
+        restored = restore_units(values["controlnet_units"], len(tab.controlnet.notes),
+                                 resolvers.get("controlnet_model", lambda name: None),
+                                 [picture is not None for picture in held], init_image_mode=tab.mode != "txt2img")
+        updates += tab.controlnet.restore_updates(tab.fields, restored)
+    else:
+        updates += [gr.skip()] * len(tab.controlnet.restore_targets(tab.fields))
+    return updates
+
+
+def _form_updates(tab: ModeTab, top: TopBar, values: dict[str, Any], resolvers: dict[str, Any]) -> list[Any]:
     targets = {**tab.fields, "checkpoint": top.checkpoint}
     updates = []
     for name in FILL_ORDER:

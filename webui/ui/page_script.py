@@ -23,6 +23,8 @@ GALLERIES = ("txt2img", "img2img", "inpaint")
 BUTTON_NAMES: dict[str, tuple[str, str]] = {
     "#refresh-checkpoints": ("Refresh checkpoints", "Rescan the checkpoint and VAE folders"),
     "#extras-refresh": ("Refresh upscalers", "Rescan the upscaler folders"),
+    "[id$='-refresh-cn-models']": ("Refresh ControlNet models",
+                                   "Rescan models/ControlNet: new ControlNet files appear in the model lists"),
     "[id$='-refresh-networks']": ("Refresh cards", "Rescan the LoRA, embedding and checkpoint folders"),
     "[id$='-swap-size']": ("Swap width and height", "Swap width and height"),
     "[id$='-random-seed']": ("Random seed", "Set the seed to -1: a new random seed for every picture"),

@@ -13,6 +13,9 @@
   gets 401. The REST API (``/sdapi``) checks its own credentials (``--api-auth`` may differ). The sign-in
   page carries no API description (Gradio embeds one listing every endpoint with its choices: the names
   of the user's checkpoints, VAEs and styles).
+- **A friend fetches only their own pictures.** On a signed-in studio, a request to Gradio's file route for a
+  file in the outputs folder is answered only when the signed-in user may see it (``hidden_file``: the picture
+  records them as its maker, or they are the host); otherwise 404, as for a file that does not exist.
 - **Repeated sign-in failures are slowed down.** After 5 failed sign-ins (Gradio's login form, or a 401 to
   Basic credentials) from one address within 10 minutes, that address's sign-in attempts get 429 with a
   Retry-After that doubles with each further failure (1 s, 2 s, ... up to 5 minutes).
@@ -27,6 +30,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
+
+from starlette.concurrency import run_in_threadpool
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -143,18 +148,34 @@ PUBLIC_PATHS = frozenset({
 PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon/", "/sdapi/", "/controlnet/")
 
 
+# Gradio's routes that serve a file by its path (with the older spellings it still answers).
+FILE_ROUTES = ("/gradio_api/file=", "/gradio_api/file/", "/file=", "/file/")
+
+
+def requested_file(path: str) -> str | None:
+    """The file path a request to one of Gradio's file routes names; None for any other route."""
+    for prefix in FILE_ROUTES:
+        if path.startswith(prefix):
+            return path[len(prefix):]
+    return None
+
+
 def public(path: str) -> bool:
     return path.rstrip("/") in PUBLIC_PATHS or path == "/" or path.startswith(PUBLIC_PREFIXES)
 
 
 class GuardMiddleware:
     def __init__(self, app: Any, allowed_origins: tuple[str, ...] = (), limiter: FailureLimiter | None = None,
-                 is_signed_in: Callable[[Scope], bool] | None = None):
-        """``is_signed_in(scope)``: whether a request carries a valid sign-in (None: the studio has no sign-in)."""
+                 is_signed_in: Callable[[Scope], bool] | None = None,
+                 hidden_file: Callable[[Scope, str], bool] | None = None):
+        """``is_signed_in(scope)``: whether a request carries a valid sign-in (None: the studio has no sign-in).
+        ``hidden_file(scope, file)``: whether a signed-in request must not get that file (it may read the disk:
+        called off the event loop)."""
         self.app = app
         self.allowed_origins = frozenset(o.rstrip("/") for o in allowed_origins)
         self.limiter = limiter or FailureLimiter()
         self.is_signed_in = is_signed_in
+        self.hidden_file = hidden_file
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -181,6 +202,11 @@ class GuardMiddleware:
                 return await self._refuse(scope, send, 401, "Sign in first", basic=True)
             if method == "GET":
                 send = _without_api_info(send)
+        elif self.hidden_file is not None and scope["type"] == "http":
+            root = scope.get("root_path", "")  # behind a proxy's sub-path, routes are matched without it
+            file = requested_file(path[len(root):] if root and path.startswith(root) else path)
+            if file is not None and await run_in_threadpool(self.hidden_file, scope, file):
+                return await self._refuse(scope, send, 404, "Not Found")
         if not signing_in:
             return await self.app(scope, receive, send)
         is_login_form = scope.get("path", "").rstrip("/").endswith("/login") and method == "POST"

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from ..config import OFFLOAD_MODES, save_settings
+from ..config import OFFLOAD_MODES, VAE_DECODE_METHODS, save_settings
 from ..samplers import SAMPLERS
 
 if TYPE_CHECKING:
@@ -53,6 +53,10 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
                               elem_id="settings-offload")
         preview_every = gr.Slider(0, 50, value=s.preview_every_n_steps, step=1,
                                   label="Live preview every N steps (0 = off)", elem_id="settings-preview-every")
+        decode_method = gr.Dropdown(list(VAE_DECODE_METHODS), value=s.vae_decode_method,
+                                    label="Decode final pictures with (TAESD: taesd_decoder.safetensors / "
+                                    "taesdxl_decoder.safetensors in models/VAE-approx; much faster, a little less "
+                                    "detail)", elem_id="settings-vae-decode-method")
         tile_size = gr.Number(s.upscaler_tile_size, precision=0, label="Upscaler tile size, pixels (0 = whole "
                               "picture at once; smaller uses less memory)", elem_id="settings-upscaler-tile-size")
     with gr.Group():
@@ -66,7 +70,7 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
     status = gr.HTML(elem_id="settings-status")
 
     def on_save(out_dir, name_pattern, fmt, ram_gib, offload_mode, every, default_sampler, default_steps, side,
-                tile=None, first_pass=None, user_folders=None):
+                tile=None, first_pass=None, user_folders=None, decoder=None):
         current = ctx.settings
         if not allow_folder_changes and (str(out_dir) != str(current.outputs_dir)
                                          or name_pattern != current.filename_pattern):
@@ -86,6 +90,8 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
             changes["upscaler_tile_size"] = tile
         if first_pass is not None:
             changes["save_images_before_highres_fix"] = bool(first_pass)
+        if decoder is not None:
+            changes["vae_decode_method"] = decoder
         if allow_folder_changes:
             changes["outputs_dir"] = out_dir
             if user_folders is not None:
@@ -102,4 +108,5 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
                 f"New defaults show in the tabs after a page reload.{html.escape(note)}</p>", "")
 
     save.click(on_save, [outputs_dir, pattern, save_format, ram_cache, offload, preview_every, sampler, steps, size,
-                         tile_size, save_first_pass, per_user], [status, notice], api_visibility="private", queue=False)
+                         tile_size, save_first_pass, per_user, decode_method], [status, notice],
+               api_visibility="private", queue=False)

@@ -206,25 +206,27 @@ class ExtrasOutput:
 
 
 def run_pictures(library: Upscaler, pictures: list[ExtrasPicture], options: ExtrasOptions,
-                 outputs: OutputLayout | None, save_format: str = "png") -> list[ExtrasOutput]:
+                 outputs: OutputLayout | None, save_format: str = "png", user: str | None = None) -> list[ExtrasOutput]:
     """Every picture through ``run_extras``; saved in outputs/extras-images/ with its infotext when ``outputs``
-    is given. Raises UpscalerError / ExtrasSaveError."""
+    is given, recording ``user`` (the signed-in user; None: the host) as its maker and in that user's folder
+    when the layout has per-user folders. Raises UpscalerError / ExtrasSaveError."""
     done = []
     for picture in pictures:
         result = run_extras(library, picture.image, options)
         text = extras_infotext(read_infotext(picture.image), result.info)
-        path = save_extras(outputs, result.image, text, save_format, picture.name) if outputs is not None else None
+        path = save_extras(outputs, result.image, text, save_format, picture.name, user) \
+            if outputs is not None else None
         done.append(ExtrasOutput(result.image, text, result.info, path))
     return done
 
 
 def save_extras(outputs: OutputLayout, image: Image.Image, infotext: str, save_format: str,
-                name: str | None = None) -> Path:
-    folder = outputs.folder_for("extras")
+                name: str | None = None, user: str | None = None) -> Path:
+    folder = outputs.folder_for("extras", user=user)
     stem = Path(name).stem if name else ""
     pattern, fields = ("[number]-[name]", {"name": stem}) if stem else ("[number]", {})
     try:
-        return save_image(image, folder, 0, infotext, save_format, pattern, fields)
+        return save_image(image, folder, 0, infotext, save_format, pattern, fields, owner=user)
     except OSError as exc:
         raise ExtrasSaveError(f"Could not save the picture in {folder}: {exc.strerror or exc}. Nothing was written "
                               "there; free some space or choose another output folder.") from exc
