@@ -238,7 +238,12 @@ def test_listings_have_a1111_shapes(server, tmp_path):
         samplers = api.get("/samplers").json()
         dpm = {"name": "DPM++ 2M", "aliases": ["k_dpmpp_2m", "dpmpp_2m"], "options": {"scheduler": "karras"}}
         assert dpm in samplers
-        assert [s["label"] for s in api.get("/schedulers").json()][:2] == ["Automatic", "Karras"]
+        schedulers = api.get("/schedulers").json()
+        assert [s["label"] for s in schedulers][:3] == ["Automatic", "Uniform", "Karras"]  # A1111's order
+        assert {"name": "align_your_steps", "label": "Align Your Steps"}.items() <= schedulers[7].items()
+        assert {s["name"] for s in schedulers} >= {"kl_optimal", "polyexponential", "turbo", "simple", "normal"}
+        assert {"name": "DPM++ 3M SDE", "aliases": ["k_dpmpp_3m_sde", "dpmpp_3m_sde"],
+                "options": {"scheduler": "exponential", "discard_next_to_last_sigma": "True"}} in samplers
         assert [u["name"] for u in api.get("/upscalers").json()] == ["None", "Lanczos", "Nearest", "atelier-demo-2x"]
         loras = api.get("/loras").json()
         assert loras == [{"name": "inky", "alias": "ink_style", "path": str(lora_dir / "inky.safetensors"),

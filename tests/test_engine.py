@@ -328,13 +328,28 @@ def test_previews_arrive_every_n_steps(make_context):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M", "DPM++ SDE", "DDIM", "UniPC", "Heun", "LMS", "DPM2 a"])
+@pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M", "DPM++ SDE", "DDIM", "UniPC", "Heun", "LMS", "DPM2 a",
+                                     "DPM++ 2S a", "DPM++ 3M SDE", "HeunPP2"])
 def test_samplers_change_the_picture_but_all_work(make_context, sampler):
     ctx = make_context(["sd1"])
     base = generate(ctx.manager, req(sampler="Euler a", steps=4)).images[0]
     other = generate(ctx.manager, req(sampler=sampler, steps=4)).images[0]
     assert other.size == (SIZE, SIZE)
     assert not np.array_equal(pixels(base), pixels(other))
+
+
+@pytest.mark.slow
+def test_schedule_types_change_the_picture_in_txt2img_and_img2img(make_context):
+    """A1111's schedule types reach the pipelines (txt2img and img2img): each one walks other noise levels."""
+    ctx = make_context(["sd1"])
+    seen = []
+    for schedule in ("Automatic", "Align Your Steps", "KL Optimal", "Turbo"):
+        text = generate(ctx.manager, req(sampler="Euler", schedule_type=schedule, steps=4)).images[0]
+        image = generate(ctx.manager, req(sampler="DPM++ 2M SDE", schedule_type=schedule, steps=4,
+                                          init_image=_init_image(), denoising_strength=0.6)).images[0]
+        assert text.size == image.size == (SIZE, SIZE)
+        seen.append((pixels(text).tobytes(), pixels(image).tobytes()))
+    assert len({t for t, _ in seen}) == len(seen) and len({i for _, i in seen}) == len(seen)
 
 
 def test_img2img_and_inpaint_keep_the_model_in_its_precision(make_context):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from webui.infotext import format_infotext, parse_infotext, request_fields_from_infotext
 from webui.pipelines.request import GenerationRequest
 
@@ -141,9 +143,23 @@ def test_request_fields_sampler_aliases_and_impossible_schedule():
     assert fields["sampler"] == "Euler a" and "schedule_type" not in fields
     fields = request_fields_from_infotext("x\nSteps: 4, Sampler: DDIM, Schedule type: Karras, Seed: 3")
     assert fields["sampler"] == "DDIM" and "schedule_type" not in fields  # DDIM cannot do Karras here
-    text = "x\nSteps: 4, Sampler: DPM++ 2M SDE, Schedule type: Uniform, Seed: 3"  # not offered here
+    text = "x\nSteps: 4, Sampler: DPM++ 2M SDE, Schedule type: Quadratic, Seed: 3"  # no such schedule type
     fields = request_fields_from_infotext(text)
     assert fields["sampler"] == "DPM++ 2M SDE" and "schedule_type" not in fields
+
+
+@pytest.mark.parametrize("sampler, schedule", [
+    ("DPM++ 2S a", "Karras"), ("DPM++ 3M SDE", "Exponential"), ("HeunPP2", "Automatic"),
+    ("Euler", "Uniform"), ("Euler a", "Polyexponential"), ("DPM++ 2M", "KL Optimal"),
+    ("DPM++ 2M", "Align Your Steps"), ("Euler", "Simple"), ("Euler", "Normal"), ("DPM++ SDE", "DDIM"),
+    ("Euler a", "Turbo"), ("DPM++ 2M SDE", "SGM Uniform"),
+])
+def test_new_samplers_and_schedule_types_round_trip(sampler, schedule):
+    """What A1111 writes for its samplers and schedule types reads back as the same choice here."""
+    text = f"x\nSteps: 4, Sampler: {sampler}, Schedule type: {schedule}, Seed: 3"
+    fields = request_fields_from_infotext(text)
+    assert fields["sampler"] == sampler
+    assert fields.get("schedule_type", "Automatic") == schedule
 
 
 def test_rng_ensd_and_emphasis_are_read_as_a1111_writes_them():

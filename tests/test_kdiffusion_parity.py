@@ -1,10 +1,12 @@
 """Parity of the engine's samplers with k-diffusion (what A1111 and Forge sample with), fp32 on the CPU.
 
-The model is a small fixed-weight eps network on SD's noise schedule; the engine's path is the diffusers scheduler
-that ``make_scheduler`` builds for an A1111 sampler name, driven as the pipelines drive it, with the noise drawn as
-A1111 draws it (the image's seed for the start, the same generator continuing for the per-step noise). The
-reference is k-diffusion's own ``sampling.py``, loaded from its wheel (k_diffusion-0.1.1.post1, MIT) with a stub
+The model is a small fixed-weight eps network on SD's noise schedule; the engine's path is the scheduler that
+``make_scheduler`` builds for an A1111 sampler name (``KDiffusionScheduler`` for the k-diffusion samplers), driven as
+the pipelines drive it, with the noise drawn as A1111 draws it (the image's seed for the start, the same generator
+continuing for the ancestral samplers' per-step noise, a Brownian tree seeded with the seed for the SDE samplers).
+The reference is k-diffusion's own ``sampling.py``, loaded from its wheel (k_diffusion-0.1.1.post1, MIT) with a stub
 package so torchvision is never needed; the test is skipped where the wheel is not at hand (``KDIFFUSION_WHEEL``).
+DDIM's reference is A1111's timestep DDIM (``sd_samplers_timesteps_impl.ddim``, eta 0), written out below.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from webui.samplers import resolve_sampler
 # scripts/bootstrap.sh downloads the wheel (without installing it) into .venv/reference/.
 WHEEL = Path(os.environ.get("KDIFFUSION_WHEEL", Path(__file__).resolve().parents[1] / ".venv" / "reference"
                             / "k_diffusion-0.1.1.post1-py3-none-any.whl"))
-pytestmark = pytest.mark.skipif(not WHEEL.exists(), reason="k-diffusion wheel not at hand")
+pytestmark = [pytest.mark.skipif(not WHEEL.exists(), reason="k-diffusion wheel not at hand"),
+              pytest.mark.filterwarnings("ignore::UserWarning")]  # torchsde's last-digit warnings in k-diffusion
 
 
 def load_kd(whl: Path) -> types.ModuleType:
@@ -80,36 +83,50 @@ def denoiser(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:  # DiscreteEpsDD
     return x - s.view(-1, 1, 1, 1) * eps_model(x * c_in.view(-1, 1, 1, 1), sigma_to_t(s))
 
 
-def kd_sigmas(n: int, kind: str | None) -> torch.Tensor:
+def kd_sigmas(n: int, kind: str | None, discard: bool = False) -> torch.Tensor:
+    """A1111's get_sigmas: k-diffusion's schedule functions, one step more and the next-to-last dropped when the
+    sampler discards it."""
+    n += 1 if discard else 0
     if kind == "karras":
-        return K.get_sigmas_karras(n, sig[0].item(), sig[-1].item())
-    if kind == "exponential":
-        return K.get_sigmas_exponential(n, sig[0].item(), sig[-1].item())
-    return K.append_zero(t_to_sigma(torch.linspace(999, 0, n)))
+        sigmas = K.get_sigmas_karras(n, sig[0].item(), sig[-1].item())
+    elif kind == "exponential":
+        sigmas = K.get_sigmas_exponential(n, sig[0].item(), sig[-1].item())
+    elif kind == "polyexponential":
+        sigmas = K.get_sigmas_polyexponential(n, sig[0].item(), sig[-1].item())
+    else:
+        sigmas = K.append_zero(t_to_sigma(torch.linspace(999, 0, n)))
+    return torch.cat([sigmas[:-2], sigmas[-1:]]) if discard else sigmas
+
+
+def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    return ((ours - theirs).norm() / theirs.norm()).item()
 
 
 CONFIG = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 
 
-def run_diffusers(choice, steps: int, noise: torch.Tensor, seed: int) -> torch.Tensor:
+def run_engine(choice, steps: int, noise: torch.Tensor, seeds: list[int]) -> torch.Tensor:
     from webui.pipelines.schedulers import make_scheduler
 
-    scheduler = make_scheduler(choice, CONFIG, noise_seeds=[seed])
+    scheduler = make_scheduler(choice, CONFIG, noise_seeds=seeds)
     scheduler.set_timesteps(steps)
-    generator = torch.Generator().manual_seed(seed)
-    torch.randn(noise.shape, generator=generator)  # the pipeline drew the start noise from it
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    for generator in generators:
+        torch.randn((1, *noise.shape[1:]), generator=generator)  # the pipeline drew the start noise from it
     x = noise * scheduler.init_noise_sigma
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
     for t in scheduler.timesteps:
         eps = eps_model(scheduler.scale_model_input(x, t), t)
-        x = scheduler.step(eps, t, x, **({"generator": generator} if takes_generator else {})).prev_sample
+        x = scheduler.step(eps, t, x, **({"generator": generators} if takes_generator else {})).prev_sample
     return x
 
 
 @pytest.fixture(scope="module")
 def kdiff():
+    global K
     saved = {name: sys.modules.get(name) for name in ("k_diffusion", "k_diffusion.utils", "torchdiffeq")}
-    yield load_kd(WHEEL)
+    K = load_kd(WHEEL)
+    yield K
     for name, module in saved.items():
         if module is None:
             sys.modules.pop(name, None)
@@ -117,24 +134,109 @@ def kdiff():
             sys.modules[name] = module
 
 
-# (A1111 sampler, schedule type, k-diffusion function, k-diffusion sigma schedule); Automatic is the model's
-# own sigmas spaced evenly in timestep (k-diffusion's DiscreteSchedule.get_sigmas).
-AT_PARITY = [("Euler", "Automatic", "sample_euler", None), ("Euler a", "Automatic", "sample_euler_ancestral", None),
-             ("LMS", "Automatic", "sample_lms", None), ("Heun", "Automatic", "sample_heun", None)]
+def run_k_diffusion(kdiff, function: str, sigmas: torch.Tensor, noise: torch.Tensor, seeds: list[int],
+                    brownian: bool) -> torch.Tensor:
+    """k-diffusion as A1111 calls it: x = noise * sigmas[0]; randn_like from each image's generator after its start
+    noise; the SDE samplers get a Brownian tree noise sampler seeded with the images' seeds."""
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    for generator in generators:
+        torch.randn((1, *noise.shape[1:]), generator=generator)
+
+    def randn_like(x, **kw):
+        return torch.cat([torch.randn((1, *x.shape[1:]), generator=g, dtype=x.dtype) for g in generators])
+
+    kdiff.torch = types.SimpleNamespace(**{k: getattr(torch, k) for k in dir(torch) if not k.startswith("__")})
+    kdiff.torch.randn_like = randn_like
+    x = noise * sigmas[0]
+    extra = {}
+    if brownian:
+        extra["noise_sampler"] = kdiff.BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=seeds)
+    return getattr(kdiff, function)(denoiser, x, sigmas, disable=True, **extra)
 
 
-@pytest.mark.parametrize(("name", "schedule", "function", "kind"), AT_PARITY)
-def test_final_latents_match_k_diffusion(kdiff, name, schedule, function, kind):
-    global K
-    K = kdiff
-    steps, seed = 10, 1
-    noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(seed))
+# (A1111 sampler, schedule type, k-diffusion function, k-diffusion sigma schedule, discards the next-to-last sigma,
+# Brownian noise); Automatic is the model's own sigmas spaced evenly in timestep (DiscreteSchedule.get_sigmas).
+AT_PARITY = [
+    ("Euler", "Automatic", "sample_euler", None, False, False),
+    ("Euler a", "Automatic", "sample_euler_ancestral", None, False, False),
+    ("LMS", "Automatic", "sample_lms", None, False, False),
+    ("Heun", "Automatic", "sample_heun", None, False, False),
+    ("DPM++ 2M", "Karras", "sample_dpmpp_2m", "karras", False, False),
+    ("DPM++ SDE", "Karras", "sample_dpmpp_sde", "karras", False, True),
+    ("DPM++ 2M SDE", "Exponential", "sample_dpmpp_2m_sde", "exponential", False, True),
+    ("DPM++ 2S a", "Karras", "sample_dpmpp_2s_ancestral", "karras", False, False),
+    ("DPM++ 3M SDE", "Exponential", "sample_dpmpp_3m_sde", "exponential", True, True),
+    ("DPM2", "Karras", "sample_dpm_2", "karras", True, False),
+    ("DPM2 a", "Karras", "sample_dpm_2_ancestral", "karras", True, False),
+    ("Euler", "Polyexponential", "sample_euler", "polyexponential", False, False),
+    ("LMS", "Karras", "sample_lms", "karras", False, False),
+]
+
+
+@pytest.mark.parametrize(("name", "schedule", "function", "kind", "discard", "brownian"), AT_PARITY)
+def test_final_latents_match_k_diffusion(kdiff, name, schedule, function, kind, discard, brownian):
+    steps, seeds = 10, [1, 2]
+    noise = torch.cat([torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(s)) for s in seeds])
     with torch.no_grad():
-        ours = run_diffusers(resolve_sampler(name, schedule), steps, noise, seed)
-        sigmas = kd_sigmas(steps, kind)
-        generator = torch.Generator().manual_seed(seed)
-        torch.randn(noise.shape, generator=generator)  # the start noise came first from the image's generator
-        kdiff.torch = types.SimpleNamespace(**{k: getattr(torch, k) for k in dir(torch) if not k.startswith("__")})
-        kdiff.torch.randn_like = lambda x, **kw: torch.randn(x.shape, generator=generator, dtype=x.dtype)
-        theirs = getattr(kdiff, function)(denoiser, noise * sigmas[0], sigmas, disable=True)
-    assert ((ours - theirs).norm() / theirs.norm()).item() < 1e-4
+        ours = run_engine(resolve_sampler(name, schedule), steps, noise, seeds)
+        theirs = run_k_diffusion(kdiff, function, kd_sigmas(steps, kind, discard), noise, seeds, brownian)
+    assert relative_error(ours, theirs) < 1e-4
+
+
+def test_dpmpp_2m_sde_heun_matches_k_diffusion(kdiff):
+    steps, seeds = 10, [3]
+    noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours = run_engine(resolve_sampler("DPM++ 2M SDE Heun"), steps, noise, seeds)
+        sigmas = kd_sigmas(steps, "exponential")
+        x = noise * sigmas[0]
+        sampler = kdiff.BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=seeds)
+        theirs = kdiff.sample_dpmpp_2m_sde(denoiser, x, sigmas, disable=True, noise_sampler=sampler,
+                                          solver_type="heun")
+    assert relative_error(ours, theirs) < 1e-4
+
+
+def a1111_ddim(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """A1111's DDIM (timesteps 1, 1 + 1000 // steps, ..., eta 0): x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev) eps."""
+    timesteps = torch.clip(torch.arange(0, 1000, 1000 // steps) + 1, 0, 999)
+    alphas = alphas_cumprod[timesteps]
+    alphas_prev = alphas_cumprod[torch.nn.functional.pad(timesteps[:-1], pad=(1, 0))].double()
+    for index in range(len(timesteps) - 1, -1, -1):
+        e_t = eps_model(x, float(timesteps[index]))
+        a_t, a_prev = alphas[index].item(), alphas_prev[index].item()
+        pred_x0 = (x - (1 - a_t) ** 0.5 * e_t) / a_t ** 0.5
+        x = a_prev ** 0.5 * pred_x0 + (1 - a_prev) ** 0.5 * e_t
+    return x
+
+
+def test_ddim_matches_a1111():
+    steps, seeds = 10, [4]
+    noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ours = run_engine(resolve_sampler("DDIM"), steps, noise, seeds)
+        theirs = a1111_ddim(noise, steps)
+    assert relative_error(ours, theirs) < 1e-4
+
+
+def test_img2img_runs_the_remaining_sigmas_afresh(kdiff):
+    """img2img as the pipelines slice it (timesteps[t_start * order:], set_begin_index) is A1111's img2img:
+    k-diffusion over sigmas[steps - t_enc - 1:], started at x0 + noise * that first sigma."""
+    from webui.pipelines.schedulers import make_scheduler
+
+    steps, strength, seeds = 10, 0.6, [5]
+    noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(5))
+    x0 = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        scheduler = make_scheduler(resolve_sampler("DPM++ SDE", "Karras"), CONFIG, noise_seeds=seeds)
+        scheduler.set_timesteps(steps)
+        t_start = steps - int(steps * strength)
+        timesteps = scheduler.timesteps[t_start * scheduler.order:]
+        scheduler.set_begin_index(t_start * scheduler.order)
+        x = scheduler.add_noise(x0, noise, timesteps[:1])
+        for t in timesteps:
+            x = scheduler.step(eps_model(scheduler.scale_model_input(x, t), t), t, x).prev_sample
+        sigmas = kd_sigmas(steps, "karras")[t_start:]
+        start = x0 + noise * sigmas[0]
+        tree = kdiff.BrownianTreeNoiseSampler(start, sigmas[sigmas > 0].min(), sigmas.max(), seed=seeds)
+        theirs = kdiff.sample_dpmpp_sde(denoiser, start, sigmas, disable=True, noise_sampler=tree)
+    assert relative_error(x, theirs) < 1e-4

@@ -21,7 +21,8 @@ from webui.samplers import (
 
 CONFIGS = Path(__file__).resolve().parents[1] / "webui" / "models" / "configs"
 REQUIRED = ["Euler a", "Euler", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ SDE", "DPM2", "DPM2 a", "Heun", "LMS",
-            "DDIM", "UniPC", "LCM"]
+            "DDIM", "UniPC", "LCM", "DPM++ 2S a", "DPM++ 3M SDE", "HeunPP2"]
+K_SAMPLERS = [name for name, spec in SAMPLERS.items() if spec.scheduler_class == "KDiffusionScheduler"]
 # diffusers' k-diffusion ports trip NumPy 2 deprecation warnings thousands of times per scheduler.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 COMBINATIONS = [(name, st) for name, spec in SAMPLERS.items() for st in spec.schedule_types]
@@ -36,7 +37,9 @@ def test_module_is_pure():
 def test_names_and_schedule_types():
     assert set(REQUIRED) <= set(SAMPLERS)
     assert list(SAMPLERS)[:3] == ["DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE"]  # A1111's dropdown order
-    assert SCHEDULE_TYPES == ("Automatic", "Karras", "Exponential", "SGM Uniform", "Beta")
+    assert SCHEDULE_TYPES == ("Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform",
+                              "KL Optimal", "Align Your Steps", "Simple", "Normal", "DDIM", "Beta", "Turbo")
+    assert set(REQUIRED) - {"DDIM", "UniPC", "LCM"} <= set(K_SAMPLERS) and "PLMS" not in K_SAMPLERS
     for spec in SAMPLERS.values():
         assert spec.schedule_types[0] == "Automatic"
 
@@ -70,33 +73,34 @@ def test_split_leaves_plain_and_unknown_names():
     assert split_legacy_sampler_name("Something") == ("Something", None)
 
 
-@pytest.mark.parametrize("name, resolved, flag", [
-    ("DPM++ 2M", "Karras", "use_karras_sigmas"), ("DPM++ SDE", "Karras", "use_karras_sigmas"),
-    ("DPM2", "Karras", "use_karras_sigmas"), ("DPM2 a", "Karras", "use_karras_sigmas"),
-    # A1111's own table gives the 2M SDE samplers an exponential default.
-    ("DPM++ 2M SDE", "Exponential", "use_exponential_sigmas"), ("Euler", "Automatic", None),
+@pytest.mark.parametrize("name, resolved, discard", [
+    ("DPM++ 2M", "Karras", False), ("DPM++ SDE", "Karras", False), ("DPM++ 2S a", "Karras", False),
+    ("DPM2", "Karras", True), ("DPM2 a", "Karras", True),
+    # A1111's own table gives the 2M / 3M SDE samplers an exponential default.
+    ("DPM++ 2M SDE", "Exponential", False), ("DPM++ 2M SDE Heun", "Exponential", False),
+    ("DPM++ 3M SDE", "Exponential", True), ("Euler", "Automatic", False), ("Euler a", "Automatic", False),
+    ("HeunPP2", "Automatic", False),
 ])
-def test_automatic_resolves_to_a1111_defaults(name, resolved, flag):
+def test_automatic_resolves_to_a1111_defaults(name, resolved, discard):
     choice = resolve_sampler(name)
-    assert choice.schedule_type == resolved
-    flags = {k for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
-             if choice.kwargs[k]}
-    assert flags == ({flag} if flag else set())
+    assert choice.schedule_type == resolved and choice.kwargs["schedule_type"] == resolved
+    assert choice.kwargs["discard_penultimate_sigma"] is discard
 
 
 def test_details_that_change_pictures():
-    for name in ("Euler", "Euler a", "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM2", "Heun", "LMS", "UniPC"):
-        assert resolve_sampler(name).kwargs["timestep_spacing"] == "linspace", name
+    ids = {name: resolve_sampler(name).kwargs["sampler"] for name in K_SAMPLERS}
+    assert ids["DPM++ 2M"] == "dpmpp_2m" and ids["DPM++ 2M SDE Heun"] == "dpmpp_2m_sde_heun"
+    assert ids["Euler a"] == "euler_ancestral" and ids["DPM++ 2S a"] == "dpmpp_2s_ancestral"
     ddim = resolve_sampler("DDIM").kwargs
     assert (ddim["timestep_spacing"], ddim["steps_offset"], ddim["set_alpha_to_one"]) == ("leading", 1, False)
     unipc = resolve_sampler("UniPC").kwargs
     assert (unipc["solver_type"], unipc["solver_order"], unipc["lower_order_final"]) == ("bh1", 3, True)
-    dpm = resolve_sampler("DPM++ 2M").kwargs
-    assert (dpm["algorithm_type"], dpm["solver_order"]) == ("dpmsolver++", 2)
-    assert resolve_sampler("DPM++ 2M SDE").kwargs["algorithm_type"] == "sde-dpmsolver++"
-    sgm = resolve_sampler("Euler", "SGM Uniform")
+    assert unipc["timestep_spacing"] == "linspace"
+    sgm = resolve_sampler("UniPC", "SGM Uniform")
     assert sgm.kwargs["timestep_spacing"] == "trailing" and not sgm.kwargs["use_karras_sigmas"]
     assert resolve_sampler("Euler", "karras").schedule_type == "Karras"  # API ids work too
+    assert resolve_sampler("Euler", "align_your_steps").schedule_type == "Align Your Steps"
+    assert resolve_sampler("Euler", "SGMUniform").schedule_type == "SGM Uniform"  # A1111's old alias
     assert resolve_sampler("Euler", "").schedule_type == "Automatic"
 
 
@@ -106,7 +110,10 @@ def test_errors_name_the_valid_choices():
     assert isinstance(err.value, ValueError) and err.value.field == "sampler"
     assert "Euler a" in str(err.value) and "DPM++ 2M" in str(err.value)
     with pytest.raises(UnknownSamplerError) as err:
-        resolve_sampler("Euler", "Polyexponential")
+        resolve_sampler("Euler", "Quadratic")
+    assert err.value.field == "schedule_type" and "Karras" in str(err.value) and "Turbo" in str(err.value)
+    with pytest.raises(UnknownSamplerError) as err:
+        resolve_sampler("UniPC", "Polyexponential")
     assert err.value.field == "schedule_type" and "Karras" in str(err.value)
     with pytest.raises(UnknownSamplerError, match="Automatic, SGM Uniform"):
         resolve_sampler("DDIM", "Karras")
@@ -116,8 +123,8 @@ def test_errors_name_the_valid_choices():
 
 def test_choices_do_not_share_state():
     a = resolve_sampler("Euler")
-    a.kwargs["timestep_spacing"] = "leading"
-    assert resolve_sampler("Euler").kwargs["timestep_spacing"] == "linspace"
+    a.kwargs["schedule_type"] = "Karras"
+    assert resolve_sampler("Euler").kwargs["schedule_type"] == "Automatic"
     assert isinstance(a, SamplerChoice) and resolve_sampler("Euler") == resolve_sampler("Euler", "Automatic")
 
 
@@ -148,26 +155,24 @@ _KARRAS = {**_SIGMAS_OFF, "use_karras_sigmas": True}
 _EXPONENTIAL = {**_SIGMAS_OFF, "use_exponential_sigmas": True}
 
 
+_K = "KDiffusionScheduler"
+
+
 # What each sampler (schedule Automatic) is built as from an SD 1.x checkpoint's scheduler config: its class,
 # the model's noise schedule, A1111's options, and class defaults where the model's config had none.
 @pytest.mark.parametrize("name, cls, expected", [
-    ("DPM++ 2M", "DPMSolverMultistepScheduler",
-     {**_KARRAS, "algorithm_type": "dpmsolver++", "solver_type": "midpoint", "solver_order": 2,
-      "timestep_spacing": "linspace", "final_sigmas_type": "zero", "lower_order_final": True}),
-    ("DPM++ SDE", "DPMSolverSDEScheduler", {**_KARRAS, "timestep_spacing": "linspace", "noise_sampler_seed": None}),
-    ("DPM++ 2M SDE", "DPMSolverMultistepScheduler",
-     {**_EXPONENTIAL, "algorithm_type": "sde-dpmsolver++", "solver_type": "midpoint", "timestep_spacing": "linspace"}),
-    ("DPM++ 2M SDE Heun", "DPMSolverMultistepScheduler",
-     {**_EXPONENTIAL, "algorithm_type": "sde-dpmsolver++", "solver_type": "heun", "timestep_spacing": "linspace"}),
-    ("Euler a", "EulerAncestralDiscreteScheduler", {"timestep_spacing": "linspace", "rescale_betas_zero_snr": False}),
-    ("Euler", "EulerDiscreteScheduler",
-     {**_SIGMAS_OFF, "timestep_spacing": "linspace", "interpolation_type": "linear", "timestep_type": "discrete",
-      "final_sigmas_type": "zero"}),
-    ("LMS", "LMSDiscreteScheduler", {**_SIGMAS_OFF, "timestep_spacing": "linspace"}),
-    ("Heun", "HeunDiscreteScheduler", {**_SIGMAS_OFF, "timestep_spacing": "linspace", "clip_sample": False}),
-    ("DPM2", "KDPM2DiscreteScheduler", {**_KARRAS, "timestep_spacing": "linspace"}),
-    ("DPM2 a", "KDPM2AncestralDiscreteScheduler", {**_KARRAS, "timestep_spacing": "linspace"}),
-    # clip_sample off comes from the checkpoint's config (DDIM's own default is on)
+    ("DPM++ 2M", _K, {"sampler": "dpmpp_2m", "schedule_type": "Karras", "discard_penultimate_sigma": False}),
+    ("DPM++ SDE", _K, {"sampler": "dpmpp_sde", "schedule_type": "Karras", "noise_sampler_seed": None}),
+    ("DPM++ 2M SDE", _K, {"sampler": "dpmpp_2m_sde", "schedule_type": "Exponential"}),
+    ("DPM++ 2M SDE Heun", _K, {"sampler": "dpmpp_2m_sde_heun", "schedule_type": "Exponential"}),
+    ("DPM++ 3M SDE", _K, {"sampler": "dpmpp_3m_sde", "schedule_type": "Exponential",
+                          "discard_penultimate_sigma": True}),
+    ("Euler a", _K, {"sampler": "euler_ancestral", "schedule_type": "Automatic", "rescale_betas_zero_snr": False}),
+    ("Euler", _K, {"sampler": "euler", "schedule_type": "Automatic", "sdxl_schedule": False}),
+    ("LMS", _K, {"sampler": "lms"}),
+    ("Heun", _K, {"sampler": "heun"}),
+    ("DPM2", _K, {"sampler": "dpm_2", "schedule_type": "Karras", "discard_penultimate_sigma": True}),
+    ("DPM2 a", _K, {"sampler": "dpm_2_ancestral", "schedule_type": "Karras", "discard_penultimate_sigma": True}),
     ("DDIM", "DDIMScheduler",
      {"timestep_spacing": "leading", "clip_sample": False, "set_alpha_to_one": False, "thresholding": False}),
     ("PLMS", "PNDMScheduler", {"timestep_spacing": "leading", "skip_prk_steps": True, "set_alpha_to_one": False}),
@@ -262,7 +267,7 @@ def test_model_config_flags_do_not_clash_with_the_choice():
     from webui.pipelines.schedulers import make_scheduler
 
     base = {**_model_config("sd1"), "use_karras_sigmas": True}  # a model shipped with Karras on
-    scheduler = make_scheduler(resolve_sampler("Euler", "Exponential"), base)
+    scheduler = make_scheduler(resolve_sampler("UniPC", "Exponential"), base)
     assert scheduler.config.use_exponential_sigmas and not scheduler.config.use_karras_sigmas
 
 
@@ -282,3 +287,78 @@ def test_dpmpp_sde_noise_follows_the_seed():
     assert torch.equal(one_step([5]), one_step([5]))
     assert not torch.equal(one_step([5]), one_step([6]))
     assert torch.allclose(one_step([5, 6])[1], one_step([6])[0])  # image i of a batch = its own seed alone
+
+
+# ---- Atelier's k-diffusion path: A1111's schedule types and the samplers' arithmetic ----
+
+def _model_sigmas():
+    from webui.pipelines.ksigmas import ModelSigmas, alphas_cumprod_from_config
+
+    return ModelSigmas(alphas_cumprod_from_config(_SD1_SCHEDULE))
+
+
+@pytest.mark.parametrize("schedule", SCHEDULE_TYPES)
+@pytest.mark.parametrize("steps", [1, 7, 10, 30])
+def test_every_schedule_type_walks_down_to_zero(schedule, steps):
+    from webui.pipelines.ksigmas import schedule_sigmas
+
+    m = _model_sigmas()
+    sigmas = schedule_sigmas(schedule, steps, m)
+    assert bool((sigmas[1:] < sigmas[:-1]).all()) and bool((sigmas[:-1] > 0).all())
+    if schedule == "KL Optimal":  # A1111's ends at the model's smallest sigma, without a last step to 0
+        assert len(sigmas) == steps + 1 and sigmas[-1].item() == pytest.approx(m.sigma_min, rel=1e-4)
+    elif schedule == "DDIM":  # A1111's takes every (1000 // steps)-th timestep from 1: a step more at some counts
+        assert len(sigmas) == len(range(1, 1000, 1000 // steps)) + 1 and sigmas[-1] == 0
+    else:
+        assert len(sigmas) == steps + 1 and sigmas[-1] == 0
+
+
+def test_schedule_types_have_a1111s_numbers():
+    import torch
+
+    from webui.pipelines.ksigmas import schedule_sigmas
+
+    m = _model_sigmas()
+    assert abs(m.sigma_max - 14.6146) < 1e-3 and abs(m.sigma_min - 0.0292) < 1e-4  # SD 1.x's sigma range
+    ays = schedule_sigmas("Align Your Steps", 11, m)  # A1111 uses the list as it is for 11 steps
+    assert ays[:-1].tolist() == pytest.approx([14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399,
+                                               0.152, 0.029], rel=1e-6)  # NVIDIA's published SD 1.5 steps
+    assert schedule_sigmas("Align Your Steps", 11, m, sdxl=True)[1].item() == pytest.approx(6.315)
+    assert len(schedule_sigmas("Align Your Steps", 20, m)) == 21  # other counts interpolate log-linearly
+    assert torch.equal(schedule_sigmas("Turbo", 4, m)[:-1], m.sigmas[[999, 749, 499, 249]])
+    ddim = schedule_sigmas("DDIM", 10, m)[:-1]
+    assert torch.equal(ddim, m.sigmas[[901, 801, 701, 601, 501, 401, 301, 201, 101, 1]])
+    assert torch.equal(schedule_sigmas("Simple", 4, m)[:-1], m.sigmas[[999, 749, 499, 249]])
+    kl = schedule_sigmas("KL Optimal", 5, m)
+    assert kl[0].item() == pytest.approx(m.sigma_max, rel=1e-5)
+    karras = schedule_sigmas("Karras", 10, m)
+    assert karras[0].item() == pytest.approx(m.sigma_max, rel=1e-6)
+    assert karras[-2].item() == pytest.approx(m.sigma_min, rel=1e-5)
+    # DPM2 and DPM++ 3M SDE: one sigma more, the next-to-last dropped (A1111's discard_next_to_last_sigma)
+    longer = schedule_sigmas("Karras", 11, m)
+    discarded = schedule_sigmas("Karras", 10, m, discard_penultimate=True)
+    assert torch.equal(discarded, torch.cat([longer[:-2], longer[-1:]]))
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "heunpp2", "dpm_2", "lms", "dpmpp_2m"])
+def test_deterministic_samplers_are_exact_when_the_model_is(sampler):
+    """A model that always predicts the same clean picture makes the ODE's path a straight line in sigma: every
+    deterministic sampler must land on that picture (HeunPP2's weights, LMS's coefficients sum to one)."""
+    import torch
+
+    from webui.pipelines.ksamplers import SAMPLERS as K
+    from webui.pipelines.ksigmas import schedule_sigmas
+
+    sigmas = schedule_sigmas("Karras", 8, _model_sigmas())
+    clean = torch.linspace(-1, 1, 16).reshape(1, 1, 4, 4)
+    x = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * sigmas[0]
+    run, evaluations = K[sampler][0](x, sigmas, lambda a, b: torch.zeros_like(x)), 0
+    try:
+        next(run)
+        while True:
+            evaluations += 1
+            run.send(clean)
+    except StopIteration as done:
+        result = done.value
+    assert torch.allclose(result, clean, atol=1e-5)
+    assert evaluations >= 8

@@ -1,11 +1,13 @@
-"""A1111 sampler and schedule-type names, mapped to diffusers scheduler classes.
+"""A1111 sampler and schedule-type names, mapped to scheduler classes.
 
 A pure table (no torch, no diffusers): the UI, the API and infotext parsing use it to list and
 check names; `pipelines.schedulers.make_scheduler` turns a `SamplerChoice` into a scheduler.
 
-The constructor overrides are the details that make a diffusers scheduler behave like
-A1111's sampler of the same name (timestep spacing, solver variant, DDIM offsets). Anything
-not overridden (beta schedule, prediction type, zero-SNR rescaling) comes from the model.
+A1111's k-diffusion samplers run on Atelier's `KDiffusionScheduler` (k-diffusion's numbers, every
+A1111 schedule type); its timestep samplers (DDIM, PLMS, UniPC) and LCM on diffusers' schedulers,
+whose constructor overrides make them behave like A1111's (timestep spacing, solver variant, DDIM
+offsets). Anything not overridden (beta schedule, prediction type, zero-SNR rescaling) comes from
+the model.
 """
 
 from __future__ import annotations
@@ -18,10 +20,19 @@ from .errors import AtelierError
 
 AUTOMATIC = "Automatic"
 
-# A1111's labels, in A1111's dropdown order, with the constructor change each one makes.
-# Karras / Exponential / Beta are diffusers' sigma flags; SGM Uniform is "trailing" spacing.
-SCHEDULE_TYPES: tuple[str, ...] = (AUTOMATIC, "Karras", "Exponential", "SGM Uniform", "Beta")
+# A1111's schedule types (label, API id), in A1111's dropdown order.
+_SCHEDULES: tuple[tuple[str, str], ...] = (
+    (AUTOMATIC, "automatic"), ("Uniform", "uniform"), ("Karras", "karras"), ("Exponential", "exponential"),
+    ("Polyexponential", "polyexponential"), ("SGM Uniform", "sgm_uniform"), ("KL Optimal", "kl_optimal"),
+    ("Align Your Steps", "align_your_steps"), ("Simple", "simple"), ("Normal", "normal"), ("DDIM", "ddim"),
+    ("Beta", "beta"), ("Turbo", "turbo"),
+)
+SCHEDULE_TYPES: tuple[str, ...] = tuple(label for label, _ in _SCHEDULES)
+SCHEDULE_IDS: Mapping[str, str] = MappingProxyType(dict(_SCHEDULES))  # label -> A1111's API id
 
+# The k-diffusion samplers (KDiffusionScheduler) take every schedule type. Of the diffusers schedulers kept for
+# A1111's timestep samplers, Karras / Exponential / Beta are diffusers' sigma flags; SGM Uniform is "trailing".
+_DIFFUSERS_TYPES = (AUTOMATIC, "Karras", "Exponential", "SGM Uniform", "Beta")
 _SIGMA_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
 _FLAG_FOR: dict[str, str] = {
     "Karras": "use_karras_sigmas",
@@ -29,21 +40,18 @@ _FLAG_FOR: dict[str, str] = {
     "Beta": "use_beta_sigmas",
 }
 
-# A1111's API ids for schedule types ("karras", "sgm_uniform") besides the labels.
+# A1111's API ids for schedule types ("karras", "sgm_uniform") besides the labels, and its old "SGMUniform".
 _SCHEDULE_IDS: dict[str, str] = {
     **{label.lower(): label for label in SCHEDULE_TYPES},
-    "sgm_uniform": "SGM Uniform",
+    **{api_id: label for label, api_id in _SCHEDULES},
+    "sgmuniform": "SGM Uniform",
 }
 
-# Schedule types offered by a scheduler class that takes the sigma flags and honours
-# "trailing" spacing, by one that only honours "trailing", and by one that takes neither.
 _ALL_TYPES = SCHEDULE_TYPES
 _SPACING_ONLY = (AUTOMATIC, "SGM Uniform")
 _AUTOMATIC_ONLY = (AUTOMATIC,)
 
-# k-diffusion (which A1111 uses) spaces sigmas evenly over the whole range, like "linspace";
-# SDXL's shipped config says "leading", which skips the noisiest step, so it is overridden.
-_LINSPACE = {"timestep_spacing": "linspace"}
+K_DIFFUSION = "KDiffusionScheduler"  # Atelier's own scheduler class (pipelines.kscheduler), not a diffusers one
 # A1111's DDIM / PLMS timesteps: range(0, 1000, 1000 // steps) + 1, no clipping, alpha_T as trained.
 _DDIM_TIMESTEPS = {"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False}
 
@@ -69,7 +77,7 @@ class SamplerSpec:
 
     @property
     def takes_sigma_flags(self) -> bool:
-        return "Karras" in self.schedule_types
+        return self.scheduler_class != K_DIFFUSION and "Karras" in self.schedule_types
 
 
 @dataclass(frozen=True)
@@ -87,39 +95,39 @@ def _spec(name: str, cls: str, options: Mapping[str, object], aliases: tuple[str
     return SamplerSpec(name, cls, MappingProxyType(dict(options)), aliases, schedule_types, automatic)
 
 
-_DPM_MULTISTEP = "DPMSolverMultistepScheduler"
-_DPMPP_2M_SDE = {**_LINSPACE, "algorithm_type": "sde-dpmsolver++", "solver_order": 2,
-                 "lower_order_final": True, "euler_at_final": False, "use_lu_lambdas": False}
 
-# Ordered as in A1111's sampler dropdown. Aliases: A1111's k-diffusion ids and ComfyUI's ids,
-# which API clients and other tools send. "Automatic" defaults are A1111's per-sampler
-# defaults (its samplers table): Karras for DPM++ 2M / SDE / DPM2, Exponential for the 2M SDEs.
+def _k(name: str, sampler: str, aliases: tuple[str, ...], automatic: str = AUTOMATIC,
+       discard_penultimate: bool = False) -> SamplerSpec:
+    """A k-diffusion sampler; ``discard_penultimate``: A1111 drops the next-to-last sigma for it."""
+    return _spec(name, K_DIFFUSION, {"sampler": sampler, "discard_penultimate_sigma": discard_penultimate},
+                 aliases, _ALL_TYPES, automatic)
+
+
+# Ordered as in A1111's sampler dropdown. Aliases: A1111's k-diffusion ids and ComfyUI's ids, which API clients
+# and other tools send. "Automatic" and "discard next-to-last sigma" are A1111's per-sampler options.
 SAMPLERS: Mapping[str, SamplerSpec] = MappingProxyType({s.name: s for s in (
-    _spec("DPM++ 2M", _DPM_MULTISTEP,
-          {**_LINSPACE, "algorithm_type": "dpmsolver++", "solver_order": 2, "solver_type": "midpoint",
-           "lower_order_final": True, "euler_at_final": False, "use_lu_lambdas": False},
-          ("k_dpmpp_2m", "dpmpp_2m"), automatic="Karras"),
-    _spec("DPM++ SDE", "DPMSolverSDEScheduler", _LINSPACE, ("k_dpmpp_sde", "dpmpp_sde"), automatic="Karras"),
-    _spec("DPM++ 2M SDE", _DPM_MULTISTEP, {**_DPMPP_2M_SDE, "solver_type": "midpoint"},
-          ("k_dpmpp_2m_sde", "dpmpp_2m_sde"), automatic="Exponential"),
-    _spec("DPM++ 2M SDE Heun", _DPM_MULTISTEP, {**_DPMPP_2M_SDE, "solver_type": "heun"},
-          ("k_dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun"), automatic="Exponential"),
-    _spec("Euler a", "EulerAncestralDiscreteScheduler", _LINSPACE,
-          ("k_euler_a", "k_euler_ancestral", "euler_ancestral", "euler_a"), _SPACING_ONLY),
-    _spec("Euler", "EulerDiscreteScheduler", _LINSPACE, ("k_euler", "euler")),
-    _spec("LMS", "LMSDiscreteScheduler", _LINSPACE, ("k_lms", "lms")),
-    _spec("Heun", "HeunDiscreteScheduler", _LINSPACE, ("k_heun", "heun")),
-    _spec("DPM2", "KDPM2DiscreteScheduler", _LINSPACE, ("k_dpm_2", "dpm_2"), automatic="Karras"),
-    _spec("DPM2 a", "KDPM2AncestralDiscreteScheduler", _LINSPACE, ("k_dpm_2_a", "dpm_2_ancestral"),
-          automatic="Karras"),
+    _k("DPM++ 2M", "dpmpp_2m", ("k_dpmpp_2m", "dpmpp_2m"), "Karras"),
+    _k("DPM++ SDE", "dpmpp_sde", ("k_dpmpp_sde", "dpmpp_sde"), "Karras"),
+    _k("DPM++ 2M SDE", "dpmpp_2m_sde", ("k_dpmpp_2m_sde", "dpmpp_2m_sde"), "Exponential"),
+    _k("DPM++ 2M SDE Heun", "dpmpp_2m_sde_heun", ("k_dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun"), "Exponential"),
+    _k("DPM++ 2S a", "dpmpp_2s_ancestral", ("k_dpmpp_2s_a", "dpmpp_2s_ancestral"), "Karras"),
+    _k("DPM++ 3M SDE", "dpmpp_3m_sde", ("k_dpmpp_3m_sde", "dpmpp_3m_sde"), "Exponential", discard_penultimate=True),
+    _k("Euler a", "euler_ancestral", ("k_euler_a", "k_euler_ancestral", "euler_ancestral", "euler_a")),
+    _k("Euler", "euler", ("k_euler", "euler")),
+    _k("LMS", "lms", ("k_lms", "lms")),
+    _k("Heun", "heun", ("k_heun", "heun")),
+    _k("DPM2", "dpm_2", ("k_dpm_2", "dpm_2"), "Karras", discard_penultimate=True),
+    _k("DPM2 a", "dpm_2_ancestral", ("k_dpm_2_a", "dpm_2_ancestral"), "Karras", discard_penultimate=True),
+    _k("HeunPP2", "heunpp2", ("heunpp2", "k_heunpp2")),
+    # A1111's timestep samplers (not k-diffusion): diffusers' schedulers with A1111's timesteps.
     _spec("DDIM", "DDIMScheduler", {**_DDIM_TIMESTEPS, "clip_sample": False, "thresholding": False},
           ("ddim",), _SPACING_ONLY),
     _spec("PLMS", "PNDMScheduler", {**_DDIM_TIMESTEPS, "skip_prk_steps": True}, ("plms",), _SPACING_ONLY),
     # A1111's UniPC defaults: variant bh1, order 3, lower order at the end, predicting x0.
     _spec("UniPC", "UniPCMultistepScheduler",
-          {**_LINSPACE, "solver_type": "bh1", "solver_order": 3, "lower_order_final": True,
+          {"timestep_spacing": "linspace", "solver_type": "bh1", "solver_order": 3, "lower_order_final": True,
            "predict_x0": True},
-          ("unipc", "uni_pc")),
+          ("unipc", "uni_pc"), _DIFFUSERS_TYPES),
     # LCM picks its own timesteps from its training schedule: schedule types do not apply.
     _spec("LCM", "LCMScheduler", {}, ("k_lcm", "lcm"), _AUTOMATIC_ONLY),
 )})
@@ -136,6 +144,9 @@ _LEGACY_IDS: dict[str, tuple[str, str]] = {
     "k_lms_ka": ("LMS", "Karras"),
     "k_dpm_2_ka": ("DPM2", "Karras"),
     "k_dpm_2_a_ka": ("DPM2 a", "Karras"),
+    "k_dpmpp_2s_a_ka": ("DPM++ 2S a", "Karras"),
+    "k_dpmpp_3m_sde_ka": ("DPM++ 3M SDE", "Karras"),
+    "k_dpmpp_3m_sde_exp": ("DPM++ 3M SDE", "Exponential"),
 }
 
 _BY_KEY: dict[str, str] = {}
@@ -202,6 +213,9 @@ def resolve_sampler(name: str, schedule_type: str = AUTOMATIC) -> SamplerChoice:
 
 def _kwargs(spec: SamplerSpec, schedule_type: str) -> dict[str, object]:
     kwargs = dict(spec.options)
+    if spec.scheduler_class == K_DIFFUSION:
+        kwargs["schedule_type"] = schedule_type
+        return kwargs
     if spec.takes_sigma_flags:
         # Set every flag: a model config that enables one must not combine with the chosen one.
         kwargs.update({flag: False for flag in _SIGMA_FLAGS})

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..models.header import CorruptCheckpointError, read_header
 from ..models.loader import describe_checkpoint
 from ..models.vae import list_vaes
-from ..samplers import AUTOMATIC, SAMPLERS, SCHEDULE_TYPES
+from ..samplers import AUTOMATIC, SAMPLERS, SCHEDULE_IDS, SCHEDULE_TYPES
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -26,8 +26,10 @@ EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
 SECRET_FLAGS = ("auth", "api_auth", "gradio_auth", "password")
 REDACTED = "<redacted>"
 # A1111's ids for schedule types and their default rho (Karras' 7).
-_SCHEDULER_IDS = {"Automatic": "automatic", "Karras": "karras", "Exponential": "exponential",
-                  "SGM Uniform": "sgm_uniform", "Beta": "beta"}
+_SCHEDULER_IDS = SCHEDULE_IDS
+# A1111's schedule types whose sigma function takes rho, and its default; those that need the model's own sigmas.
+_DEFAULT_RHO = {"Karras": 7.0, "Polyexponential": 1.0}
+_NEEDS_MODEL = {"Uniform", "SGM Uniform", "Simple", "Normal", "DDIM", "Beta", "Turbo"}
 
 
 def sd_models(ctx: AppContext) -> list[dict[str, Any]]:
@@ -42,17 +44,22 @@ def sd_vaes(ctx: AppContext) -> list[dict[str, Any]]:
 
 
 def samplers() -> list[dict[str, Any]]:
-    """A1111 lists a sampler's own default schedule type as options.scheduler."""
+    """A1111 lists a sampler's own default schedule type as options.scheduler, and whether it discards the
+    next-to-last sigma."""
     items = []
     for spec in SAMPLERS.values():
-        options = {"scheduler": _SCHEDULER_IDS[spec.automatic]} if spec.automatic != AUTOMATIC else {}
+        options: dict[str, str] = {"scheduler": _SCHEDULER_IDS[spec.automatic]} if spec.automatic != AUTOMATIC else {}
+        if spec.options.get("discard_penultimate_sigma"):
+            options["discard_next_to_last_sigma"] = "True"  # A1111's schema makes its option values strings
         items.append({"name": spec.name, "aliases": list(spec.aliases), "options": options})
     return items
 
 
 def schedulers() -> list[dict[str, Any]]:
-    return [{"name": _SCHEDULER_IDS[label], "label": label, "aliases": None,
-             "default_rho": 7.0 if label == "Karras" else -1.0, "need_inner_model": False} for label in SCHEDULE_TYPES]
+    return [{"name": _SCHEDULER_IDS[label], "label": label,
+             "aliases": ["SGMUniform"] if label == "SGM Uniform" else None,
+             "default_rho": _DEFAULT_RHO.get(label, -1.0), "need_inner_model": label in _NEEDS_MODEL}
+            for label in SCHEDULE_TYPES]
 
 
 def upscalers(ctx: AppContext) -> list[dict[str, Any]]:

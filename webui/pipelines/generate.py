@@ -627,7 +627,8 @@ def _run_batch(
     # The vae_decode_method setting: a TAESD decoder turns the final latents into pictures instead of the VAE.
     fast = manager.final_decoder(vae, model.is_sdxl) if output_type == "pil" else None
     while True:
-        scheduler = make_scheduler(choice, model.components["scheduler"].config, noise_seeds=seeds)
+        scheduler = make_scheduler(choice, model.components["scheduler"].config, noise_seeds=seeds,
+                                   sdxl=model.is_sdxl)
         if latents is not None and images is None and req.task is not Task.TXT2IMG:
             use_start_noise(scheduler, latents)
         pipe = manager.pipeline(model, task, scheduler, vae)

@@ -16,7 +16,8 @@ from typing import Any
 import diffusers
 from diffusers import SchedulerMixin
 
-from ..samplers import SamplerChoice
+from ..samplers import K_DIFFUSION, SamplerChoice
+from .kscheduler import KDiffusionScheduler
 
 _building = threading.local()
 
@@ -38,16 +39,19 @@ def make_scheduler(
     choice: SamplerChoice,
     base_config: Mapping[str, object],
     noise_seeds: Sequence[int] | None = None,
+    sdxl: bool = False,
 ) -> SchedulerMixin:
     """A new scheduler of `choice`'s class: the model's noise schedule plus the sampler's overrides.
 
     diffusers' `from_config` keeps the keys the class takes and lets the class's own defaults apply
     to keys the config only holds because its class defaulted them. `noise_seeds`, one per image of
-    the batch, seed DPM++ SDE's Brownian noise as A1111 does, so its pictures follow the seed; other
-    samplers take their noise from the pipeline.
+    the batch, seed the SDE samplers' Brownian noise as A1111 does, so its pictures follow the seed; other
+    samplers take their noise from the pipeline. `sdxl` picks SDXL's Align Your Steps sigmas.
     """
-    cls = getattr(diffusers, choice.scheduler_class)
+    cls = KDiffusionScheduler if choice.scheduler_class == K_DIFFUSION else getattr(diffusers, choice.scheduler_class)
     overrides = dict(choice.kwargs)
+    if cls is KDiffusionScheduler:
+        overrides["sdxl_schedule"] = sdxl
     if noise_seeds is not None and "noise_sampler_seed" in inspect.signature(cls.__init__).parameters:
         overrides["noise_sampler_seed"] = [int(s) for s in noise_seeds]
     _building.active = True

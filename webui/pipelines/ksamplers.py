@@ -1,0 +1,294 @@
+"""k-diffusion's samplers (what A1111 samples with), written as generators over sigma space.
+
+Each sampler is ``sampler(x, sigmas, noise)``: a generator that yields ``(x_eval, sigma_eval)`` for every model
+evaluation it needs and is sent back the denoised prediction there; its return value is the final sample. Written
+this way the loop that calls the model stays outside (a diffusers pipeline, through ``KDiffusionScheduler``), while
+the arithmetic is k-diffusion's step for step (float32 tensors, same order of operations), so the pictures match.
+``noise(sigma, sigma_next)`` gives the per-step noise: the image generators' draws, or a Brownian tree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Mapping
+from typing import Any
+
+import torch
+
+Noise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Run = Generator[tuple[torch.Tensor, torch.Tensor], torch.Tensor, torch.Tensor]
+Sampler = Callable[[torch.Tensor, torch.Tensor, Noise], Run]
+
+
+def _d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+    """The Karras ODE derivative dx/dsigma."""
+    return (x - denoised) / sigma
+
+
+def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor,
+                   eta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigma_down, sigma_up): the level to step down to deterministically and the noise to add back."""
+    if not eta:
+        return sigma_next, sigma_next * 0
+    up = torch.minimum(sigma_next, eta * (sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2) ** 0.5)
+    return (sigma_next ** 2 - up ** 2) ** 0.5, up
+
+
+def _t(sigma: torch.Tensor) -> torch.Tensor:  # DPM-Solver's time: -log sigma
+    return sigma.log().neg()
+
+
+def _sigma(t: torch.Tensor) -> torch.Tensor:
+    return t.neg().exp()
+
+
+def euler(x: torch.Tensor, sigmas: torch.Tensor, noise: Noise) -> Run:
+    for i in range(len(sigmas) - 1):
+        denoised = yield x, sigmas[i]
+        x = x + _d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
+    return x
+
+
+def euler_ancestral(x: torch.Tensor, sigmas: torch.Tensor, noise: Noise) -> Run:
+    for i in range(len(sigmas) - 1):
+        denoised = yield x, sigmas[i]
+        down, up = ancestral_step(sigmas[i], sigmas[i + 1])
+        x = x + _d(x, sigmas[i], denoised) * (down - sigmas[i])
+        if sigmas[i + 1] > 0:
+            x = x + noise(sigmas[i], sigmas[i + 1]) * up
+    return x
+
+
+def heun(x: torch.Tensor, sigmas: torch.Tensor, noise: Noise) -> Run:
+    for i in range(len(sigmas) - 1):
+        denoised = yield x, sigmas[i]
+        d = _d(x, sigmas[i], denoised)
+        dt = sigmas[i + 1] - sigmas[i]
+        if sigmas[i + 1] == 0:
+            x = x + d * dt
+        else:
+            x_2 = x + d * dt
+            denoised_2 = yield x_2, sigmas[i + 1]
+            x = x + (d + _d(x_2, sigmas[i + 1], denoised_2)) / 2 * dt
+    return x
+
+
+def heunpp2(x: torch.Tensor, sigmas: torch.Tensor, noise: Noise) -> Run:
+    """Heun++ (HeunPP2): up to three evaluations a step, weighted by sigma over the run's first sigma."""
+    end = sigmas[-1]
+    for i in range(len(sigmas) - 1):
+        denoised = yield x, sigmas[i]
+        d = _d(x, sigmas[i], denoised)
+        dt = sigmas[i + 1] - sigmas[i]
+        if sigmas[i + 1] == end:
+            x = x + d * dt
+            continue
+        x_2 = x + d * dt
+        denoised_2 = yield x_2, sigmas[i + 1]
+        d_2 = _d(x_2, sigmas[i + 1], denoised_2)
+        if sigmas[i + 2] == end:
+            w2 = sigmas[i + 1] / (2 * sigmas[0])
+            x = x + (d * (1 - w2) + d_2 * w2) * dt
+            continue
+        x_3 = x_2 + d_2 * (sigmas[i + 2] - sigmas[i + 1])
+        denoised_3 = yield x_3, sigmas[i + 2]
+        d_3 = _d(x_3, sigmas[i + 2], denoised_3)
+        w2, w3 = sigmas[i + 1] / (3 * sigmas[0]), sigmas[i + 2] / (3 * sigmas[0])
+        x = x + ((1 - w2 - w3) * d + w2 * d_2 + w3 * d_3) * dt
+    return x
+
+
+def dpm_2(x: torch.Tensor, sigmas: torch.Tensor, noise: Noise) -> Run:
+    for i in range(len(sigmas) - 1):
+        denoised = yield x, sigmas[i]
+        d = _d(x, sigmas[i], denoised)
+        if sigmas[i + 1] == 0:
+            x = x + d * (sigmas[i + 1] - sigmas[i])
+        else:
+            mid = sigmas[i].log().lerp(sigmas[i + 1].log(), 0.5).exp()
+            x_2 = x + d * (mid - sigmas[i])
+            denoised_2 = yield x_2, mid
+            x = x + _d(x_2, mid, denoised_2) * (sigmas[i + 1] - sigmas[i])
+    return x
+
+
+def dpm_2_ancestral(x: torch.Tensor, sigmas: torch.Tensor, noise: Noise) -> Run:
+    for i in range(len(sigmas) - 1):
+        denoised = yield x, sigmas[i]
+        down, up = ancestral_step(sigmas[i], sigmas[i + 1])
+        d = _d(x, sigmas[i], denoised)
+        if down == 0:
+            x = x + d * (down - sigmas[i])
+        else:
+            mid = sigmas[i].log().lerp(down.log(), 0.5).exp()
+            x_2 = x + d * (mid - sigmas[i])
+            denoised_2 = yield x_2, mid
+            x = x + _d(x_2, mid, denoised_2) * (down - sigmas[i])
+            x = x + noise(sigmas[i], sigmas[i + 1]) * up
+    return x
+
+
+def _lms_coefficient(order: int, t: Any, i: int, j: int) -> float:
+    from scipy import integrate
+
+    def basis(tau: float) -> float:
+        product = 1.0
+        for k in range(order):
+            if k != j:
+                product *= (tau - t[i - k]) / (t[i - j] - t[i - k])
+        return product
+
+    return float(integrate.quad(basis, t[i], t[i + 1], epsrel=1e-4)[0])
+
+
+def lms(x: torch.Tensor, sigmas: torch.Tensor, noise: Noise, order: int = 4) -> Run:
+    points = sigmas.detach().cpu().numpy()  # float32 values, as k-diffusion integrates them
+    ds: list[torch.Tensor] = []
+    for i in range(len(sigmas) - 1):
+        denoised = yield x, sigmas[i]
+        ds = [*ds, _d(x, sigmas[i], denoised)][-order:]
+        current = min(i + 1, order)
+        coefficients = [_lms_coefficient(current, points, i, j) for j in range(current)]
+        x = x + sum(c * d for c, d in zip(coefficients, reversed(ds), strict=False))  # type: ignore[assignment]
+    return x
+
+
+def dpmpp_2s_ancestral(x: torch.Tensor, sigmas: torch.Tensor, noise: Noise) -> Run:
+    for i in range(len(sigmas) - 1):
+        denoised = yield x, sigmas[i]
+        down, up = ancestral_step(sigmas[i], sigmas[i + 1])
+        if down == 0:
+            x = x + _d(x, sigmas[i], denoised) * (down - sigmas[i])
+        else:
+            t, t_next = _t(sigmas[i]), _t(down)
+            h = t_next - t
+            s = t + 0.5 * h
+            x_2 = (_sigma(s) / _sigma(t)) * x - (-h * 0.5).expm1() * denoised
+            denoised_2 = yield x_2, _sigma(s)
+            x = (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * denoised_2
+        if sigmas[i + 1] > 0:
+            x = x + noise(sigmas[i], sigmas[i + 1]) * up
+    return x
+
+
+def dpmpp_sde(x: torch.Tensor, sigmas: torch.Tensor, noise: Noise) -> Run:
+    r = 0.5
+    for i in range(len(sigmas) - 1):
+        denoised = yield x, sigmas[i]
+        if sigmas[i + 1] == 0:
+            x = x + _d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
+            continue
+        t, t_next = _t(sigmas[i]), _t(sigmas[i + 1])
+        h = t_next - t
+        s = t + h * r
+        fac = 1 / (2 * r)
+        down, up = ancestral_step(_sigma(t), _sigma(s))
+        s_ = _t(down)
+        x_2 = (_sigma(s_) / _sigma(t)) * x - (t - s_).expm1() * denoised
+        x_2 = x_2 + noise(_sigma(t), _sigma(s)) * up
+        denoised_2 = yield x_2, _sigma(s)
+        down, up = ancestral_step(_sigma(t), _sigma(t_next))
+        t_next_ = _t(down)
+        blended = (1 - fac) * denoised + fac * denoised_2
+        x = (_sigma(t_next_) / _sigma(t)) * x - (t - t_next_).expm1() * blended
+        x = x + noise(_sigma(t), _sigma(t_next)) * up
+    return x
+
+
+def dpmpp_2m(x: torch.Tensor, sigmas: torch.Tensor, noise: Noise) -> Run:
+    old: torch.Tensor | None = None
+    for i in range(len(sigmas) - 1):
+        denoised = yield x, sigmas[i]
+        t, t_next = _t(sigmas[i]), _t(sigmas[i + 1])
+        h = t_next - t
+        if old is None or sigmas[i + 1] == 0:
+            x = (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * denoised
+        else:
+            r = (t - _t(sigmas[i - 1])) / h
+            blended = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old
+            x = (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * blended
+        old = denoised
+    return x
+
+
+def _dpmpp_2m_sde(x: torch.Tensor, sigmas: torch.Tensor, noise: Noise, heun: bool) -> Run:
+    old: torch.Tensor | None = None
+    h_last: torch.Tensor | None = None
+    h = sigmas[0] * 0
+    for i in range(len(sigmas) - 1):
+        denoised = yield x, sigmas[i]
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            t, s = -sigmas[i].log(), -sigmas[i + 1].log()
+            h = s - t
+            eta_h = h  # eta 1
+            x = sigmas[i + 1] / sigmas[i] * (-eta_h).exp() * x + (-h - eta_h).expm1().neg() * denoised
+            if old is not None and h_last is not None:
+                r = h_last / h
+                if heun:
+                    x = x + ((-h - eta_h).expm1().neg() / (-h - eta_h) + 1) * (1 / r) * (denoised - old)
+                else:
+                    x = x + 0.5 * (-h - eta_h).expm1().neg() * (1 / r) * (denoised - old)
+            x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * eta_h).expm1().neg().sqrt()
+        old, h_last = denoised, h
+    return x
+
+
+def dpmpp_2m_sde(x: torch.Tensor, sigmas: torch.Tensor, noise: Noise) -> Run:
+    return (yield from _dpmpp_2m_sde(x, sigmas, noise, heun=False))
+
+
+def dpmpp_2m_sde_heun(x: torch.Tensor, sigmas: torch.Tensor, noise: Noise) -> Run:
+    return (yield from _dpmpp_2m_sde(x, sigmas, noise, heun=True))
+
+
+def dpmpp_3m_sde(x: torch.Tensor, sigmas: torch.Tensor, noise: Noise) -> Run:
+    denoised_1: torch.Tensor | None = None
+    denoised_2: torch.Tensor | None = None
+    h_1: torch.Tensor | None = None
+    h_2: torch.Tensor | None = None
+    h = sigmas[0] * 0
+    for i in range(len(sigmas) - 1):
+        denoised = yield x, sigmas[i]
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            t, s = -sigmas[i].log(), -sigmas[i + 1].log()
+            h = s - t
+            h_eta = h * 2  # eta 1
+            x = torch.exp(-h_eta) * x + (-h_eta).expm1().neg() * denoised
+            if h_2 is not None and h_1 is not None and denoised_1 is not None and denoised_2 is not None:
+                r0, r1 = h_1 / h, h_2 / h
+                d1_0 = (denoised - denoised_1) / r0
+                d1_1 = (denoised_1 - denoised_2) / r1
+                d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                phi_2 = h_eta.neg().expm1() / h_eta + 1
+                phi_3 = phi_2 / h_eta - 0.5
+                x = x + phi_2 * d1 - phi_3 * d2
+            elif h_1 is not None and denoised_1 is not None:
+                phi_2 = h_eta.neg().expm1() / h_eta + 1
+                x = x + phi_2 * ((denoised - denoised_1) / (h_1 / h))
+            x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h).expm1().neg().sqrt()
+        denoised_1, denoised_2 = denoised, denoised_1
+        h_1, h_2 = h, h_1
+    return x
+
+
+# name -> (sampler, evaluations per step for diffusers' img2img slicing, per-step noise kind)
+# noise kinds: "" none, "randn" the images' generators (A1111's ancestral samplers), "brownian" a Brownian tree.
+SAMPLERS: Mapping[str, tuple[Sampler, int, str]] = {
+    "euler": (euler, 1, ""),
+    "euler_ancestral": (euler_ancestral, 1, "randn"),
+    "heun": (heun, 2, ""),
+    "heunpp2": (heunpp2, 3, ""),
+    "dpm_2": (dpm_2, 2, ""),
+    "dpm_2_ancestral": (dpm_2_ancestral, 2, "randn"),
+    "lms": (lms, 1, ""),
+    "dpmpp_2s_ancestral": (dpmpp_2s_ancestral, 2, "randn"),
+    "dpmpp_sde": (dpmpp_sde, 2, "brownian"),
+    "dpmpp_2m": (dpmpp_2m, 1, ""),
+    "dpmpp_2m_sde": (dpmpp_2m_sde, 1, "brownian"),
+    "dpmpp_2m_sde_heun": (dpmpp_2m_sde_heun, 1, "brownian"),
+    "dpmpp_3m_sde": (dpmpp_3m_sde, 1, "brownian"),
+}

@@ -1,0 +1,202 @@
+"""A diffusers scheduler that runs a k-diffusion sampler, so A1111's samplers drive diffusers' own pipelines.
+
+The pipelines (txt2img, img2img, inpainting, SDXL, ControlNet, hires) keep their loop: for every timestep they scale
+the latents, call the UNet and hand its output to ``step``. Here the timesteps are the sampler's model evaluations
+(fractional timesteps from sigma by log-sigma interpolation, as k-diffusion's CompVis wrapper computes them), the
+latents live in k-diffusion's sigma space (``x = x0 + sigma * noise``), ``scale_model_input`` divides by
+sqrt(sigma^2 + 1) and ``step`` turns the UNet's eps / v prediction into the denoised picture and sends it to the
+sampler (a generator in ``ksamplers``), which returns where the model is evaluated next.
+
+img2img slices ``timesteps`` by ``order`` (evaluations per step) and calls ``set_begin_index``: the run then starts
+fresh on the remaining sigmas, as A1111 samples img2img (``sigmas[steps - t_enc - 1:]``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .ksamplers import SAMPLERS, Noise, Run
+from .ksigmas import ModelSigmas, alphas_cumprod_from_config, schedule_sigmas
+
+# torchsde compares the tree's float32 ends with float64 queries and warns about the last digit on every step
+# (k-diffusion in A1111 prints the same); the queries are within the run's sigmas by construction.
+warnings.filterwarnings("ignore", message=r"Should have (ta>=t0|tb<=t1)", category=UserWarning)
+
+
+class BrownianNoise:
+    """Per-step noise from one Brownian tree per image (torchsde), seeded with the image's seed: k-diffusion's
+    BrownianTreeNoiseSampler, which A1111 uses for the SDE samplers so a picture does not depend on its batch."""
+
+    def __init__(self, x: torch.Tensor, sigma_min: torch.Tensor, sigma_max: torch.Tensor, seeds: Sequence[int]) -> None:
+        import torchsde
+
+        w0 = torch.zeros_like(x[0])
+        self.trees = [torchsde.BrownianTree(sigma_min, w0, sigma_max, entropy=int(seed)) for seed in seeds]
+
+    def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        t0, t1 = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
+        low, high, sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
+        w = torch.stack([tree(low, high) for tree in self.trees]) * sign
+        return w / (t1 - t0).abs().sqrt()
+
+
+class KDiffusionScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
+    """k-diffusion's ``sampler`` over A1111's ``schedule_type`` sigmas, for the model's noise schedule."""
+
+    order = 1
+
+    @register_to_config  # type: ignore[misc]
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        beta_schedule: str = "scaled_linear",
+        trained_betas: Any = None,
+        prediction_type: str = "epsilon",
+        rescale_betas_zero_snr: bool = False,
+        sampler: str = "euler",
+        schedule_type: str = "Automatic",
+        discard_penultimate_sigma: bool = False,
+        sdxl_schedule: bool = False,
+        noise_sampler_seed: list[int] | None = None,
+    ) -> None:
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown k-diffusion sampler {sampler!r}")
+        self.model = ModelSigmas(alphas_cumprod_from_config(self.config))
+        self.order = SAMPLERS[sampler][1]
+        self.num_inference_steps: int | None = None
+        self.step_sigmas = torch.cat([self.model.sigmas.flip(0), torch.zeros(1)])
+        self.eval_sigmas = self.step_sigmas[:-1]
+        self.sigmas = self.step_sigmas
+        self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.float32)
+        self.init_noise_sigma = float(self.step_sigmas[0])
+        self._begin_index: int | None = None
+        self._step_index: int | None = None
+        self._run: Run | None = None
+        # what the current step() call was given, for the ancestral samplers' noise drawn inside the run
+        self._generator: Any = None
+        self._shape: tuple[int, ...] = ()
+        self._device = torch.device("cpu")
+
+    def __len__(self) -> int:
+        return int(self.config["num_train_timesteps"])
+
+    @property
+    def step_index(self) -> int | None:
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        self._begin_index = begin_index
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None, **_: Any) -> None:
+        config = self.config
+        self.num_inference_steps = num_inference_steps
+        self.step_sigmas = schedule_sigmas(config["schedule_type"], num_inference_steps, self.model,
+                                           config["discard_penultimate_sigma"], config["sdxl_schedule"])
+        self.eval_sigmas = self._evaluations(self.step_sigmas)
+        self.sigmas = torch.cat([self.eval_sigmas, torch.zeros(1)])
+        self.timesteps = self.model.sigma_to_t(self.eval_sigmas).to(device)
+        self.init_noise_sigma = float(self.step_sigmas[0])  # A1111 starts txt2img at noise * sigmas[0]
+        self._begin_index = self._step_index = None
+        self._run = None
+
+    def _evaluations(self, sigmas: torch.Tensor) -> torch.Tensor:
+        """The sigmas the sampler evaluates the model at, from a dry run (they never depend on the picture)."""
+        sampler = SAMPLERS[self.config["sampler"]][0]
+        zero = torch.zeros(1)
+        run, points = sampler(zero, sigmas, lambda a, b: zero), []
+        try:
+            _, sigma = next(run)
+            while True:
+                points.append(sigma)
+                _, sigma = run.send(zero)
+        except StopIteration:
+            pass
+        return torch.stack(points).float()
+
+    def _position(self) -> int:
+        if self._step_index is not None:
+            return self._step_index
+        return self._begin_index or 0
+
+    def index_for_timestep(self, timestep: Any) -> int:
+        matches = (self.timesteps.to(torch.as_tensor(timestep).device) == timestep).nonzero()
+        return int(matches[0]) if len(matches) else 0
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
+        sigma = self.eval_sigmas[self._position()]
+        return sample * (1 / (sigma ** 2 + 1) ** 0.5)  # k-diffusion's c_in, computed as it does
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        if self._begin_index is None and self._step_index is None:
+            index = self.index_for_timestep(timesteps.reshape(-1)[0])
+        else:
+            index = self._position()
+        return original_samples + noise * self.eval_sigmas[index]
+
+    def _denoised(self, output: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        kind = self.config["prediction_type"]
+        if kind == "epsilon":
+            return sample - output * sigma
+        if kind == "v_prediction":  # k-diffusion's CompVisVDenoiser, sigma_data 1
+            return sample / (sigma ** 2 + 1) - output * (sigma / (sigma ** 2 + 1) ** 0.5)
+        if kind == "sample":
+            return output
+        raise ValueError(f"prediction type {kind!r} is not supported by the k-diffusion samplers")
+
+    def _start(self, sample: torch.Tensor) -> None:
+        sampler, _, noise_kind = SAMPLERS[self.config["sampler"]]
+        first = self._position() // self.order
+        sigmas = self.step_sigmas[first:]
+        noise: Noise
+        if noise_kind == "brownian":
+            seeds = self.config["noise_sampler_seed"]
+            if seeds is None or len(seeds) != sample.shape[0]:
+                seeds = [int(s) for s in torch.randint(0, 2 ** 63 - 1, (sample.shape[0],))]
+            positive = sigmas[sigmas > 0]
+            noise = BrownianNoise(sample, positive.min(), sigmas.max(), seeds)
+        else:
+            noise = self._drawn_noise
+        self._run = sampler(sample, sigmas, noise)
+        next(self._run)
+
+    def _drawn_noise(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        return randn_tensor(self._shape, generator=self._generator, device=self._device, dtype=torch.float32)
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: Any,
+        sample: torch.Tensor,
+        generator: Any = None,
+        return_dict: bool = True,
+    ) -> SchedulerOutput | tuple[torch.Tensor]:
+        position = self._position()
+        x = sample.to(torch.float32)
+        self._generator, self._shape, self._device = generator, tuple(x.shape), x.device
+        if self._run is None:
+            self._start(x)
+        sigma = self.eval_sigmas[position]
+        denoised = self._denoised(model_output.to(torch.float32), x, sigma)
+        assert self._run is not None
+        try:
+            following, _ = self._run.send(denoised)
+        except StopIteration as finished:
+            following, self._run = finished.value, None
+        self._step_index = position + 1
+        prev_sample = following.to(sample.dtype)
+        if not return_dict:
+            return (prev_sample,)
+        return SchedulerOutput(prev_sample=prev_sample)
