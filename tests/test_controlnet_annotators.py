@@ -105,7 +105,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     return {"pth": pth, "safetensors": st.parent}
 
 
-RUNNING = sorted(annotators.RUNNABLE)
+RUNNING = sorted(annotators.RUNNABLE - {"dw_openpose_full"})  # ONNX models: see test_controlnet_dwpose.py
 
 
 def test_every_runnable_preprocessor_has_a_runner_and_the_catalog_names_its_files():

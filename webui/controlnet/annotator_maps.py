@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .annotator_store import AnnotatorStore
-from .nets import depth_anything, hed, lineart, mlsd, openpose, pidinet
+from .nets import depth_anything, dwpose, hed, lineart, mlsd, openpose, pidinet
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,13 @@ def _depth_anything(img: np.ndarray, res: int, a: float, b: float, job: Job) -> 
     return depth[:h, :w]
 
 
+def _dw_openpose(img: np.ndarray, res: int, job: Job) -> np.ndarray:
+    models = dwpose.load(job.store, job.files, job.field)  # ONNX Runtime sessions, not torch networks
+    padded, (h, w) = resize_with_pad(img, res)
+    with job.store.running():
+        return dwpose.pose_map(models, padded)[:h, :w]
+
+
 Runner = Callable[[np.ndarray, int, float, float, Job], np.ndarray]
 
 RUNNERS: dict[str, Runner] = {
@@ -202,6 +209,7 @@ RUNNERS: dict[str, Runner] = {
     "openpose_faceonly": lambda img, res, a, b, job: _openpose(img, res, job, body=False, face=True),
     "openpose_full": lambda img, res, a, b, job: _openpose(img, res, job, hands=True, face=True),
     "depth_anything": _depth_anything,
+    "dw_openpose_full": lambda img, res, a, b, job: _dw_openpose(img, res, job),
 }
 
 

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
@@ -26,6 +27,7 @@ from ..models.loader import CheckpointLoadError, empty_weights, read_checkpoint_
 from .nets import WrongWeights
 
 CACHE_SIZE = 3  # networks kept loaded; the largest (Depth Anything ViT-L) is about 1.3 GB in fp32
+T = TypeVar("T")
 
 
 class AnnotatorFileError(AtelierError):
@@ -74,6 +76,7 @@ class AnnotatorStore:
         self.device = torch.device(device)
         self.capacity = capacity
         self._nets: OrderedDict[tuple[str, int, int], nn.Module] = OrderedDict()
+        self._kept: OrderedDict[tuple[str, int, int], Any] = OrderedDict()  # what keep() opened
         self._lock = threading.RLock()  # one annotator run at a time: the nets move to the device to run
 
     def loaded(self) -> list[str]:
@@ -112,6 +115,26 @@ class AnnotatorStore:
             while len(self._nets) > self.capacity:
                 self._nets.popitem(last=False)
             return net
+
+    def keep(self, path: Path, open_file: Callable[[Path], T], field: str = "module") -> T:
+        """What ``open_file`` makes of ``path`` (an ONNX Runtime session: a model that is not a torch network),
+        cached like the networks (by path, size and mtime; an LRU of its own, as large)."""
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            raise AnnotatorFileError(f"Annotator {path.name}: cannot read file ({exc.strerror or exc})", field) from exc
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            if key in self._kept:
+                self._kept.move_to_end(key)
+                return cast(T, self._kept[key])
+            for old in [k for k in self._kept if k[0] == key[0]]:  # the file was replaced
+                del self._kept[old]
+            value = open_file(path)
+            self._kept[key] = value
+            while len(self._kept) > self.capacity:
+                self._kept.popitem(last=False)
+            return value
 
     @contextmanager
     def running(self, *nets: nn.Module) -> Iterator[torch.device]:
