@@ -254,8 +254,8 @@ def check_pose(session: Any) -> tuple[int, int]:
 
 
 def open_session(path: Path, use_cuda: bool = False) -> Any:
-    """An ONNX Runtime session of ``path`` (CUDA first when asked and available), ModuleNotFoundError when
-    ONNX Runtime is not installed, ModelRefused when it cannot parse the file."""
+    """An ONNX Runtime session of ``path`` (CUDA first when asked and available); ImportError when ONNX
+    Runtime is not installed, ModelRefused when it cannot parse the file."""
     import onnxruntime  # optional: the caller turns its absence into a message saying how to install it
 
     providers = ["CPUExecutionProvider"]
@@ -303,10 +303,11 @@ def load(store: Any, files: Mapping[str, Path], field: str = "module") -> Models
             try:
                 session = open_session(path, use_cuda=store.device.type == "cuda")
                 return session, check(session)
-            except ModuleNotFoundError as exc:
+            except ImportError as exc:  # not installed, or a broken install (a missing shared library)
+                broken = "" if isinstance(exc, ModuleNotFoundError) else f" (importing it failed: {exc})"
                 raise AnnotatorMissingError(
-                    f"The dw_openpose_full preprocessor runs its models with ONNX Runtime, which is not installed: "
-                    f"{INSTALL}, then restart Atelier.", field) from exc
+                    f"The dw_openpose_full preprocessor runs its models with ONNX Runtime, which is not installed"
+                    f"{broken}: {INSTALL}, then restart Atelier.", field) from exc
             except ModelRefused as exc:
                 raise AnnotatorFileError(f"{path.name} ({path}): {exc}. Get the original file again from {SOURCE} "
                                          f"and put it in the annotators folder.", field) from exc
