@@ -71,3 +71,17 @@ def make_context(tmp_path, tiny_files):
     yield build
     for ctx in made:
         ctx.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium under playwright, one per test module (playwright's sync API holds an event loop
+    while it runs, which only the browser modules' tests live with)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

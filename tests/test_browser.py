@@ -16,14 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support.browser import CHROMIUM
 from tools.demo_model import shapes
 from webui.context import BUILTIN_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "tests" / "_output" / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 TIMEOUT_MS = 120_000
 
 pytestmark = [
@@ -54,16 +52,6 @@ def server(tmp_path_factory):
     yield ctx, demo.local_url
     demo.close()
     ctx.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

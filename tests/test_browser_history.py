@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, _fill, _wait_for_info
+from tests.test_browser import CHROMIUM, TIMEOUT_MS, _fill, _wait_for_info
 from webui.context import BUILTIN_DIR
 
 pytestmark = [
@@ -46,16 +46,6 @@ def studio(tmp_path_factory):
     yield ctx, demo.local_url
     demo.close()
     ctx.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def _sign_in(browser, url: str, user: str):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, _fill, _start, _wait_for_info
+from tests.test_browser import CHROMIUM, TIMEOUT_MS, _fill, _start, _wait_for_info
 from webui.context import BUILTIN_DIR
 
 pytestmark = [
@@ -40,16 +40,6 @@ def studio(tmp_path_factory):
     yield ctx, demo.local_url
     demo.close()
     ctx.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def _open(browser, url: str, init_script: str | None = None):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, TIMEOUT_MS, _fill, _wait_for_info
+from tests.test_browser import CHROMIUM, SCREENSHOTS, TIMEOUT_MS, _fill, _wait_for_info
 from tools.demo_model import shapes
 from webui.context import BUILTIN_DIR
 
@@ -50,16 +50,6 @@ def studio(tmp_path_factory):
     yield ctx, demo.local_url
     demo.close()
     ctx.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def _signed_in(browser, url: str, **device):

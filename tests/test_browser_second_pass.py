@@ -10,7 +10,6 @@ from tests.test_browser import (  # noqa: F401 (fixtures)
     _screenshot,
     _tab,
     _wait_for_info,
-    browser,
     page_at,
     pytestmark,
     server,

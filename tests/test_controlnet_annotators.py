@@ -105,7 +105,9 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     return {"pth": pth, "safetensors": st.parent}
 
 
-RUNNING = sorted(annotators.RUNNABLE - {"dw_openpose_full"})  # ONNX models: see test_controlnet_dwpose.py
+# normal_bae (a 73M-parameter net that draws colours, not grey) has its own file: test_controlnet_normal_bae.py;
+# dw_openpose_full (ONNX models) too: test_controlnet_dwpose.py
+RUNNING = sorted(annotators.RUNNABLE - {"normal_bae", "dw_openpose_full"})
 
 
 def test_every_runnable_preprocessor_has_a_runner_and_the_catalog_names_its_files():
@@ -220,9 +222,9 @@ def test_a_missing_file_still_names_itself_and_unimplemented_ones_say_so(tmp_pat
     with pytest.raises(annotators.AnnotatorMissingError, match="netG.pth"):
         preprocess.detect_map("lineart_anime", picture(), annotators_dir=folder)
     folder.mkdir()
-    (folder / "scannet.pt").write_bytes(b"weights")
+    (folder / "dpt_hybrid-midas-501f0c75.pt").write_bytes(b"weights")
     with pytest.raises(annotators.AnnotatorMissingError, match="cannot run this annotator yet"):
-        preprocess.detect_map("normal_bae", picture(), annotators_dir=folder)
+        preprocess.detect_map("normal_midas", picture(), annotators_dir=folder)
 
 
 def test_mlsd_reads_a_line_from_its_centre_and_end_displacements():

@@ -13,7 +13,6 @@ from tests.test_browser import (  # noqa: F401 (fixtures)
     _gallery_images,
     _screenshot,
     _wait_for_info,
-    browser,
     page_at,
     pytestmark,
     server,

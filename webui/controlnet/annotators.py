@@ -20,7 +20,7 @@ from .catalog import ANNOTATORS_FOLDER, Preprocessor
 RUNNABLE = frozenset({"hed", "hed_safe", "scribble_hed", "pidinet", "pidinet_safe", "pidinet_scribble",
                       "lineart", "lineart_coarse", "lineart_anime", "mlsd", "openpose", "openpose_hand",
                       "openpose_face", "openpose_faceonly", "openpose_full",
-                      "depth_anything", "dw_openpose_full"})
+                      "depth_anything", "normal_bae", "dw_openpose_full"})
 
 
 class AnnotatorMissingError(AtelierError):

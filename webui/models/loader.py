@@ -159,7 +159,8 @@ def _read_pickled(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise CheckpointLoadError(f"{path.name}: does not contain a state dict")
     raw_meta = data.get("__metadata__")
     metadata = {str(k): str(v) for k, v in raw_meta.items()} if isinstance(raw_meta, dict) else {}
-    for wrapper in ("state_dict", "params_ema", "params"):  # A1111/ldm, then BasicSR's (Real-ESRGAN) wrappers
+    # A1111/ldm, BasicSR's (Real-ESRGAN) and Bae et al.'s (the normal_bae annotator's scannet.pt) wrappers
+    for wrapper in ("state_dict", "params_ema", "params", "model"):
         if isinstance(data.get(wrapper), dict):
             data = data[wrapper]
             break
