@@ -205,3 +205,24 @@ def test_pasted_overrides_are_this_jobs_and_use_setting_leaves_the_settings():
     default = build_request(settings, forms.form_fields("txt2img", None, {
         **BASE, "emphasis": forms.USE_SETTING, "rng": forms.USE_SETTING, "eta_noise_seed_delta": -1}), lambda: 64)
     assert (default.emphasis, default.rng, default.eta_noise_seed_delta) == ("None", "CPU", 7)
+
+
+def test_the_section_shows_the_overflow_note_after_the_units_controls():
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from webui.ui.controlnet_controls import build_controlnet_section
+
+    ctx = SimpleNamespace(settings=SimpleNamespace(controlnet_unit_count=2),
+                          manager=SimpleNamespace(controlnets=SimpleNamespace(titles=lambda: [MODEL])))
+    with gr.Blocks():
+        fields = {"width": gr.Slider(), "height": gr.Slider()}
+        section = build_controlnet_section(ctx, fields, "txt2img")
+    targets = section.restore_targets(fields)
+    restored = restore_units(forms.values_from_infotext(TWO_UNITS)["controlnet_units"], 2, lambda name: MODEL)
+    updates = section.restore_updates(fields, restored)
+    assert len(updates) == len(targets) and targets[-1] is section.overflow
+    assert updates[-1]["visible"] is True and "ControlNet 2" in updates[-1]["value"]
+    pictures = [fields[unit_field(i, name)] for i in range(2) for name in ("image", "mask")]
+    assert not any(t is p for t in targets for p in pictures), "pasted parameters leave the pictures alone"
