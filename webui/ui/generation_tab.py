@@ -230,7 +230,7 @@ def _wire_generation(ctx: AppContext, tab: ModeTab, top: TopBar, styles: Any) ->
     def on_generate(request: gr.Request, checkpoint: str | None, *values: Any):
         form = dict(zip(names, values[:len(names)], strict=True))
         tail = values[len(names) + extension_count:]
-        form.update(zip(pictures, tail, strict=False))  # a value not given is None: no picture
+        form.update(zip(pictures, tail, strict=True))  # None where a client sent no picture
         script, extra = tab.extensions.split(list(values[len(names):len(names) + extension_count]))
         owner = owner_of(request)
         try:
