@@ -66,3 +66,12 @@ def test_checking_changes_writes_nothing_and_new_settings_are_validated(tmp_path
     saved = save_settings(s, {"default_vae": "None"})
     reloaded = load_settings({"settings_file": tmp_path / "settings.json"}, env={})
     assert reloaded.default_vae == saved.default_vae == "None"
+
+
+def test_the_controlnet_unit_count_is_editable_within_the_extensions_limit(tmp_path):
+    settings = load_settings({"settings_file": tmp_path / "s.json"}, env={})
+    assert save_settings(settings, {"controlnet_unit_count": "5"}).controlnet_unit_count == 5
+    assert json.loads((tmp_path / "s.json").read_text())["controlnet_unit_count"] == 5
+    for bad in (0, 11):
+        with pytest.raises(ValueError, match="controlnet_unit_count"):
+            check_changes(settings, {"controlnet_unit_count": bad})

@@ -158,3 +158,41 @@ def test_pasted_parameters_fill_two_units_and_say_the_images_are_missing(page_at
     page.get_by_role("button", name="Refresh ControlNet models").first.click()
     page.click("#txt2img-cn1-model input")
     page.get_by_role("option", name="control_v11p_sd15_lineart", exact=False).first.wait_for()
+
+
+def test_a_page_mask_on_an_inpaint_only_unit_keeps_the_unmasked_half(page_at, server, tmp_path):  # noqa: F811
+    import numpy as np
+    from PIL import Image
+
+    ctx, _ = server
+    title = next(t for t in ctx.manager.controlnets.titles() if t.startswith(DEMO_CONTROLNET))
+    control = outlines.to_rgb(outlines.outline_map(positions.grid_scene("yellow", "star", "blue", "in the top left")))
+    control.save(tmp_path / "map.png")
+    half = np.zeros((64, 64), dtype=np.uint8)
+    half[:, :32] = 255  # the left half is masked (drawn); the right half is the unit's picture, pasted back
+    Image.fromarray(half, "L").save(tmp_path / "mask.png")
+
+    page = page_at()
+    page.click("#txt2img-controlnet")
+    page.wait_for_selector("#txt2img-cn0-image", state="visible")
+    page.set_input_files("#txt2img-cn0-image input[type=file]", str(tmp_path / "map.png"))
+    page.wait_for_selector("#txt2img-cn0-image img")
+    assert not page.is_visible("#txt2img-cn0-mask"), "the mask is folded away until asked for"
+    page.get_by_role("button", name="Mask (optional: the part to inpaint, or a scribble)").first.click()
+    page.get_by_text("Unit 0 mask (white = masked)").first.wait_for()
+    page.set_input_files("#txt2img-cn0-mask input[type=file]", str(tmp_path / "mask.png"))
+    page.wait_for_selector("#txt2img-cn0-mask img")
+    page.check("#txt2img-cn0-enable input")
+    _choose(page, "txt2img-cn0-model", title)
+    _choose(page, "txt2img-cn0-module", "inpaint_only")
+    _fill(page, "#txt2img-prompt textarea", "a yellow star on a blue background")
+    _fill(page, "#txt2img-seed input", 0)
+    _fill(page, "#txt2img-steps input[type=number]", 4)
+    page.click("#txt2img-generate")
+    info = _wait_for_info(page, "txt2img", "Seed: 0")
+    assert "inpaint_only" in info, info
+    result = np.asarray(_gallery_images(page, "txt2img")[0])
+    _screenshot(page, "txt2img-controlnet-page-mask")
+    expected = np.asarray(control.convert("RGB").resize((64, 64)))
+    assert np.array_equal(result[:, 44:], expected[:, 44:]), "outside the page's mask: the unit's picture"
+    assert not np.array_equal(result[:, :20], expected[:, :20]), "inside it: drawn"

@@ -19,7 +19,7 @@ MODEL = "atelier-demo-outline [0adecd84]"
 
 def unit_values(index: int, mode: str = "txt2img", **changes) -> dict:
     """One unit's components as the page starts them (disabled), with ``changes``."""
-    defaults = {"enabled": False, "image": None, "module": "none", "model": "None", "weight": 1.0,
+    defaults = {"enabled": False, "image": None, "mask": None, "module": "none", "model": "None", "weight": 1.0,
                 "guidance_start": 0.0, "guidance_end": 1.0, "control_mode": "Balanced",
                 "resize_mode": "Crop and Resize", "pixel_perfect": False, "processor_res": 512,
                 "threshold_a": 0.5, "threshold_b": 0.5, "hr_option": "Both"}
@@ -148,6 +148,50 @@ def test_pasted_units_fill_every_units_controls_and_say_what_is_missing():
     assert restored.notes[1] == "" and got[unit_field(3, "enabled")] is False and restored.notes[3] == ""
 
 
+def test_pasted_units_past_the_pages_count_are_named_with_the_setting_that_gives_more():
+    units = forms.values_from_infotext(TWO_UNITS)["controlnet_units"]  # units 0 and 2
+    restored = restore_units(units, 2, lambda name: MODEL)
+    assert len(restored.notes) == 2 and restored.values[unit_field(0, "enabled")] is True
+    assert "1 ControlNet unit was not restored" in restored.overflow and "ControlNet 2" in restored.overflow
+    assert "controlnet_unit_count" in restored.overflow and "at least 3" in restored.overflow
+    assert restore_units(units, 3, lambda name: MODEL).overflow == "", "all fit: no note"
+    one = restore_units(units, 1, lambda name: MODEL).overflow
+    assert "1 ControlNet unit was not restored" in one and "shows 1 unit." in one, "the gap (unit 1) is no unit"
+    units[1] = units[0]
+    assert "2 ControlNet units were not restored" in restore_units(units, 1, lambda name: MODEL).overflow
+
+
+def test_a_units_mask_reaches_it_as_the_apis_mask():
+    control = Image.new("RGB", (64, 64), "black")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    values = page(u0={"enabled": True, "image": control, "mask": mask, "model": MODEL, "module": "inpaint_only"},
+                  u1={"enabled": True, "image": control, "model": MODEL})
+    units = request("txt2img", values).controlnet_units
+    assert units[0].mask is not None and units[0].mask.getpixel((0, 0)) == 255 and units[0].mask.getpixel((63, 0)) == 0
+    assert units[0].module == "inpaint_only" and units[1].mask is None
+    # A mask painted on an image editor: white where any layer has paint.
+    layer = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    layer.paste((255, 255, 255, 128), (40, 0, 64, 10))
+    from webui.ui.controlnet_form import unit_mask
+
+    painted = unit_mask({"background": control, "layers": [layer], "composite": control})
+    assert painted is not None and painted.getpixel((50, 5)) == 255 and painted.getpixel((10, 30)) == 0
+    assert unit_mask({"background": control, "layers": [Image.new("RGBA", (64, 64))], "composite": None}) is None
+
+
+def test_unit_pictures_are_the_last_optional_parameters_of_the_generate_endpoint():
+    from webui.ui.controlnet_form import is_picture_field
+    from webui.ui.generation_tab import endpoint_signature
+
+    names = ("prompt", "seed", unit_field(0, "enabled"), unit_field(0, "model"))
+    pictures = (unit_field(0, "image"), unit_field(0, "mask"))
+    assert all(map(is_picture_field, pictures)) and not any(map(is_picture_field, names))
+    params = list(endpoint_signature(names, 1, pictures).parameters.values())
+    assert [p.name for p in params] == ["request", "checkpoint", *names, "extension_input_0", *pictures]
+    assert [p.name for p in params if p.default is None] == list(pictures), "only the pictures are optional"
+
+
 def test_pasted_overrides_are_this_jobs_and_use_setting_leaves_the_settings():
     values = forms.values_from_infotext(TWO_UNITS)
     assert (values["emphasis"], values["rng"], values["eta_noise_seed_delta"]) == ("No norm", "NV", 31337)
@@ -161,3 +205,24 @@ def test_pasted_overrides_are_this_jobs_and_use_setting_leaves_the_settings():
     default = build_request(settings, forms.form_fields("txt2img", None, {
         **BASE, "emphasis": forms.USE_SETTING, "rng": forms.USE_SETTING, "eta_noise_seed_delta": -1}), lambda: 64)
     assert (default.emphasis, default.rng, default.eta_noise_seed_delta) == ("None", "CPU", 7)
+
+
+def test_the_section_shows_the_overflow_note_after_the_units_controls():
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from webui.ui.controlnet_controls import build_controlnet_section
+
+    ctx = SimpleNamespace(settings=SimpleNamespace(controlnet_unit_count=2),
+                          manager=SimpleNamespace(controlnets=SimpleNamespace(titles=lambda: [MODEL])))
+    with gr.Blocks():
+        fields = {"width": gr.Slider(), "height": gr.Slider()}
+        section = build_controlnet_section(ctx, fields, "txt2img")
+    targets = section.restore_targets(fields)
+    restored = restore_units(forms.values_from_infotext(TWO_UNITS)["controlnet_units"], 2, lambda name: MODEL)
+    updates = section.restore_updates(fields, restored)
+    assert len(updates) == len(targets) and targets[-1] is section.overflow
+    assert updates[-1]["visible"] is True and "ControlNet 2" in updates[-1]["value"]
+    pictures = [fields[unit_field(i, name)] for i in range(2) for name in ("image", "mask")]
+    assert not any(t is p for t in targets for p in pictures), "pasted parameters leave the pictures alone"

@@ -205,7 +205,7 @@ EDITABLE = ("outputs_dir", "ram_cache_bytes", "offload", "preview_every_n_steps"
             "default_steps", "default_size", "save_format", "filename_pattern", "save_images", "default_clip_skip",
             "emphasis", "randn_source", "eta_noise_seed_delta",
             "default_vae", "upscaler_tile_size", "save_images_before_highres_fix", "save_per_user_folders",
-            "vae_decode_method")
+            "vae_decode_method", "controlnet_unit_count")
 
 
 def check_changes(settings: Settings, changes: Mapping[str, Any]) -> tuple[Settings, dict[str, Any]]:
@@ -260,6 +260,8 @@ def _validate(settings: Settings) -> None:
         raise ValueError("preview_every_n_steps must be 0 (off) or more")
     if settings.upscaler_tile_size != 0 and not 32 <= settings.upscaler_tile_size <= 4096:
         raise ValueError("upscaler_tile_size must be 0 (no tiles) or between 32 and 4096")
+    if not 1 <= settings.controlnet_unit_count <= 10:
+        raise ValueError("controlnet_unit_count must be between 1 and 10")
     if settings.ram_cache_bytes < 0:
         raise ValueError("ram_cache_bytes must not be negative")
     if not settings.filename_pattern.strip() or "/" in settings.filename_pattern:

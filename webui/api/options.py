@@ -29,6 +29,7 @@ A1111_SETTINGS = {
     "samples_save": "save_images",
     "show_progress_every_n_steps": "preview_every_n_steps",
     "sd_vae_decode_method": "vae_decode_method",
+    "control_net_unit_count": "controlnet_unit_count",  # sd-webui-controlnet's option
 }
 # Editable settings shown under their own names; the output folder stays with the Settings tab and flags.
 NATIVE_SETTINGS = tuple(n for n in EDITABLE if n not in A1111_SETTINGS.values() and n != "outputs_dir")

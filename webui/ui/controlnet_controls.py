@@ -17,7 +17,15 @@ from PIL import Image
 from ..controlnet import catalog, preprocess
 from ..controlnet.units import ControlMode, ControlResizeMode, HiresOption, UnitError, resize_mode_from_value
 from ..errors import AtelierError
-from .controlnet_form import NO_MODEL, RESTORED_FIELDS, RestoredUnits, scribble_picture, unit_count, unit_field
+from .controlnet_form import (
+    NO_MODEL,
+    RESTORED_FIELDS,
+    RestoredUnits,
+    painted_mask,
+    scribble_picture,
+    unit_count,
+    unit_field,
+)
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -61,8 +69,10 @@ def preview_map(ctx: AppContext, module: str, image: Image.Image | None, process
 @dataclass
 class ControlNetSection:
     """The parts of a tab's units that are not request fields: each unit's note (what pasted parameters could
-    not restore), the State holding its control image, and its model list with the 🔄 beside it."""
+    not restore), the State holding its control image, its model list with the 🔄 beside it, and the section's
+    note about pasted units the page has no room for."""
 
+    overflow: gr.Markdown | None = None
     notes: list[gr.Markdown] = field(default_factory=list)
     held: list[gr.State] = field(default_factory=list)
     models: list[gr.Dropdown] = field(default_factory=list)
@@ -74,7 +84,7 @@ class ControlNetSection:
         for index, note in enumerate(self.notes):
             out += [fields[unit_field(index, name)] for name in RESTORED_FIELDS if unit_field(index, name) in fields]
             out.append(note)
-        return out
+        return out + ([self.overflow] if self.overflow is not None else [])
 
     def restore_updates(self, fields: dict[str, Any], restored: RestoredUnits) -> list[Any]:
         """gr.update per ``restore_targets`` entry. The sliders take the restored preprocessor's labels and
@@ -95,6 +105,8 @@ class ControlNetSection:
                 else:
                     out.append(gr.update(value=values[name]))
             out.append(gr.update(value=note, visible=bool(note)))
+        if self.overflow is not None:
+            out.append(gr.update(value=restored.overflow, visible=bool(restored.overflow)))
         return out
 
 
@@ -110,7 +122,9 @@ def build_controlnet_section(ctx: AppContext, fields: dict[str, Any], mode: str)
     """Build inside the tab's left column, after ``width`` / ``height`` exist (pixel perfect reads them)."""
     count = unit_count(ctx.settings.controlnet_unit_count)
     models = model_choices(ctx)
-    section = ControlNetSection()
+    # Outside the (folded) accordion, so that it shows where the user looks after pasting.
+    section = ControlNetSection(overflow=gr.Markdown("", visible=False, elem_id=f"{mode}-cn-overflow-note",
+                                                     elem_classes=["atelier-warning"]))
     with gr.Accordion("ControlNet", open=False, elem_id=f"{mode}-controlnet"), gr.Tabs():
         for index in range(count):
             with gr.Tab(f"ControlNet Unit {index}", elem_id=f"{mode}-cn{index}-tab"):
@@ -137,6 +151,20 @@ def _build_unit(ctx: AppContext, fields: dict[str, Any], mode: str, index: int, 
                          elem_id=f"{prefix}-image", height=240)
         detected = gr.Image(label="Preprocessor preview", type="pil", interactive=False, elem_id=f"{prefix}-detected",
                             height=240)
+    put("image", image)
+    # Folded: most units need no mask, and the phone layout stays short.
+    with gr.Accordion("Mask (optional: the part to inpaint, or a scribble)", open=False, elem_id=f"{prefix}-mask-box"):
+        # image_mode None keeps an uploaded mask's transparency (transparent counts as unmasked, as the API's).
+        put("mask", gr.Image(label=f"Unit {index} mask (white = masked)", type="pil", image_mode=None,
+                             sources=["upload", "clipboard"], elem_id=f"{prefix}-mask", height=200))
+        gr.Markdown("With `inpaint` / `inpaint_only` the white part is what gets drawn; with any other "
+                    "preprocessor the white strokes are its input instead of the control image (the extension's "
+                    "scribble mode). The same as the API's `mask`.", elem_classes=["atelier-hint"])
+        painter = gr.ImageMask(label=f"Paint unit {index}'s mask over its control image", type="pil",
+                               sources=["upload", "clipboard"], layers=False, transforms=(),
+                               brush=gr.Brush(default_size=20, colors=[("#ffffff", 0.75)], color_mode="fixed"),
+                               eraser=gr.Eraser(default_size=20), elem_id=f"{prefix}-mask-painter", height=300)
+        use_painted = gr.Button("⬆️ Use the painted mask", size="sm", elem_id=f"{prefix}-use-painted-mask")
     with gr.Accordion("Draw a scribble on a blank canvas", open=False, elem_id=f"{prefix}-scribble"):
         canvas = gr.Sketchpad(type="pil", image_mode="RGB", canvas_size=(512, 512), layers=False, transforms=(),
                               brush=gr.Brush(default_size=6, colors=["#000000"], color_mode="fixed"),
@@ -179,16 +207,29 @@ def _build_unit(ctx: AppContext, fields: dict[str, Any], mode: str, index: int, 
         put("hr_option", gr.Radio([o.value for o in HiresOption], value=HiresOption.BOTH.value,
                                   label="Hires fix passes it guides", elem_id=f"{prefix}-hr-option"))
 
-    # Generate reads the picture from a State: a gr.Image input without a value would be a required argument
-    # of the txt2img / img2img API endpoints and break gradio clients that send only the older fields.
-    held = put("image", gr.State(None))
+    # The image and mask are the Generate event's last inputs, optional for gradio clients (generation_tab);
+    # the State mirrors the image for the send-to / Read events, which say when a restored unit lacks one.
+    held = gr.State(None)
     section.held.append(held)
 
-    def on_image(picture: Image.Image | None) -> tuple[Any, Any]:
-        # A control image is there now: the note about the missing one has done its job.
-        return picture, (gr.skip() if picture is None else gr.update(value="", visible=False))
+    def on_image(picture: Image.Image | None) -> tuple[Any, Any, Any]:
+        # A control image is there now: the note about the missing one has done its job, and the mask painter
+        # shows the picture to paint on.
+        if picture is None:
+            return picture, gr.skip(), gr.skip()
+        return picture, gr.update(value="", visible=False), picture
 
-    image.change(on_image, [image], [held, note], queue=False, api_visibility="private", show_progress="hidden")
+    image.change(on_image, [image], [held, note, painter], queue=False, api_visibility="private",
+                 show_progress="hidden")
+
+    def on_use_painted(drawing: Any) -> Image.Image:
+        mask = painted_mask(drawing)
+        if mask is None:
+            raise gr.Error(f"Paint over the part of unit {index}'s picture to mask first.")
+        return mask
+
+    use_painted.click(on_use_painted, [painter], [fields[unit_field(index, "mask")]], queue=False,
+                      api_visibility="private")
     # On input only: pasted parameters set the module and the slider values together (restore_updates).
     module.input(slider_updates, [module], [resolution, threshold_a, threshold_b], queue=False,
                   api_visibility="private", show_progress="hidden")

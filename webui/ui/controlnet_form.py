@@ -22,11 +22,13 @@ DEFAULT_UNITS = 3
 NO_MODEL = "None"  # the model dropdown's first choice
 MAX_UNITS = 10  # the extension's own "max models" limit
 # A unit's fields, as the extension names them (hr_option only where hires fix exists: txt2img).
-UNIT_FIELDS = ("enabled", "image", "module", "model", "weight", "guidance_start", "guidance_end", "control_mode",
-               "resize_mode", "pixel_perfect", "processor_res", "threshold_a", "threshold_b")
+UNIT_FIELDS = ("enabled", "image", "mask", "module", "model", "weight", "guidance_start", "guidance_end",
+               "control_mode", "resize_mode", "pixel_perfect", "processor_res", "threshold_a", "threshold_b")
 TXT2IMG_UNIT_FIELDS = (*UNIT_FIELDS, "hr_option")
-# The controls an infotext fills (the image it cannot: pictures' parameters carry no control image).
-RESTORED_FIELDS = tuple(name for name in TXT2IMG_UNIT_FIELDS if name != "image")
+# The unit's pictures: the last inputs of the Generate event (after the older fields, so that gradio clients
+# written before they were inputs keep their positions), and what an infotext cannot restore.
+PICTURE_FIELDS = ("image", "mask")
+RESTORED_FIELDS = tuple(name for name in TXT2IMG_UNIT_FIELDS if name not in PICTURE_FIELDS)
 
 
 def unit_field(index: int, name: str) -> str:
@@ -36,6 +38,11 @@ def unit_field(index: int, name: str) -> str:
 def unit_fields(mode: str, index: int) -> tuple[str, ...]:
     names = TXT2IMG_UNIT_FIELDS if mode == "txt2img" else UNIT_FIELDS
     return tuple(unit_field(index, name) for name in names)
+
+
+def is_picture_field(name: str) -> bool:
+    """Whether a form field name is a unit's control image or mask (``controlnet_<i>_image`` / ``_mask``)."""
+    return name.startswith(PREFIX) and name.rsplit("_", 1)[-1] in PICTURE_FIELDS
 
 
 def unit_count(setting: Any) -> int:
@@ -68,6 +75,30 @@ def scribble_picture(value: Any) -> Image.Image | None:
     return None if darkest == 255 else picture
 
 
+def unit_mask(value: Any) -> Image.Image | None:
+    """A unit's mask as the API's ``mask`` takes it (white = masked; transparency counts as unmasked): an
+    uploaded picture as is, or the strokes painted on an image editor (white where painted)."""
+    if isinstance(value, Mapping):
+        return painted_mask(value)
+    return value if isinstance(value, Image.Image) else None
+
+
+def painted_mask(value: Any) -> Image.Image | None:
+    """The strokes on an image editor's layers as an L mask (white where any layer has paint), or None."""
+    if not isinstance(value, Mapping):
+        return None
+    background = value.get("background")
+    layers = [layer for layer in value.get("layers") or [] if isinstance(layer, Image.Image)]
+    if not layers:
+        return None
+    size = background.size if isinstance(background, Image.Image) else layers[0].size
+    mask = Image.new("L", size, 0)
+    for layer in layers:
+        alpha = layer.convert("RGBA").getchannel("A").resize(size, Image.Resampling.NEAREST)
+        mask.paste(255, (0, 0), alpha.point(lambda v: 255 if v > 0 else 0))
+    return mask if mask.getbbox() is not None else None  # None: nothing painted
+
+
 def units_from_values(values: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The units up to the last enabled one: enabled ones with their settings, the disabled ones before them as
     ``{"enabled": False}`` placeholders, so that messages and the infotext (``controlnet_units[1]``,
@@ -88,6 +119,7 @@ def units_from_values(values: Mapping[str, Any]) -> list[dict[str, Any]]:
             if key in values and values[key] is not None and values[key] != "":
                 unit[name] = values[key]
         unit["image"] = _control_image(values.get(unit_field(index, "image")))
+        unit["mask"] = unit_mask(values.get(unit_field(index, "mask")))
         unit["pixel_perfect"] = bool(unit.get("pixel_perfect"))
         if str(unit.get("model") or NO_MODEL).strip() in ("", NO_MODEL):
             raise RequestError(f"controlnet_units[{index}].model",
@@ -106,6 +138,7 @@ class RestoredUnits:
 
     values: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    overflow: str = ""  # the section's note: units the text names beyond the page's count ("" for none)
 
 
 def restore_units(units: Sequence[ControlUnit], count: int, find_model: Callable[[str], str | None],
@@ -149,4 +182,18 @@ def restore_units(units: Sequence[ControlUnit], count: int, find_model: Callable
                                "pasted parameters, which cannot hold its control image. Upload the control image"
                                f"{fallback} before generating.")
         restored.notes.append("\n\n".join(problems))
+    restored.overflow = overflow_note(units, count)
     return restored
+
+
+def overflow_note(units: Sequence[ControlUnit], count: int) -> str:
+    """What the page says when pasted parameters name enabled units past its ``count``: how many were left
+    out, which, and the setting that gives more units ("" when all fit)."""
+    left = [index for index, unit in enumerate(units) if index >= count and unit.enabled]
+    if not left:
+        return ""
+    names = ", ".join(f"ControlNet {index}" for index in left)
+    units_word = "unit was" if len(left) == 1 else "units were"
+    return (f"⚠️ **{len(left)} ControlNet {units_word} not restored** ({names}): this page shows {count} "
+            f"unit{'s' if count != 1 else ''}. Raise Settings → \"ControlNet units per tab\" "
+            f"(controlnet_unit_count) to at least {left[-1] + 1}, restart Atelier and paste the parameters again.")

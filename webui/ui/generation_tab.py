@@ -6,6 +6,7 @@ No generation logic here: values go through ``forms.form_fields`` and ``AppConte
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from ..users import user_of
 from . import forms
 from .controlnet_controls import ControlNetSection, build_controlnet_section
 from .controlnet_form import PREFIX as CONTROLNET_PREFIX
-from .controlnet_form import restore_units
+from .controlnet_form import is_picture_field, restore_units
 from .extension_controls import ExtensionControls, build_extension_controls
 from .networks_panel import build_networks_panel
 from .runner import info_html, owner_of, run_job, show_updates
@@ -70,13 +71,22 @@ class ModeTab:
     overrides: Any = None  # the accordion of the per-job overrides (emphasis, RNG, ENSD)
 
     def inputs(self, top: TopBar) -> list[Any]:
-        """[checkpoint, *fields in ``names`` order, *extensions' controls]: the event's inputs."""
-        return [top.checkpoint] + [self.fields[name] for name in self.names] + self.extensions.inputs()
+        """[checkpoint, *fields in ``names`` order, *extensions' controls, *``picture_names``]: the event's
+        inputs, in the positional order of its API endpoint."""
+        return ([top.checkpoint] + [self.fields[name] for name in self.names] + self.extensions.inputs()
+                + [self.fields[name] for name in self.picture_names])
 
     @property
     def names(self) -> tuple[str, ...]:
         """forms.MODE_FIELDS, then the ControlNet units' fields (how many units there are is a setting)."""
-        return forms.MODE_FIELDS[self.mode] + tuple(n for n in self.fields if n.startswith(CONTROLNET_PREFIX))
+        return forms.MODE_FIELDS[self.mode] + tuple(n for n in self.fields if n.startswith(CONTROLNET_PREFIX)
+                                                    and not is_picture_field(n))
+
+    @property
+    def picture_names(self) -> tuple[str, ...]:
+        """The units' control images and masks (``controlnet_<i>_image``, ``controlnet_<i>_mask``): last, so the
+        positions older gradio clients send stay as they were."""
+        return tuple(n for n in self.fields if is_picture_field(n))
 
 
 def build_mode_tab(ctx: AppContext, mode: str, top: TopBar, size: int, styles: Any, tokenizer: Any) -> ModeTab:
@@ -214,9 +224,14 @@ def build_override_row(fields: dict[str, Any], prefix: str) -> gr.Accordion:
 def _wire_generation(ctx: AppContext, tab: ModeTab, top: TopBar, styles: Any) -> None:
     names = tab.names
 
+    pictures = tab.picture_names
+    extension_count = len(tab.extensions.inputs())
+
     def on_generate(request: gr.Request, checkpoint: str | None, *values: Any):
         form = dict(zip(names, values[:len(names)], strict=True))
-        script, extra = tab.extensions.split(list(values[len(names):]))
+        tail = values[len(names) + extension_count:]
+        form.update(zip(pictures, tail, strict=True))  # None where a client sent no picture
+        script, extra = tab.extensions.split(list(values[len(names):len(names) + extension_count]))
         owner = owner_of(request)
         try:
             prompt, negative = styles.apply(list(form.get("styles") or []), str(form.get("prompt") or ""),
@@ -236,6 +251,7 @@ def _wire_generation(ctx: AppContext, tab: ModeTab, top: TopBar, styles: Any) ->
 
         yield from show_updates(run_job(ctx, owner, req, work), log)
 
+    on_generate.__signature__ = endpoint_signature(names, extension_count, pictures)  # type: ignore[attr-defined]
     tab.generate.click(
         on_generate,
         tab.inputs(top),
@@ -268,6 +284,19 @@ def _wire_generation(ctx: AppContext, tab: ModeTab, top: TopBar, styles: Any) ->
         return results, info_html(text, [], False)
 
     tab.gallery.select(on_select, [tab.results], [tab.results, tab.info], api_visibility="private", queue=False)
+
+
+def endpoint_signature(names: tuple[str, ...], extension_count: int, pictures: tuple[str, ...]) -> inspect.Signature:
+    """The Generate handler's parameters as gradio reads them for its API endpoint: one named parameter per
+    input (so clients may pass fields by name), the pictures last with None as their default, which makes them
+    optional arguments: a client that sends only the older fields keeps working."""
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    parameters = [inspect.Parameter("request", positional, annotation=gr.Request),
+                  inspect.Parameter("checkpoint", positional)]
+    parameters += [inspect.Parameter(name, positional) for name in names]
+    parameters += [inspect.Parameter(f"extension_input_{i}", positional) for i in range(extension_count)]
+    parameters += [inspect.Parameter(name, positional, default=None) for name in pictures]
+    return inspect.Signature(parameters)
 
 
 def _wire_helpers(ctx: AppContext, tab: ModeTab, styles: Any, tokenizer: Any, token_count: gr.HTML,

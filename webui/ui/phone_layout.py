@@ -14,7 +14,7 @@ PHONE_WIDTH = 600  # CSS pixels; a phone held upright is 360-430
 CSS = f"""
 .atelier-fold-toggle {{ display: none; }}
 /* The inpaint brush: a finger drawing on the canvas paints instead of scrolling the page. */
-#inpaint-editor canvas {{ touch-action: none; }}
+#inpaint-editor canvas, [id$="-mask-painter"] canvas {{ touch-action: none; }}
 
 @media (max-width: {PHONE_WIDTH}px) {{
   /* One column: the two halves of a generation tab give their parts to the tab's row, which orders them. */

@@ -66,11 +66,14 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
                           elem_id="settings-default-steps")
         size = gr.Number(s.default_size or 0, precision=0, label="Default width and height (0 = the model's own)",
                          elem_id="settings-default-size")
+        cn_units = gr.Number(s.controlnet_unit_count, precision=0, minimum=1, maximum=10,
+                             label="ControlNet units per tab (1-10; from the next start)",
+                             elem_id="settings-controlnet-unit-count")
     save = gr.Button("Apply settings", variant="primary", elem_id="settings-apply")
     status = gr.HTML(elem_id="settings-status")
 
     def on_save(out_dir, name_pattern, fmt, ram_gib, offload_mode, every, default_sampler, default_steps, side,
-                tile=None, first_pass=None, user_folders=None, decoder=None):
+                tile=None, first_pass=None, user_folders=None, decoder=None, controlnet_units=None):
         current = ctx.settings
         if not allow_folder_changes and (str(out_dir) != str(current.outputs_dir)
                                          or name_pattern != current.filename_pattern):
@@ -92,6 +95,8 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
             changes["save_images_before_highres_fix"] = bool(first_pass)
         if decoder is not None:
             changes["vae_decode_method"] = decoder
+        if controlnet_units is not None:
+            changes["controlnet_unit_count"] = controlnet_units
         if allow_folder_changes:
             changes["outputs_dir"] = out_dir
             if user_folders is not None:
@@ -102,11 +107,14 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
         except (TypeError, ValueError) as exc:
             return f"<p class='atelier-error'>Not saved: {html.escape(str(exc))}</p>", gr.skip()
         restart = updated.outputs_dir != ctx.settings.outputs_dir
+        units_changed = updated.controlnet_unit_count != ctx.settings.controlnet_unit_count
         ctx.apply_settings(updated)
         note = " The new output folder is used from the next start." if restart else ""
+        if units_changed:
+            note += " The new number of ControlNet units shows from the next start."
         return (f"<p class='atelier-ok'>Saved to {html.escape(str(updated.settings_file))} and applied. "
                 f"New defaults show in the tabs after a page reload.{html.escape(note)}</p>", "")
 
     save.click(on_save, [outputs_dir, pattern, save_format, ram_cache, offload, preview_every, sampler, steps, size,
-                         tile_size, save_first_pass, per_user, decode_method], [status, notice],
+                         tile_size, save_first_pass, per_user, decode_method, cn_units], [status, notice],
                api_visibility="private", queue=False)
