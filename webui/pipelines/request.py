@@ -15,6 +15,7 @@ from PIL import Image
 
 from ..controlnet.units import ControlUnit
 from ..errors import AtelierError
+from .strength import steps_run
 
 
 class Task(str, enum.Enum):
@@ -89,6 +90,8 @@ class GenerationRequest:
     emphasis: str = "Original"
     rng: str = "CPU"
     eta_noise_seed_delta: int = 0
+    # A1111's img2img_fix_steps: img2img runs exactly ``steps`` (on a longer schedule) instead of steps x strength
+    img2img_fix_steps: bool = False
     # variation seeds (A1111's subseed): noise slerped toward the variation seed's by subseed_strength
     subseed: int = -1
     subseed_strength: float = 0.0
@@ -209,7 +212,8 @@ class GenerationRequest:
         _check_int_range("inpaint_padding", self.inpaint_padding, 0, 256)
         if self.mask is not None and self.init_image is None:
             raise RequestError("mask", "a mask needs an init image")
-        if self.task is not Task.TXT2IMG and int(self.steps * self.denoising_strength) < 1:
+        if self.task is not Task.TXT2IMG and steps_run(self.sampler, self.steps, self.denoising_strength,
+                                                       self.img2img_fix_steps) == 0:
             raise RequestError("denoising_strength", f"too low for {self.steps} steps: no denoising step would run")
         self._validate_variation()
         self._validate_refiner()
@@ -271,7 +275,7 @@ class GenerationRequest:
         if min(width, height) < MIN_SIDE:
             raise RequestError("hr_resize_x", f"the hires size {width}x{height} is under {MIN_SIDE} pixels")
         hires_steps = self.hr_second_pass_steps or self.steps
-        if int(hires_steps * self.denoising_strength) < 1:
+        if steps_run(self.hr_sampler or self.sampler, hires_steps, self.denoising_strength, True) == 0:
             raise RequestError("denoising_strength",
                                f"too low for {hires_steps} hires steps: the second pass would not change anything")
 

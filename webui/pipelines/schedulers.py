@@ -40,18 +40,22 @@ def make_scheduler(
     base_config: Mapping[str, object],
     noise_seeds: Sequence[int] | None = None,
     sdxl: bool = False,
+    img2img: tuple[int, int] | None = None,
 ) -> SchedulerMixin:
     """A new scheduler of `choice`'s class: the model's noise schedule plus the sampler's overrides.
 
     diffusers' `from_config` keeps the keys the class takes and lets the class's own defaults apply
     to keys the config only holds because its class defaulted them. `noise_seeds`, one per image of
     the batch, seed the SDE samplers' Brownian noise as A1111 does, so its pictures follow the seed; other
-    samplers take their noise from the pipeline. `sdxl` picks SDXL's Align Your Steps sigmas.
+    samplers take their noise from the pipeline. `sdxl` picks SDXL's Align Your Steps sigmas. `img2img`: A1111's
+    (schedule length, t_enc) of an img2img pass, which a k-diffusion sampler then runs (`strength.Img2ImgPlan`).
     """
     cls = KDiffusionScheduler if choice.scheduler_class == K_DIFFUSION else getattr(diffusers, choice.scheduler_class)
     overrides = dict(choice.kwargs)
     if cls is KDiffusionScheduler:
         overrides["sdxl_schedule"] = sdxl
+        if img2img is not None:
+            overrides["img2img_steps"], overrides["img2img_t_enc"] = img2img
     if noise_seeds is not None and "noise_sampler_seed" in inspect.signature(cls.__init__).parameters:
         overrides["noise_sampler_seed"] = [int(s) for s in noise_seeds]
     _building.active = True
