@@ -288,8 +288,8 @@ def test_img2img_matches_a1111(kdiff, name, schedule, function, kind, brownian, 
 
 
 def test_dpm_fast_matches_k_diffusion(kdiff):
-    """txt2img: k-diffusion's sample_dpm_fast over the model's whole sigma range in ``steps`` evaluations, eta 1 (A1111's
-    default), per-step noise from the image's generator."""
+    """txt2img: k-diffusion's sample_dpm_fast over the model's whole sigma range in ``steps`` evaluations, eta 1
+    (A1111's default), per-step noise from the image's generator."""
     steps, seeds = 10, [7, 8]
     noise = torch.cat([torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(s)) for s in seeds])
     with torch.no_grad():

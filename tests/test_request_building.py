@@ -70,6 +70,11 @@ def test_the_request_is_checked_once_here_with_the_denoising_rule():
     low = build_request(SETTINGS, {"init_image": init, "steps": 4, "denoising_strength": 0.2, "sampler": "Euler"},
                         never_asked)
     assert low.denoising_strength == 0.2
+    # DPM fast cannot run a single step (its solver needs a range): named, not a failure inside the job
+    with pytest.raises(RequestError, match="DPM fast") as fast:
+        build_request(SETTINGS, {"init_image": init, "steps": 4, "denoising_strength": 0.2, "sampler": "DPM fast"},
+                      never_asked)
+    assert fast.value.field == "denoising_strength"
     with pytest.raises(RequestError, match="steps"):
         build_request(SETTINGS, {"steps": 0}, lambda: 64)
 

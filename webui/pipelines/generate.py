@@ -689,7 +689,8 @@ def starts_from_pure_noise(req: GenerationRequest, choice: SamplerChoice) -> boo
 
 
 def _call_pipeline(
-    pipe: Any, task: Task, req: GenerationRequest, choice: SamplerChoice, prepared: _Prepared, seeds: list[int], callback: _StepCallback,
+    pipe: Any, task: Task, req: GenerationRequest, choice: SamplerChoice, prepared: _Prepared, seeds: list[int],
+    callback: _StepCallback,
     encoder: PromptEncoder,
     networks: JobNetworks,
     images: Any = None,

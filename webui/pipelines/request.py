@@ -15,7 +15,7 @@ from PIL import Image
 
 from ..controlnet.units import ControlUnit
 from ..errors import AtelierError
-from .strength import steps_run
+from .strength import too_few_steps
 
 
 class Task(str, enum.Enum):
@@ -212,9 +212,10 @@ class GenerationRequest:
         _check_int_range("inpaint_padding", self.inpaint_padding, 0, 256)
         if self.mask is not None and self.init_image is None:
             raise RequestError("mask", "a mask needs an init image")
-        if self.task is not Task.TXT2IMG and steps_run(self.sampler, self.steps, self.denoising_strength,
-                                                       self.img2img_fix_steps) == 0:
-            raise RequestError("denoising_strength", f"too low for {self.steps} steps: no denoising step would run")
+        short = too_few_steps(self.sampler, self.steps, self.denoising_strength, self.img2img_fix_steps) \
+            if self.task is not Task.TXT2IMG else None
+        if short:
+            raise RequestError("denoising_strength", short)
         self._validate_variation()
         self._validate_refiner()
         if self.enable_hr:
@@ -275,9 +276,9 @@ class GenerationRequest:
         if min(width, height) < MIN_SIDE:
             raise RequestError("hr_resize_x", f"the hires size {width}x{height} is under {MIN_SIDE} pixels")
         hires_steps = self.hr_second_pass_steps or self.steps
-        if steps_run(self.hr_sampler or self.sampler, hires_steps, self.denoising_strength, True) == 0:
-            raise RequestError("denoising_strength",
-                               f"too low for {hires_steps} hires steps: the second pass would not change anything")
+        short = too_few_steps(self.hr_sampler or self.sampler, hires_steps, self.denoising_strength, True)
+        if short:
+            raise RequestError("denoising_strength", f"{short} (hires pass)")
 
 
 def _finite(value: object) -> bool:

@@ -80,3 +80,14 @@ def _plan(name: str, scheduler_class: str, steps: int, strength: float, fixed: b
         return Img2ImgPlan(steps, 0, "diffusers", strength)
     total, t_enc = a1111_steps(steps, strength, fixed)
     return Img2ImgPlan(total, t_enc, kind, strength)
+
+
+def too_few_steps(sampler: str, steps: int, strength: float, fixed: bool) -> str | None:
+    """Why an img2img pass of the named sampler cannot run (None: it can): no step at all, or DPM fast with one
+    step (its solver needs a range to cover; A1111 fails there too)."""
+    run = steps_run(sampler, steps, strength, fixed)
+    if run == 0:
+        return f"too low for {steps} steps: no denoising step would run"
+    if run == 1 and canonical_sampler_name(split_legacy_sampler_name(sampler)[0]) == "DPM fast":
+        return f"too low for {steps} steps with DPM fast, which needs at least two steps to run"
+    return None
