@@ -140,6 +140,19 @@ def test_img2img_strength_controls_how_much_the_init_image_survives(make_context
     assert np.abs(low_a - pixels(roundtrip_a)).mean() < np.abs(low_b - pixels(roundtrip_a)).mean()
 
 
+@pytest.mark.parametrize(("sampler", "fix_steps", "expected"), [
+    ("Euler", False, 5), ("Euler", True, 8), ("DDIM", False, 4), ("LCM", False, 4)])
+def test_img2img_runs_a1111s_step_count(make_context, sampler, fix_steps, expected):
+    """8 steps at strength 0.5: A1111's k-diffusion samplers run t_enc + 1 = 5, exactly 8 with img2img_fix_steps
+    (on a 16-step schedule); its DDIM runs t_enc = 4; LCM keeps diffusers' 8 x 0.5."""
+    ctx = make_context(["sd1"])
+    control, seen = JobControl(), []
+    control.listener = lambda progress: seen.append(progress.steps)
+    generate(ctx.manager, req(init_image=_init_image(), denoising_strength=0.5, steps=8, sampler=sampler,
+                              img2img_fix_steps=fix_steps), control=control)
+    assert seen and seen[-1] == expected
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("area", [InpaintArea.WHOLE_PICTURE, InpaintArea.ONLY_MASKED])
 @pytest.mark.parametrize("model_name", ["sd1", "sd1-inpaint"])

@@ -303,3 +303,48 @@ def test_dpm_fast_matches_k_diffusion(kdiff):
         x = noise * kd_sigmas(steps, None)[0]
         theirs = kdiff.sample_dpm_fast(denoiser, x, sig[0].item(), sig[-1].item(), steps, disable=True, eta=1.0)
     assert relative_error(ours, theirs) < 1e-4
+
+
+def a1111_ddim_img2img(x0: torch.Tensor, noise: torch.Tensor, steps: int, strength: float) -> torch.Tensor:
+    """A1111's DDIM img2img: t_enc = int(min(strength, 0.999) * steps); the picture noised to timesteps[t_enc], then
+    DDIM (eta 0) over timesteps[:t_enc]."""
+    timesteps = torch.clip(torch.arange(0, 1000, 1000 // steps) + 1, 0, 999)
+    t_enc = int(min(strength, 0.999) * steps)
+    a = alphas_cumprod[timesteps[t_enc]]
+    x = x0 * a.sqrt() + noise * (1 - a).sqrt()
+    sched = timesteps[:t_enc]
+    alphas = alphas_cumprod[sched]
+    alphas_prev = alphas_cumprod[torch.nn.functional.pad(sched[:-1], pad=(1, 0))].double()
+    for index in range(len(sched) - 1, -1, -1):
+        e_t = eps_model(x, float(sched[index]))
+        a_t, a_prev = alphas[index].item(), alphas_prev[index].item()
+        pred_x0 = (x - (1 - a_t) ** 0.5 * e_t) / a_t ** 0.5
+        x = a_prev ** 0.5 * pred_x0 + (1 - a_prev) ** 0.5 * e_t
+    return x
+
+
+@pytest.mark.parametrize("strength", [0.3, 0.75])
+def test_ddim_img2img_matches_a1111(strength):
+    """A1111's DDIM img2img count (t_enc) and starting level (one grid step above the first timestep it runs), on
+    diffusers' DDIM as Atelier calls the pipeline."""
+    from webui.pipelines.schedulers import make_scheduler, use_a1111_ddim_start
+    from webui.pipelines.strength import plan_img2img
+
+    steps = 10
+    noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(9))
+    x0 = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(10))
+    choice = resolve_sampler("DDIM")
+    plan = plan_img2img(choice, steps, strength, fixed=False)
+    with torch.no_grad():
+        scheduler = make_scheduler(choice, CONFIG)
+        use_a1111_ddim_start(scheduler, plan.total)
+        n, passed = plan.pipeline_call()
+        scheduler.set_timesteps(n)
+        t_start = n - min(int(n * passed), n)
+        timesteps = scheduler.timesteps[t_start:]  # diffusers' DDIM has no begin index to set
+        x = scheduler.add_noise(x0, noise, timesteps[:1])
+        for t in timesteps:
+            x = scheduler.step(eps_model(scheduler.scale_model_input(x, t), t), t, x).prev_sample
+        theirs = a1111_ddim_img2img(x0, noise, steps, strength)
+    assert len(timesteps) == int(strength * steps)
+    assert relative_error(x, theirs) < 1e-4

@@ -46,7 +46,7 @@ from .noise import step_generators, variation_noise
 from .previews import LatentPreviewer
 from .request import GenerationRequest, InpaintArea, MaskedContent, RequestError, Task
 from .rng import effective_source, fallback_warning
-from .schedulers import make_scheduler, use_start_noise
+from .schedulers import make_scheduler, use_a1111_ddim_start, use_start_noise
 from .strength import Img2ImgPlan, plan_img2img
 
 log = logging.getLogger(__name__)
@@ -635,6 +635,8 @@ def _run_batch(
                                    img2img=(img2img.total, img2img.t_enc) if img2img is not None else None)
         if latents is not None and images is None and req.task is not Task.TXT2IMG:
             use_start_noise(scheduler, latents)
+        if img2img is not None and img2img.kind == "timesteps" and choice.name == "DDIM":
+            use_a1111_ddim_start(scheduler, img2img.total)
         pipe = manager.pipeline(model, task, scheduler, vae)
         try:
             warnings = manager.place(model, pipe, plan, networks.loras)

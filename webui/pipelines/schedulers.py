@@ -76,3 +76,22 @@ def use_start_noise(scheduler: SchedulerMixin, noise: Any) -> None:
         return add_noise(original_samples, noise.to(original_samples.device, original_samples.dtype), timesteps)
 
     scheduler.add_noise = add_given_noise  # type: ignore[attr-defined]
+
+
+def use_a1111_ddim_start(scheduler: SchedulerMixin, total_steps: int) -> None:
+    """A1111's DDIM img2img noises the picture to the timestep one grid step above the first one it evaluates
+    (``alphas_cumprod[timesteps[t_enc]]`` while sampling ``timesteps[:t_enc]``); diffusers noises it to the first
+    one. Only the starting noise moves up; inpainting's later blends keep diffusers' levels."""
+    add_noise = scheduler.add_noise  # type: ignore[attr-defined]
+    train_steps = int(scheduler.config["num_train_timesteps"])  # type: ignore[attr-defined]
+    ratio = train_steps // max(total_steps, 1)
+    started = False
+
+    def add_noise_one_step_up(original_samples: Any, noise: Any, timesteps: Any) -> Any:
+        nonlocal started
+        if not started:
+            started = True
+            timesteps = (timesteps + ratio).clamp(max=train_steps - 1)
+        return add_noise(original_samples, noise, timesteps)
+
+    scheduler.add_noise = add_noise_one_step_up  # type: ignore[attr-defined]
