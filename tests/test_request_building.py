@@ -75,6 +75,12 @@ def test_the_request_is_checked_once_here_with_the_denoising_rule():
         build_request(SETTINGS, {"init_image": init, "steps": 4, "denoising_strength": 0.2, "sampler": "DPM fast"},
                       never_asked)
     assert fast.value.field == "denoising_strength"
+    # A1111's img2img_fix_steps comes from the settings unless the job says otherwise, and must be a boolean
+    fixed = build_request(SETTINGS.replace(img2img_fix_steps=True), {"init_image": init}, never_asked)
+    assert fixed.img2img_fix_steps is True
+    with pytest.raises(RequestError) as flag:
+        build_request(SETTINGS, {"init_image": init, "img2img_fix_steps": "yes"}, never_asked)
+    assert flag.value.field == "img2img_fix_steps"
     with pytest.raises(RequestError, match="steps"):
         build_request(SETTINGS, {"steps": 0}, lambda: 64)
 

@@ -212,6 +212,8 @@ class GenerationRequest:
         _check_int_range("inpaint_padding", self.inpaint_padding, 0, 256)
         if self.mask is not None and self.init_image is None:
             raise RequestError("mask", "a mask needs an init image")
+        if not isinstance(self.img2img_fix_steps, bool):
+            raise RequestError("img2img_fix_steps", "must be true or false")
         short = too_few_steps(self.sampler, self.steps, self.denoising_strength, self.img2img_fix_steps) \
             if self.task is not Task.TXT2IMG else None
         if short:

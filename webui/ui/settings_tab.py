@@ -66,11 +66,14 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
                           elem_id="settings-default-steps")
         size = gr.Number(s.default_size or 0, precision=0, label="Default width and height (0 = the model's own)",
                          elem_id="settings-default-size")
+        fix_steps = gr.Checkbox(s.img2img_fix_steps, label="With img2img, do exactly the amount of steps the slider "
+                                "specifies (on a schedule stretched to steps / denoising strength)",
+                                elem_id="settings-img2img-fix-steps")
     save = gr.Button("Apply settings", variant="primary", elem_id="settings-apply")
     status = gr.HTML(elem_id="settings-status")
 
     def on_save(out_dir, name_pattern, fmt, ram_gib, offload_mode, every, default_sampler, default_steps, side,
-                tile=None, first_pass=None, user_folders=None, decoder=None):
+                tile=None, first_pass=None, user_folders=None, decoder=None, exact_steps=None):
         current = ctx.settings
         if not allow_folder_changes and (str(out_dir) != str(current.outputs_dir)
                                          or name_pattern != current.filename_pattern):
@@ -92,6 +95,8 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
             changes["save_images_before_highres_fix"] = bool(first_pass)
         if decoder is not None:
             changes["vae_decode_method"] = decoder
+        if exact_steps is not None:
+            changes["img2img_fix_steps"] = bool(exact_steps)
         if allow_folder_changes:
             changes["outputs_dir"] = out_dir
             if user_folders is not None:
@@ -108,5 +113,5 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
                 f"New defaults show in the tabs after a page reload.{html.escape(note)}</p>", "")
 
     save.click(on_save, [outputs_dir, pattern, save_format, ram_cache, offload, preview_every, sampler, steps, size,
-                         tile_size, save_first_pass, per_user, decode_method], [status, notice],
+                         tile_size, save_first_pass, per_user, decode_method, fix_steps], [status, notice],
                api_visibility="private", queue=False)
