@@ -437,9 +437,10 @@ def test_latent_nothing_starts_the_masked_area_from_flat_grey():
 
 
 def test_denoising_strength_too_low_for_the_steps_is_a_clear_error(make_context):
+    # LCM keeps diffusers' count (10 x 0.05: no step); A1111's samplers would run one
     ctx = make_context(["sd1"])
     with pytest.raises(RequestError, match="denoising_strength"):
-        generate(ctx.manager, req(init_image=_init_image(), denoising_strength=0.05, steps=10))
+        generate(ctx.manager, req(init_image=_init_image(), denoising_strength=0.05, steps=10, sampler="LCM"))
 
 
 def test_garbage_ckpt_is_called_corrupt_not_dangerous(make_context):
