@@ -482,8 +482,9 @@ def test_malformed_input_gets_4xx_naming_the_field_and_the_server_goes_on(server
         ("/img2img", {"init_images": [b64(Image.new("RGB", (64, 64)))], "mask": "%%%", "steps": 2}, 400, "mask"),
         ("/img2img", {"init_images": [b64(Image.new("RGB", (64, 64)))], "mask": b64(Image.new("L", (64, 64))),
                       "steps": 2}, 422, "mask"),  # an empty mask
+        # A1111's samplers still run one step at any strength; LCM keeps diffusers' steps x strength, here none
         ("/img2img", {"init_images": [b64(Image.new("RGB", (64, 64)))], "denoising_strength": 0.01,
-                      "steps": 2}, 422, "denoising_strength"),
+                      "steps": 2, "sampler_name": "LCM"}, 422, "denoising_strength"),
         ("/png-info", {"image": ""}, 400, "image"),
     ]
     with server.client() as api:

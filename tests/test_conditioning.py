@@ -124,7 +124,7 @@ def test_img2img_schedules_over_the_steps_that_run(sd1):
     init = Image.new("RGB", (64, 64), (200, 30, 30))
     kw = {"checkpoint": "sd1", "init_image": init, "denoising_strength": 0.5, "steps": 8}
     assert request(**kw).task is Task.IMG2IMG
-    # 8 steps at strength 0.5 run 4 steps: switching at step 4 of 4 is no switch at all.
-    late = generate(ctx.manager, request(prompt="a [red:blue:4] circle", **kw)).images[0]
+    # 8 steps at strength 0.5 run 5 steps (A1111's t_enc + 1): switching at step 5 of 5 is no switch at all.
+    late = generate(ctx.manager, request(prompt="a [red:blue:5] circle", **kw)).images[0]
     plain = generate(ctx.manager, request(prompt="a red circle", **kw)).images[0]
     assert np.array_equal(np.asarray(late), np.asarray(plain))

@@ -134,9 +134,23 @@ def test_img2img_strength_controls_how_much_the_init_image_survives(make_context
     def run(init, strength):
         return pixels(generate(ctx.manager, req(init_image=init, denoising_strength=strength, steps=10)).images[0])
 
-    low_a, low_b, full_a, full_b = run(init_a, 0.2), run(init_b, 0.2), run(init_a, 1.0), run(init_b, 1.0)
+    # 0.1 of 10 steps: A1111 runs t_enc + 1 = 2 steps, from the schedule's third-last sigma
+    low_a, low_b, full_a, full_b = run(init_a, 0.1), run(init_b, 0.1), run(init_a, 1.0), run(init_b, 1.0)
     assert np.abs(low_a - low_b).mean() > 3 * np.abs(full_a - full_b).mean()
     assert np.abs(low_a - pixels(roundtrip_a)).mean() < np.abs(low_b - pixels(roundtrip_a)).mean()
+
+
+@pytest.mark.parametrize(("sampler", "fix_steps", "expected"), [
+    ("Euler", False, 5), ("Euler", True, 8), ("DDIM", False, 4), ("LCM", False, 4)])
+def test_img2img_runs_a1111s_step_count(make_context, sampler, fix_steps, expected):
+    """8 steps at strength 0.5: A1111's k-diffusion samplers run t_enc + 1 = 5, exactly 8 with img2img_fix_steps
+    (on a 16-step schedule); its DDIM runs t_enc = 4; LCM keeps diffusers' 8 x 0.5."""
+    ctx = make_context(["sd1"])
+    control, seen = JobControl(), []
+    control.listener = lambda progress: seen.append(progress.steps)
+    generate(ctx.manager, req(init_image=_init_image(), denoising_strength=0.5, steps=8, sampler=sampler,
+                              img2img_fix_steps=fix_steps), control=control)
+    assert seen and seen[-1] == expected
 
 
 @pytest.mark.slow
@@ -423,9 +437,10 @@ def test_latent_nothing_starts_the_masked_area_from_flat_grey():
 
 
 def test_denoising_strength_too_low_for_the_steps_is_a_clear_error(make_context):
+    # LCM keeps diffusers' count (10 x 0.05: no step); A1111's samplers would run one
     ctx = make_context(["sd1"])
     with pytest.raises(RequestError, match="denoising_strength"):
-        generate(ctx.manager, req(init_image=_init_image(), denoising_strength=0.05, steps=10))
+        generate(ctx.manager, req(init_image=_init_image(), denoising_strength=0.05, steps=10, sampler="LCM"))
 
 
 def test_garbage_ckpt_is_called_corrupt_not_dangerous(make_context):

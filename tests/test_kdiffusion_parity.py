@@ -218,25 +218,133 @@ def test_ddim_matches_a1111():
     assert relative_error(ours, theirs) < 1e-4
 
 
-def test_img2img_runs_the_remaining_sigmas_afresh(kdiff):
-    """img2img as the pipelines slice it (timesteps[t_start * order:], set_begin_index) is A1111's img2img:
-    k-diffusion over sigmas[steps - t_enc - 1:], started at x0 + noise * that first sigma."""
+def run_engine_img2img(choice, steps: int, strength: float, x0: torch.Tensor, noise: torch.Tensor,
+                       seeds: list[int]) -> tuple[torch.Tensor, int]:
+    """A whole img2img run as Atelier calls a diffusers img2img pipeline (``strength.plan_img2img``: the count
+    and strength it passes) and as the pipeline slices the timesteps; (final latents, evaluations)."""
     from webui.pipelines.schedulers import make_scheduler
+    from webui.pipelines.strength import plan_img2img
 
-    steps, strength, seeds = 10, 0.6, [5]
+    plan = plan_img2img(choice, steps, strength, fixed=False)
+    scheduler = make_scheduler(choice, CONFIG, noise_seeds=seeds, img2img=(plan.total, plan.t_enc))
+    n, passed = plan.pipeline_call()
+    scheduler.set_timesteps(n)
+    t_start = n - min(int(n * passed), n)  # diffusers' get_timesteps
+    timesteps = scheduler.timesteps[t_start * scheduler.order:]
+    scheduler.set_begin_index(t_start * scheduler.order)
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    for generator in generators:
+        torch.randn((1, *noise.shape[1:]), generator=generator)  # the pipeline drew the start noise from it
+    x = scheduler.add_noise(x0, noise, timesteps[:1])
+    for t in timesteps:
+        eps = eps_model(scheduler.scale_model_input(x, t), t)
+        x = scheduler.step(eps, t, x, generator=generators).prev_sample
+    return x, len(timesteps)
+
+
+def a1111_img2img(kdiff, function: str, steps: int, strength: float, kind: str | None, x0: torch.Tensor,
+                  noise: torch.Tensor, seeds: list[int], brownian: bool, **extra) -> tuple[torch.Tensor, int]:
+    """A1111's sample_img2img: t_enc = int(min(strength, 0.999) * steps), k-diffusion on sigmas[steps - t_enc - 1:]
+    from x0 + noise * its first sigma, the Brownian tree over the whole schedule; (final latents, steps run)."""
+    t_enc = int(min(strength, 0.999) * steps)
+    sigmas = kd_sigmas(steps, kind)
+    sched = sigmas[steps - t_enc - 1:]
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    for generator in generators:
+        torch.randn((1, *noise.shape[1:]), generator=generator)
+
+    def randn_like(x, **kw):
+        return torch.cat([torch.randn((1, *x.shape[1:]), generator=g, dtype=x.dtype) for g in generators])
+
+    kdiff.torch = types.SimpleNamespace(**{k: getattr(torch, k) for k in dir(torch) if not k.startswith("__")})
+    kdiff.torch.randn_like = randn_like
+    xi = x0 + noise * sched[0]
+    if brownian:
+        extra["noise_sampler"] = kdiff.BrownianTreeNoiseSampler(xi, sigmas[sigmas > 0].min(), sigmas.max(),
+                                                                seed=seeds)
+    if function == "sample_dpm_fast":
+        return kdiff.sample_dpm_fast(denoiser, xi, sched[-2], sched[0], len(sched) - 1, disable=True,
+                                     eta=1.0), t_enc + 1
+    return getattr(kdiff, function)(denoiser, xi, sched, disable=True, **extra), t_enc + 1
+
+
+@pytest.mark.parametrize(("name", "schedule", "function", "kind", "brownian"), [
+    ("DPM++ SDE", "Karras", "sample_dpmpp_sde", "karras", True),
+    ("Euler a", "Automatic", "sample_euler_ancestral", None, False),
+    ("DPM fast", "Automatic", "sample_dpm_fast", None, False),
+])
+@pytest.mark.parametrize("strength", [0.3, 0.75, 1.0])
+def test_img2img_matches_a1111(kdiff, name, schedule, function, kind, brownian, strength):
+    """A full img2img run is A1111's: its step count (t_enc + 1), its sigma slice and starting noise level."""
+    steps, seeds = 10, [5]
     noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(5))
     x0 = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
-        scheduler = make_scheduler(resolve_sampler("DPM++ SDE", "Karras"), CONFIG, noise_seeds=seeds)
-        scheduler.set_timesteps(steps)
-        t_start = steps - int(steps * strength)
-        timesteps = scheduler.timesteps[t_start * scheduler.order:]
-        scheduler.set_begin_index(t_start * scheduler.order)
+        ours, evaluations = run_engine_img2img(resolve_sampler(name, schedule), steps, strength, x0, noise, seeds)
+        theirs, steps_run = a1111_img2img(kdiff, function, steps, strength, kind, x0, noise, seeds, brownian)
+    per_step = 2 if name == "DPM++ SDE" else 1
+    assert evaluations == (steps_run * per_step - (per_step - 1) if name != "DPM fast" else steps_run)
+    assert relative_error(ours, theirs) < 1e-4
+
+
+def test_dpm_fast_matches_k_diffusion(kdiff):
+    """txt2img: k-diffusion's sample_dpm_fast over the model's whole sigma range in ``steps`` evaluations, eta 1
+    (A1111's default), per-step noise from the image's generator."""
+    steps, seeds = 10, [7, 8]
+    noise = torch.cat([torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(s)) for s in seeds])
+    with torch.no_grad():
+        ours = run_engine(resolve_sampler("DPM fast"), steps, noise, seeds)
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        for generator in generators:
+            torch.randn((1, 4, 8, 8), generator=generator)
+        kdiff.torch = types.SimpleNamespace(**{k: getattr(torch, k) for k in dir(torch) if not k.startswith("__")})
+        kdiff.torch.randn_like = lambda x, **kw: torch.cat([torch.randn((1, *x.shape[1:]), generator=g)
+                                                              for g in generators])
+        x = noise * kd_sigmas(steps, None)[0]
+        theirs = kdiff.sample_dpm_fast(denoiser, x, sig[0].item(), sig[-1].item(), steps, disable=True, eta=1.0)
+    assert relative_error(ours, theirs) < 1e-4
+
+
+def a1111_ddim_img2img(x0: torch.Tensor, noise: torch.Tensor, steps: int, strength: float) -> torch.Tensor:
+    """A1111's DDIM img2img: t_enc = int(min(strength, 0.999) * steps); the picture noised to timesteps[t_enc], then
+    DDIM (eta 0) over timesteps[:t_enc]."""
+    timesteps = torch.clip(torch.arange(0, 1000, 1000 // steps) + 1, 0, 999)
+    t_enc = int(min(strength, 0.999) * steps)
+    a = alphas_cumprod[timesteps[t_enc]]
+    x = x0 * a.sqrt() + noise * (1 - a).sqrt()
+    sched = timesteps[:t_enc]
+    alphas = alphas_cumprod[sched]
+    alphas_prev = alphas_cumprod[torch.nn.functional.pad(sched[:-1], pad=(1, 0))].double()
+    for index in range(len(sched) - 1, -1, -1):
+        e_t = eps_model(x, float(sched[index]))
+        a_t, a_prev = alphas[index].item(), alphas_prev[index].item()
+        pred_x0 = (x - (1 - a_t) ** 0.5 * e_t) / a_t ** 0.5
+        x = a_prev ** 0.5 * pred_x0 + (1 - a_prev) ** 0.5 * e_t
+    return x
+
+
+@pytest.mark.parametrize("strength", [0.3, 0.75])
+def test_ddim_img2img_matches_a1111(strength):
+    """A1111's DDIM img2img count (t_enc) and starting level (one grid step above the first timestep it runs), on
+    diffusers' DDIM as Atelier calls the pipeline."""
+    from webui.pipelines.schedulers import make_scheduler, use_a1111_ddim_start
+    from webui.pipelines.strength import plan_img2img
+
+    steps = 10
+    noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(9))
+    x0 = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(10))
+    choice = resolve_sampler("DDIM")
+    plan = plan_img2img(choice, steps, strength, fixed=False)
+    with torch.no_grad():
+        scheduler = make_scheduler(choice, CONFIG)
+        use_a1111_ddim_start(scheduler, plan.total)
+        n, passed = plan.pipeline_call()
+        scheduler.set_timesteps(n)
+        t_start = n - min(int(n * passed), n)
+        timesteps = scheduler.timesteps[t_start:]  # diffusers' DDIM has no begin index to set
         x = scheduler.add_noise(x0, noise, timesteps[:1])
         for t in timesteps:
             x = scheduler.step(eps_model(scheduler.scale_model_input(x, t), t), t, x).prev_sample
-        sigmas = kd_sigmas(steps, "karras")[t_start:]
-        start = x0 + noise * sigmas[0]
-        tree = kdiff.BrownianTreeNoiseSampler(start, sigmas[sigmas > 0].min(), sigmas.max(), seed=seeds)
-        theirs = kdiff.sample_dpmpp_sde(denoiser, start, sigmas, disable=True, noise_sampler=tree)
+        theirs = a1111_ddim_img2img(x0, noise, steps, strength)
+    assert len(timesteps) == int(strength * steps)
     assert relative_error(x, theirs) < 1e-4

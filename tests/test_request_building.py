@@ -60,10 +60,27 @@ def test_names_become_choices_and_bad_ones_name_their_field():
 
 
 def test_the_request_is_checked_once_here_with_the_denoising_rule():
+    init = Image.new("RGB", (64, 64))
+    # LCM keeps diffusers' count (steps x strength): 4 x 0.2 runs no step
     with pytest.raises(RequestError) as caught:
-        build_request(SETTINGS, {"init_image": Image.new("RGB", (64, 64)), "steps": 4, "denoising_strength": 0.2},
+        build_request(SETTINGS, {"init_image": init, "steps": 4, "denoising_strength": 0.2, "sampler": "LCM"},
                       never_asked)
     assert caught.value.field == "denoising_strength" and "too low for 4 steps" in str(caught.value)
+    # A1111's k-diffusion samplers run t_enc + 1 steps, so at least one
+    low = build_request(SETTINGS, {"init_image": init, "steps": 4, "denoising_strength": 0.2, "sampler": "Euler"},
+                        never_asked)
+    assert low.denoising_strength == 0.2
+    # DPM fast cannot run a single step (its solver needs a range): named, not a failure inside the job
+    with pytest.raises(RequestError, match="DPM fast") as fast:
+        build_request(SETTINGS, {"init_image": init, "steps": 4, "denoising_strength": 0.2, "sampler": "DPM fast"},
+                      never_asked)
+    assert fast.value.field == "denoising_strength"
+    # A1111's img2img_fix_steps comes from the settings unless the job says otherwise, and must be a boolean
+    fixed = build_request(SETTINGS.replace(img2img_fix_steps=True), {"init_image": init}, never_asked)
+    assert fixed.img2img_fix_steps is True
+    with pytest.raises(RequestError) as flag:
+        build_request(SETTINGS, {"init_image": init, "img2img_fix_steps": "yes"}, never_asked)
+    assert flag.value.field == "img2img_fix_steps"
     with pytest.raises(RequestError, match="steps"):
         build_request(SETTINGS, {"steps": 0}, lambda: 64)
 

@@ -362,3 +362,59 @@ def test_deterministic_samplers_are_exact_when_the_model_is(sampler):
         result = done.value
     assert torch.allclose(result, clean, atol=1e-5)
     assert evaluations >= 8
+
+
+def test_restart_repeats_a_stretch_from_sigma_2_and_still_lands_on_a_fixed_prediction():
+    """A1111's Restart at 20 steps: 11 Karras steps, then 9 more from sigma 2 back down to ~0.1 after a jump up
+    with fresh noise, all Heun (two evaluations a step, one for the last); a model that always predicts the same
+    clean picture still ends on it."""
+    import torch
+
+    from webui.pipelines.ksamplers import SAMPLERS as K
+    from webui.pipelines.ksigmas import schedule_sigmas
+
+    sigmas = schedule_sigmas("Karras", 20, _model_sigmas())
+    clean = torch.linspace(-1, 1, 16).reshape(1, 1, 4, 4)
+    x = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * sigmas[0]
+    jumps: list[tuple[float, float]] = []
+    run = K["restart"][0](x, sigmas, lambda a, b: jumps.append((float(a), float(b))) or torch.ones_like(x))
+    evaluated = []
+    try:
+        _, sigma = next(run)
+        while True:
+            evaluated.append(float(sigma))
+            _, sigma = run.send(clean)
+    except StopIteration as done:
+        result = done.value
+    assert torch.allclose(result, clean, atol=1e-5)
+    assert len(evaluated) == 2 * 20 - 1
+    assert len(jumps) == 1 and jumps[0][0] < 0.2 and jumps[0][1] == pytest.approx(2, rel=0.2)
+    rises = [i for i in range(1, len(evaluated)) if evaluated[i] > evaluated[i - 1]]
+    assert len(rises) == 1
+
+
+def test_img2img_step_counts_are_a1111s():
+    from webui.pipelines.strength import a1111_steps, plan_img2img
+    from webui.samplers import resolve_sampler
+
+    assert a1111_steps(20, 0.5, fixed=False) == (20, 10)  # t_enc 10: 11 steps from sigmas[9]
+    assert a1111_steps(20, 1.0, fixed=False) == (20, 19)  # strength capped at 0.999: all 20 steps from sigma_max
+    assert a1111_steps(20, 0.01, fixed=False) == (20, 0)  # still one step, from the last sigma
+    assert a1111_steps(20, 0.5, fixed=True) == (40, 19)  # img2img_fix_steps / hires: exactly 20 of 40
+    euler, ddim, lcm = resolve_sampler("Euler"), resolve_sampler("DDIM"), resolve_sampler("LCM")
+    assert [plan_img2img(euler, 20, s, False).steps_run for s in (0.01, 0.5, 1.0)] == [1, 11, 20]
+    assert [plan_img2img(ddim, 20, s, False).steps_run for s in (0.05, 0.5, 1.0)] == [1, 10, 19]
+    assert plan_img2img(lcm, 20, 0.5, False).steps_run == 10  # diffusers' own count
+    # what the pipeline is told makes diffusers keep exactly the planned steps, never at strength 1 (which would
+    # start an inpainting pipeline from noise alone)
+    for steps in range(1, 151):
+        for strength in (0.0, 0.13, 0.5, 0.77, 1.0):
+            for choice in (euler, ddim):
+                plan = plan_img2img(choice, steps, strength, False)
+                n, passed = plan.pipeline_call()
+                kept = min(int(n * passed), n)
+                skipped = n - kept
+                if choice is euler:
+                    assert passed < 1 and skipped == 1 and kept == plan.steps_run
+                else:
+                    assert kept == plan.steps_run

@@ -93,6 +93,8 @@ class Settings:
     emphasis: str = "Original"
     randn_source: str = "CPU"
     eta_noise_seed_delta: int = 0
+    # A1111's img2img_fix_steps: "With img2img, do exactly the amount of steps the slider specifies"
+    img2img_fix_steps: bool = False
     upscaler_tile_size: int = 192  # upscaler models run on tiles this big (pixels); 0 = the whole picture at once
     controlnet_unit_count: int = 3  # ControlNet units in each generation tab (1..10; the page reads it at start)
 
@@ -203,7 +205,7 @@ VAE_DECODE_METHODS = ("Full", "TAESD")
 # What the Settings tab may change and save; folders and the server address stay with flags and the file.
 EDITABLE = ("outputs_dir", "ram_cache_bytes", "offload", "preview_every_n_steps", "default_sampler",
             "default_steps", "default_size", "save_format", "filename_pattern", "save_images", "default_clip_skip",
-            "emphasis", "randn_source", "eta_noise_seed_delta",
+            "emphasis", "randn_source", "eta_noise_seed_delta", "img2img_fix_steps",
             "default_vae", "upscaler_tile_size", "save_images_before_highres_fix", "save_per_user_folders",
             "vae_decode_method", "controlnet_unit_count")
 

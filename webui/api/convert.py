@@ -53,7 +53,7 @@ FILLS = {0: MaskedContent.FILL, 1: MaskedContent.ORIGINAL, 2: MaskedContent.LATE
          3: MaskedContent.LATENT_NOTHING}
 # Options a request may override for itself (override_settings).
 OVERRIDABLE = ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae", "emphasis", "randn_source",
-               "eta_noise_seed_delta")
+               "eta_noise_seed_delta", "img2img_fix_steps")
 
 
 @dataclass
@@ -198,6 +198,7 @@ def _common(body: Txt2ImgRequest, ctx: AppContext, styles: StyleStore) -> tuple[
         "emphasis": overrides.get("emphasis"),
         "rng": overrides.get("randn_source"),
         "eta_noise_seed_delta": overrides.get("eta_noise_seed_delta"),
+        "img2img_fix_steps": overrides.get("img2img_fix_steps"),
         "save_images": body.save_images,
         "subseed": body.subseed,
         "subseed_strength": body.subseed_strength,

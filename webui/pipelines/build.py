@@ -36,6 +36,7 @@ def settings_defaults(settings: Settings) -> dict[str, Any]:
         "emphasis": settings.emphasis,
         "rng": settings.randn_source,
         "eta_noise_seed_delta": settings.eta_noise_seed_delta,
+        "img2img_fix_steps": settings.img2img_fix_steps,
         "save_images": settings.save_images,
         "save_first_pass": settings.save_images_before_highres_fix,
     }

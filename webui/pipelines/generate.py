@@ -46,7 +46,8 @@ from .noise import step_generators, variation_noise
 from .previews import LatentPreviewer
 from .request import GenerationRequest, InpaintArea, MaskedContent, RequestError, Task
 from .rng import effective_source, fallback_warning
-from .schedulers import make_scheduler, use_start_noise
+from .schedulers import make_scheduler, use_a1111_ddim_start, use_start_noise
+from .strength import Img2ImgPlan, plan_img2img
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +310,7 @@ def _image_seeds(req: GenerationRequest, batch: int) -> tuple[list[int], list[in
     return ([req.seed + (0 if req.subseed_strength else k) for k in indices], [req.subseed + k for k in indices])
 
 
-def _starting_noise(req: GenerationRequest, model: LoadedModel, seeds: list[int],
+def _starting_noise(req: GenerationRequest, model: LoadedModel, choice: SamplerChoice, seeds: list[int],
                     subseeds: list[int]) -> torch.Tensor | None:
     """The starting noise when variation seeds or "resize seed from" change it (None: the pipeline draws it from
     each image's seed, as always). txt2img starts from it; img2img and inpainting noise the picture with it."""
@@ -323,8 +324,9 @@ def _starting_noise(req: GenerationRequest, model: LoadedModel, seeds: list[int]
     factor = latent_factor(vae)
     shape = (int(vae.config.latent_channels), req.height // factor, req.width // factor)
     # img2img and inpainting sample the picture's latents from the generator first, except an inpainting UNet
-    # starting from pure noise (full strength), which never encodes the picture before drawing its noise.
-    encodes_first = req.task is not Task.TXT2IMG and not (model.detection.is_inpaint and req.denoising_strength >= 1)
+    # starting from pure noise, which never encodes the picture before drawing its noise.
+    encodes_first = req.task is not Task.TXT2IMG and not (model.detection.is_inpaint
+                                                          and starts_from_pure_noise(req, choice))
     noise = [variation_noise(shape, seed, subseed, req.subseed_strength, resize if resized else None, model.dtype,
                              factor, after_encode=encodes_first, source=req.rng)
              for seed, subseed in zip(seeds, subseeds, strict=True)]
@@ -534,7 +536,7 @@ def generate(
                 if req.masked_content is MaskedContent.LATENT_NOISE and req.task is Task.INPAINT:
                     prepared = _prepare_inputs(req, model, group[0])  # noise drawn from this image's seed
                 callback.new_batch(later=second.steps_run if second else 0)
-                noise = _starting_noise(req, model, group, subgroup)
+                noise = _starting_noise(req, model, choice, group, subgroup)
                 latent_out = second is not None and second.pass_.latent
                 output, plan, pipe = _run_batch(manager, model, task, req, choice, prepared, group, callback, plan,
                                                 result, vae, encoder, networks, latents=noise,
@@ -627,10 +629,14 @@ def _run_batch(
     # The vae_decode_method setting: a TAESD decoder turns the final latents into pictures instead of the VAE.
     fast = manager.final_decoder(vae, model.is_sdxl) if output_type == "pil" else None
     while True:
+        img2img = _img2img_plan(req, images, choice)
         scheduler = make_scheduler(choice, model.components["scheduler"].config, noise_seeds=seeds,
-                                   sdxl=model.is_sdxl)
+                                   sdxl=model.is_sdxl,
+                                   img2img=(img2img.total, img2img.t_enc) if img2img is not None else None)
         if latents is not None and images is None and req.task is not Task.TXT2IMG:
             use_start_noise(scheduler, latents)
+        if img2img is not None and img2img.kind == "timesteps" and choice.name == "DDIM":
+            use_a1111_ddim_start(scheduler, img2img.total)
         pipe = manager.pipeline(model, task, scheduler, vae)
         try:
             warnings = manager.place(model, pipe, plan, networks.loras)
@@ -639,7 +645,8 @@ def _run_batch(
             result.warnings.extend(w for w in warnings if w not in result.warnings)
             with attach_controls(controls, pipe, req.width, req.height, len(seeds), plan, images is not None,
                                  prepared.crop, prepared.original):
-                output = _call_pipeline(pipe, task, req, prepared, seeds, callback, encoder, networks, images=images,
+                output = _call_pipeline(pipe, task, req, choice, prepared, seeds, callback, encoder, networks,
+                                        images=images,
                                         latents=latents, output_type="latent" if fast is not None else output_type,
                                         refiner=refiner)
             if fast is not None:
@@ -663,13 +670,29 @@ def _run_batch(
         plan = bigger
 
 
-def _strength(req: GenerationRequest, images: Any) -> float:
-    """img2img's strength; 1 for txt2img (also on an inpainting model, which gets a blank image and full mask)."""
-    return req.denoising_strength if req.task is not Task.TXT2IMG or images is not None else 1.0
+def _img2img_plan(req: GenerationRequest, images: Any, choice: SamplerChoice) -> Img2ImgPlan | None:
+    """A1111's step count for an img2img / inpainting job or a hires pass (``images`` given); None for txt2img
+    (also on an inpainting model, which gets a blank image and full mask and runs at strength 1)."""
+    if req.task is Task.TXT2IMG and images is None:
+        return None
+    return plan_img2img(choice, req.steps, req.denoising_strength, images is not None or req.img2img_fix_steps)
+
+
+def _pipeline_steps(req: GenerationRequest, plan: Img2ImgPlan | None) -> tuple[int, float]:
+    """(num_inference_steps, strength) the pipeline is called with."""
+    return plan.pipeline_call() if plan is not None else (req.steps, 1.0)
+
+
+def starts_from_pure_noise(req: GenerationRequest, choice: SamplerChoice) -> bool:
+    """Whether an inpainting pipeline starts from noise alone (strength 1, no picture encoded first): only
+    txt2img on an inpainting model, or the samplers that keep diffusers' count at full strength."""
+    _, strength = _pipeline_steps(req, _img2img_plan(req, None, choice))
+    return strength >= 1.0
 
 
 def _call_pipeline(
-    pipe: Any, task: Task, req: GenerationRequest, prepared: _Prepared, seeds: list[int], callback: _StepCallback,
+    pipe: Any, task: Task, req: GenerationRequest, choice: SamplerChoice, prepared: _Prepared, seeds: list[int],
+    callback: _StepCallback,
     encoder: PromptEncoder,
     networks: JobNetworks,
     images: Any = None,
@@ -680,13 +703,13 @@ def _call_pipeline(
     count = len(seeds)
     # One generator per image (on the CPU unless the RNG source says otherwise): image i of a batch equals a single
     # run with seed + i. When the starting noise was drawn outside the pipeline, they continue after it.
-    given_latents = latents is not None and (req.task is Task.TXT2IMG or (task is Task.INPAINT and
-                                                                         _strength(req, images) >= 1.0))
+    plan = _img2img_plan(req, images, choice)
+    num_steps, strength = _pipeline_steps(req, plan)
+    given_latents = latents is not None and (req.task is Task.TXT2IMG or (task is Task.INPAINT and strength >= 1.0))
     drawn = tuple(latents.shape[1:]) if given_latents and latents is not None else None
     generators = step_generators(seeds, req.rng, req.eta_noise_seed_delta, drawn,
                                  latents.dtype if latents is not None else torch.float32)
-    strength = _strength(req, images)
-    steps_run = req.steps if strength >= 1.0 else min(req.steps, int(req.steps * strength))
+    steps_run = plan.steps_run if plan is not None else req.steps
     zero_empty = bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False))
     schedule = build_conditioning(encoder, networks.prompt, networks.negative_prompt, steps_run,
                                   zero_empty_negative=zero_empty)
@@ -703,7 +726,7 @@ def _call_pipeline(
     kwargs: dict[str, Any] = {
         "prompt_embeds": positive.embeds.repeat(count, 1, 1),
         "negative_prompt_embeds": negative.embeds.repeat(count, 1, 1),
-        "num_inference_steps": req.steps,
+        "num_inference_steps": num_steps,
         "guidance_scale": req.cfg_scale,
         "generator": generators,
         "callback_on_step_end": callback,

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from .request import GenerationRequest
+from .strength import steps_run
 
 # A1111's latent upscalers: torch interpolation mode and antialiasing.
 LATENT_UPSCALERS: dict[str, tuple[str, bool]] = {
@@ -36,9 +37,9 @@ class SecondPass:
 
     @property
     def steps_run(self) -> int:
-        """Denoising steps the second pass runs (img2img runs steps x strength of them)."""
+        """Denoising steps the second pass runs: A1111 asks its img2img for exactly its steps (a longer schedule)."""
         req = self.request
-        return min(req.steps, int(req.steps * req.denoising_strength))
+        return steps_run(req.sampler, req.steps, req.denoising_strength, True) or 0
 
 
 def second_pass(req: GenerationRequest) -> SecondPass:

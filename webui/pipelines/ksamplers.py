@@ -9,6 +9,7 @@ the arithmetic is k-diffusion's step for step (float32 tensors, same order of op
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
@@ -275,8 +276,103 @@ def dpmpp_3m_sde(x: torch.Tensor, sigmas: torch.Tensor, noise: Noise) -> Run:
     return x
 
 
+def _karras_between(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """k-diffusion's Karras sigmas (n of them, then 0) between two levels, as Restart asks for them."""
+    ramp = torch.linspace(0, 1, n)
+    low, high = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return torch.cat([(high + ramp * (low - high)) ** rho, torch.zeros(1)])
+
+
+def restart(x: torch.Tensor, sigmas: torch.Tensor, noise: Noise) -> Run:
+    """A1111's Restart sampler (Restart Sampling, Xu et al. 2023): Heun steps, and from 20 steps on a stretch of the
+    run repeated after jumping back up to sigma 2 with fresh noise (A1111's automatic restart list). Every sigma
+    it evaluates follows from the step count and the run's range, so a dry run finds them."""
+    steps = len(sigmas) - 1
+    restarts: dict[float, tuple[int, int, float]] = {}
+    if steps >= 20:
+        restart_steps, restart_times = (steps // 4, 2) if steps >= 36 else (9, 1)
+        sigmas = _karras_between(steps - restart_steps * restart_times, sigmas[-2].item(), sigmas[0].item())
+        restarts = {0.1: (restart_steps + 1, restart_times, 2.0)}
+    at = {int(torch.argmin(abs(sigmas - key), dim=0)): value for key, value in restarts.items()}
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for i in range(len(sigmas) - 1):
+        pairs.append((sigmas[i], sigmas[i + 1]))
+        if i + 1 in at:
+            count, times, top = at[i + 1]
+            low, high = i + 1, int(torch.argmin(abs(sigmas - top), dim=0))
+            if high < low:
+                again = _karras_between(count, sigmas[low].item(), sigmas[high].item())[:-1]
+                pairs.extend(list(zip(again[:-1], again[1:], strict=True)) * times)
+    last: torch.Tensor | None = None
+    for old, new in pairs:
+        if last is None:
+            last = old
+        elif last < old:  # back up: noise the picture from the level reached to the level restarted at
+            x = x + noise(last, old) * (old ** 2 - last ** 2) ** 0.5
+        denoised = yield x, old
+        d = _d(x, old, denoised)
+        dt = new - old
+        if new == 0:
+            x = x + d * dt
+        else:
+            x_2 = x + d * dt
+            denoised_2 = yield x_2, new
+            x = x + (d + _d(x_2, new, denoised_2)) / 2 * dt
+        last = new
+    return x
+
+
+def dpm_fast(x: torch.Tensor, sigmas: torch.Tensor, noise: Noise, eta: float = 1.0) -> Run:
+    """DPM-Solver-fast (k-diffusion's sample_dpm_fast) from sigmas[0] down to sigmas[-2] in len(sigmas) - 1 model
+    evaluations, with A1111's eta (1: ancestral). Only the range and the count of ``sigmas`` matter; the solver
+    works on the model's eps, recovered from the denoised prediction as k-diffusion does."""
+    t_start, t_end, evaluations = _t(sigmas[0].float()), _t(sigmas[-2].float()), len(sigmas) - 1
+    if eta and not t_end > t_start:
+        raise ValueError("DPM fast needs a run of at least two steps (more steps or a higher denoising strength)")
+    m = math.floor(evaluations / 3) + 1
+    ts = torch.linspace(t_start, t_end, m + 1)
+    orders = [3] * (m - 2) + [2, 1] if evaluations % 3 == 0 else [3] * (m - 1) + [evaluations % 3]
+
+    def eps_at(x: torch.Tensor, t: torch.Tensor) -> Generator[tuple[torch.Tensor, torch.Tensor], torch.Tensor,
+                                                               torch.Tensor]:
+        denoised = yield x, _sigma(t)
+        return (x - denoised) / _sigma(t)
+
+    for i, order in enumerate(orders):
+        t, t_next = ts[i], ts[i + 1]
+        if eta:
+            down, _ = ancestral_step(_sigma(t), _sigma(t_next), eta)
+            t_next_ = torch.minimum(t_end, _t(down))
+            up = (_sigma(t_next) ** 2 - _sigma(t_next_) ** 2) ** 0.5
+        else:
+            t_next_, up = t_next, t_next * 0
+        eps = yield from eps_at(x, t)
+        h = t_next_ - t
+        if order == 1:
+            x = x - _sigma(t_next_) * h.expm1() * eps
+        elif order == 2:
+            r1 = 1 / 2
+            s1 = t + r1 * h
+            u1 = x - _sigma(s1) * (r1 * h).expm1() * eps
+            eps_r1 = yield from eps_at(u1, s1)
+            x = x - _sigma(t_next_) * h.expm1() * eps - _sigma(t_next_) / (2 * r1) * h.expm1() * (eps_r1 - eps)
+        else:
+            r1, r2 = 1 / 3, 2 / 3
+            s1, s2 = t + r1 * h, t + r2 * h
+            u1 = x - _sigma(s1) * (r1 * h).expm1() * eps
+            eps_r1 = yield from eps_at(u1, s1)
+            u2 = (x - _sigma(s2) * (r2 * h).expm1() * eps
+                  - _sigma(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1) * (eps_r1 - eps))
+            eps_r2 = yield from eps_at(u2, s2)
+            x = x - _sigma(t_next_) * h.expm1() * eps - _sigma(t_next_) / r2 * (h.expm1() / h - 1) * (eps_r2 - eps)
+        x = x + up * noise(_sigma(t), _sigma(t_next))
+    return x
+
+
 # name -> (sampler, evaluations per step for diffusers' img2img slicing, per-step noise kind)
 # noise kinds: "" none, "randn" the images' generators (A1111's ancestral samplers), "brownian" a Brownian tree.
+# Evaluations per step 0: the evaluations are not a fixed number per step (DPM fast, Restart), so only A1111's
+# img2img plan (KDiffusionScheduler's img2img_steps) can start such a sampler part-way.
 SAMPLERS: Mapping[str, tuple[Sampler, int, str]] = {
     "euler": (euler, 1, ""),
     "euler_ancestral": (euler_ancestral, 1, "randn"),
@@ -291,4 +387,9 @@ SAMPLERS: Mapping[str, tuple[Sampler, int, str]] = {
     "dpmpp_2m_sde": (dpmpp_2m_sde, 1, "brownian"),
     "dpmpp_2m_sde_heun": (dpmpp_2m_sde_heun, 1, "brownian"),
     "dpmpp_3m_sde": (dpmpp_3m_sde, 1, "brownian"),
+    "dpm_fast": (dpm_fast, 0, "randn"),
+    "restart": (restart, 0, "randn"),
 }
+
+# Samplers that take only the range of the sigmas: in txt2img A1111 gives them the model's whole range.
+RANGE_SAMPLERS = frozenset({"dpm_fast"})

@@ -7,8 +7,11 @@ latents live in k-diffusion's sigma space (``x = x0 + sigma * noise``), ``scale_
 sqrt(sigma^2 + 1) and ``step`` turns the UNet's eps / v prediction into the denoised picture and sends it to the
 sampler (a generator in ``ksamplers``), which returns where the model is evaluated next.
 
-img2img slices ``timesteps`` by ``order`` (evaluations per step) and calls ``set_begin_index``: the run then starts
-fresh on the remaining sigmas, as A1111 samples img2img (``sigmas[steps - t_enc - 1:]``).
+img2img follows A1111's plan when the config carries it (``img2img_steps``, ``img2img_t_enc``: A1111's schedule
+length and t_enc, see ``pipelines.strength``): the run is the sampler afresh on ``sigmas[steps - t_enc - 1:]``, so
+``timesteps`` are that run's evaluations behind one padding entry, with ``order`` 1; the pipeline is called so
+that it skips exactly the padding (``strength.pipeline_call``). Without a plan, a pipeline's own slicing
+(``timesteps[t_start * order:]`` and ``set_begin_index``) also starts the run fresh on the remaining sigmas.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .ksamplers import SAMPLERS, Noise, Run
+from .ksamplers import RANGE_SAMPLERS, SAMPLERS, Noise, Run
 from .ksigmas import ModelSigmas, alphas_cumprod_from_config, schedule_sigmas
 
 # torchsde compares the tree's float32 ends with float64 queries and warns about the last digit on every step
@@ -67,13 +70,16 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         discard_penultimate_sigma: bool = False,
         sdxl_schedule: bool = False,
         noise_sampler_seed: list[int] | None = None,
+        img2img_steps: int = 0,
+        img2img_t_enc: int = 0,
     ) -> None:
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown k-diffusion sampler {sampler!r}")
         self.model = ModelSigmas(alphas_cumprod_from_config(self.config))
-        self.order = SAMPLERS[sampler][1]
+        self.order = 1 if img2img_steps else max(SAMPLERS[sampler][1], 1)
         self.num_inference_steps: int | None = None
         self.step_sigmas = torch.cat([self.model.sigmas.flip(0), torch.zeros(1)])
+        self.full_sigmas = self.step_sigmas
         self.eval_sigmas = self.step_sigmas[:-1]
         self.sigmas = self.step_sigmas
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.float32)
@@ -101,22 +107,42 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         self._begin_index = begin_index
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None, **_: Any) -> None:
+        """The run's evaluations as timesteps. With an img2img plan ``num_inference_steps`` is only what the
+        pipeline was told (``strength.pipeline_call``): the run is A1111's slice, behind one padding entry."""
         config = self.config
         self.num_inference_steps = num_inference_steps
-        self.step_sigmas = schedule_sigmas(config["schedule_type"], num_inference_steps, self.model,
+        planned = int(config["img2img_steps"])
+        self.full_sigmas = schedule_sigmas(config["schedule_type"], planned or num_inference_steps, self.model,
                                            config["discard_penultimate_sigma"], config["sdxl_schedule"])
-        self.eval_sigmas = self._evaluations(self.step_sigmas)
+        if planned:
+            first = max(planned - int(config["img2img_t_enc"]) - 1, 0)
+            self.step_sigmas = self.full_sigmas[first:]
+            evaluations = self._evaluations(self.step_sigmas)
+            self.eval_sigmas = torch.cat([evaluations[:1], evaluations])  # the padding the pipeline skips
+        else:
+            self.step_sigmas = self.full_sigmas
+            self.eval_sigmas = self._evaluations(self.step_sigmas)
         self.sigmas = torch.cat([self.eval_sigmas, torch.zeros(1)])
         self.timesteps = self.model.sigma_to_t(self.eval_sigmas).to(device)
-        self.init_noise_sigma = float(self.step_sigmas[0])  # A1111 starts txt2img at noise * sigmas[0]
+        # A1111 starts txt2img at noise * sigmas[0], img2img at the picture + noise * its first sigma
+        self.init_noise_sigma = float(self.step_sigmas[0])
         self._begin_index = self._step_index = None
         self._run = None
+
+    def _sampler_sigmas(self, sigmas: torch.Tensor) -> torch.Tensor:
+        """What the sampler is given: the run's sigmas; for DPM fast in txt2img with the model's whole range at the
+        ends, as A1111 calls it (its img2img gives the slice's own range)."""
+        if self.config["sampler"] not in RANGE_SAMPLERS or self.config["img2img_steps"]:
+            return sigmas
+        ranged = sigmas.clone()
+        ranged[0], ranged[-2] = self.model.sigmas[-1], self.model.sigmas[0]
+        return ranged
 
     def _evaluations(self, sigmas: torch.Tensor) -> torch.Tensor:
         """The sigmas the sampler evaluates the model at, from a dry run (they never depend on the picture)."""
         sampler = SAMPLERS[self.config["sampler"]][0]
         zero = torch.zeros(1)
-        run, points = sampler(zero, sigmas, lambda a, b: zero), []
+        run, points = sampler(zero, self._sampler_sigmas(sigmas), lambda a, b: zero), []
         try:
             _, sigma = next(run)
             while True:
@@ -140,6 +166,8 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         return sample * (1 / (sigma ** 2 + 1) ** 0.5)  # k-diffusion's c_in, computed as it does
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        if self.config["img2img_steps"] and self._step_index is None:  # A1111's start: x0 + noise * sigma_sched[0]
+            return original_samples + noise * self.step_sigmas[0]
         if self._begin_index is None and self._step_index is None:
             index = self.index_for_timestep(timesteps.reshape(-1)[0])
         else:
@@ -157,19 +185,26 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         raise ValueError(f"prediction type {kind!r} is not supported by the k-diffusion samplers")
 
     def _start(self, sample: torch.Tensor) -> None:
-        sampler, _, noise_kind = SAMPLERS[self.config["sampler"]]
-        first = self._position() // self.order
-        sigmas = self.step_sigmas[first:]
+        sampler, per_step, noise_kind = SAMPLERS[self.config["sampler"]]
+        # A1111's Brownian tree spans the whole schedule, also when img2img runs only its end
+        tree_range = self.full_sigmas
+        if self.config["img2img_steps"]:
+            sigmas = self.step_sigmas
+        elif self._position() and not per_step:
+            raise ValueError(f"{self.config['sampler']} cannot start part-way through its run without an img2img "
+                             "plan (its evaluations are not a fixed number per step)")
+        else:
+            sigmas = self.step_sigmas[self._position() // max(per_step, 1):]
         noise: Noise
         if noise_kind == "brownian":
             seeds = self.config["noise_sampler_seed"]
             if seeds is None or len(seeds) != sample.shape[0]:
                 seeds = [int(s) for s in torch.randint(0, 2 ** 63 - 1, (sample.shape[0],))]
-            positive = sigmas[sigmas > 0]
-            noise = BrownianNoise(sample, positive.min(), sigmas.max(), seeds)
+            positive = tree_range[tree_range > 0]
+            noise = BrownianNoise(sample, positive.min(), tree_range.max(), seeds)
         else:
             noise = self._drawn_noise
-        self._run = sampler(sample, sigmas, noise)
+        self._run = sampler(sample, self._sampler_sigmas(sigmas), noise)
         next(self._run)
 
     def _drawn_noise(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from PIL import Image
 
 from ..controlnet.units import ControlUnit
 from ..errors import AtelierError
+from .strength import too_few_steps
 
 
 class Task(str, enum.Enum):
@@ -89,6 +90,8 @@ class GenerationRequest:
     emphasis: str = "Original"
     rng: str = "CPU"
     eta_noise_seed_delta: int = 0
+    # A1111's img2img_fix_steps: img2img runs exactly ``steps`` (on a longer schedule) instead of steps x strength
+    img2img_fix_steps: bool = False
     # variation seeds (A1111's subseed): noise slerped toward the variation seed's by subseed_strength
     subseed: int = -1
     subseed_strength: float = 0.0
@@ -209,8 +212,12 @@ class GenerationRequest:
         _check_int_range("inpaint_padding", self.inpaint_padding, 0, 256)
         if self.mask is not None and self.init_image is None:
             raise RequestError("mask", "a mask needs an init image")
-        if self.task is not Task.TXT2IMG and int(self.steps * self.denoising_strength) < 1:
-            raise RequestError("denoising_strength", f"too low for {self.steps} steps: no denoising step would run")
+        if not isinstance(self.img2img_fix_steps, bool):
+            raise RequestError("img2img_fix_steps", "must be true or false")
+        short = too_few_steps(self.sampler, self.steps, self.denoising_strength, self.img2img_fix_steps) \
+            if self.task is not Task.TXT2IMG else None
+        if short:
+            raise RequestError("denoising_strength", short)
         self._validate_variation()
         self._validate_refiner()
         if self.enable_hr:
@@ -271,9 +278,9 @@ class GenerationRequest:
         if min(width, height) < MIN_SIDE:
             raise RequestError("hr_resize_x", f"the hires size {width}x{height} is under {MIN_SIDE} pixels")
         hires_steps = self.hr_second_pass_steps or self.steps
-        if int(hires_steps * self.denoising_strength) < 1:
-            raise RequestError("denoising_strength",
-                               f"too low for {hires_steps} hires steps: the second pass would not change anything")
+        short = too_few_steps(self.hr_sampler or self.sampler, hires_steps, self.denoising_strength, True)
+        if short:
+            raise RequestError("denoising_strength", f"{short} (hires pass)")
 
 
 def _finite(value: object) -> bool:

@@ -40,18 +40,22 @@ def make_scheduler(
     base_config: Mapping[str, object],
     noise_seeds: Sequence[int] | None = None,
     sdxl: bool = False,
+    img2img: tuple[int, int] | None = None,
 ) -> SchedulerMixin:
     """A new scheduler of `choice`'s class: the model's noise schedule plus the sampler's overrides.
 
     diffusers' `from_config` keeps the keys the class takes and lets the class's own defaults apply
     to keys the config only holds because its class defaulted them. `noise_seeds`, one per image of
     the batch, seed the SDE samplers' Brownian noise as A1111 does, so its pictures follow the seed; other
-    samplers take their noise from the pipeline. `sdxl` picks SDXL's Align Your Steps sigmas.
+    samplers take their noise from the pipeline. `sdxl` picks SDXL's Align Your Steps sigmas. `img2img`: A1111's
+    (schedule length, t_enc) of an img2img pass, which a k-diffusion sampler then runs (`strength.Img2ImgPlan`).
     """
     cls = KDiffusionScheduler if choice.scheduler_class == K_DIFFUSION else getattr(diffusers, choice.scheduler_class)
     overrides = dict(choice.kwargs)
     if cls is KDiffusionScheduler:
         overrides["sdxl_schedule"] = sdxl
+        if img2img is not None:
+            overrides["img2img_steps"], overrides["img2img_t_enc"] = img2img
     if noise_seeds is not None and "noise_sampler_seed" in inspect.signature(cls.__init__).parameters:
         overrides["noise_sampler_seed"] = [int(s) for s in noise_seeds]
     _building.active = True
@@ -72,3 +76,22 @@ def use_start_noise(scheduler: SchedulerMixin, noise: Any) -> None:
         return add_noise(original_samples, noise.to(original_samples.device, original_samples.dtype), timesteps)
 
     scheduler.add_noise = add_given_noise  # type: ignore[attr-defined]
+
+
+def use_a1111_ddim_start(scheduler: SchedulerMixin, total_steps: int) -> None:
+    """A1111's DDIM img2img noises the picture to the timestep one grid step above the first one it evaluates
+    (``alphas_cumprod[timesteps[t_enc]]`` while sampling ``timesteps[:t_enc]``); diffusers noises it to the first
+    one. Only the starting noise moves up; inpainting's later blends keep diffusers' levels."""
+    add_noise = scheduler.add_noise  # type: ignore[attr-defined]
+    train_steps = int(scheduler.config["num_train_timesteps"])  # type: ignore[attr-defined]
+    ratio = train_steps // max(total_steps, 1)
+    started = False
+
+    def add_noise_one_step_up(original_samples: Any, noise: Any, timesteps: Any) -> Any:
+        nonlocal started
+        if not started:
+            started = True
+            timesteps = (timesteps + ratio).clamp(max=train_steps - 1)
+        return add_noise(original_samples, noise, timesteps)
+
+    scheduler.add_noise = add_noise_one_step_up  # type: ignore[attr-defined]

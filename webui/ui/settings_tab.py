@@ -69,11 +69,14 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
         cn_units = gr.Number(s.controlnet_unit_count, precision=0, minimum=1, maximum=10,
                              label="ControlNet units per tab (1-10; from the next start)",
                              elem_id="settings-controlnet-unit-count")
+        fix_steps = gr.Checkbox(s.img2img_fix_steps, label="With img2img, do exactly the amount of steps the slider "
+                                "specifies (on a schedule stretched to steps / denoising strength)",
+                                elem_id="settings-img2img-fix-steps")
     save = gr.Button("Apply settings", variant="primary", elem_id="settings-apply")
     status = gr.HTML(elem_id="settings-status")
 
     def on_save(out_dir, name_pattern, fmt, ram_gib, offload_mode, every, default_sampler, default_steps, side,
-                tile=None, first_pass=None, user_folders=None, decoder=None, controlnet_units=None):
+                tile=None, first_pass=None, user_folders=None, decoder=None, controlnet_units=None, exact_steps=None):
         current = ctx.settings
         if not allow_folder_changes and (str(out_dir) != str(current.outputs_dir)
                                          or name_pattern != current.filename_pattern):
@@ -97,6 +100,8 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
             changes["vae_decode_method"] = decoder
         if controlnet_units is not None:
             changes["controlnet_unit_count"] = controlnet_units
+        if exact_steps is not None:
+            changes["img2img_fix_steps"] = bool(exact_steps)
         if allow_folder_changes:
             changes["outputs_dir"] = out_dir
             if user_folders is not None:
@@ -116,5 +121,5 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
                 f"New defaults show in the tabs after a page reload.{html.escape(note)}</p>", "")
 
     save.click(on_save, [outputs_dir, pattern, save_format, ram_cache, offload, preview_every, sampler, steps, size,
-                         tile_size, save_first_pass, per_user, decode_method, cn_units], [status, notice],
+                         tile_size, save_first_pass, per_user, decode_method, cn_units, fix_steps], [status, notice],
                api_visibility="private", queue=False)
