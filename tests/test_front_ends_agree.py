@@ -20,7 +20,8 @@ import pytest
 from PIL import Image
 from safetensors.torch import save_file
 
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.test_browser import TIMEOUT_MS
 from tools.ldm_writer import vae_to_ldm
 from webui.context import BUILTIN_DIR
 from webui.outputs import read_infotext
