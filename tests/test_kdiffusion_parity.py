@@ -348,3 +348,34 @@ def test_ddim_img2img_matches_a1111(strength):
         theirs = a1111_ddim_img2img(x0, noise, steps, strength)
     assert len(timesteps) == int(strength * steps)
     assert relative_error(x, theirs) < 1e-4
+
+
+@pytest.mark.parametrize("delta", [0, 31337])
+def test_nv_source_ancestral_noise_is_each_images_philox_generator(kdiff, delta):
+    """RNG source NV, as A1111 draws it: the starting noise from each image's Philox generator, the ancestral
+    sampler's per-step noise from the same generator continuing (or, with ENSD, a fresh one at seed + delta)."""
+    from webui.pipelines.noise import philox_step_noise
+    from webui.pipelines.rng import PhiloxGenerator
+    from webui.pipelines.schedulers import make_scheduler
+
+    steps, seeds, shape = 10, [1, 2], (4, 8, 8)
+    noise = torch.stack([torch.from_numpy(PhiloxGenerator(s).randn(shape)) for s in seeds]).float()
+    scheduler = make_scheduler(resolve_sampler("Euler a", "Automatic"), CONFIG, noise_seeds=seeds,
+                               philox=philox_step_noise(seeds, "NV", delta))
+    scheduler.set_timesteps(steps)
+    x = noise * scheduler.init_noise_sigma
+    with torch.no_grad():
+        for t in scheduler.timesteps:  # no torch generators given: a CPU draw would not be A1111's
+            x = scheduler.step(eps_model(scheduler.scale_model_input(x, t), t), t, x).prev_sample
+        generators = [PhiloxGenerator(s + delta, 0 if delta else 1) for s in seeds]
+
+        def randn_like(like, **kw):
+            return torch.stack([torch.from_numpy(g.randn(shape)) for g in generators]).to(like.dtype)
+
+        kdiff.torch = types.SimpleNamespace(**{k: getattr(torch, k) for k in dir(torch) if not k.startswith("__")})
+        kdiff.torch.randn_like = randn_like
+        sigmas = kd_sigmas(steps, None, False)
+        theirs = kdiff.sample_euler_ancestral(denoiser, noise * sigmas[0], sigmas, disable=True)
+    assert relative_error(x, theirs) < 1e-4
+    cpu = run_engine(resolve_sampler("Euler a", "Automatic"), steps, noise, seeds)
+    assert relative_error(cpu, theirs) > 1e-2, "CPU generators' per-step noise is another picture"

@@ -42,7 +42,7 @@ from .hires import infotext_params as hires_infotext
 from .manager import NoCheckpointError, PipelineManager
 from .model_switch import Refiner, RefinerTurn, check_refiner, check_same_latent_space, switch_step
 from .networks import JobNetworks, resolve_networks
-from .noise import step_generators, variation_noise
+from .noise import philox_step_noise, step_generators, variation_noise
 from .previews import LatentPreviewer
 from .request import GenerationRequest, InpaintArea, MaskedContent, RequestError, Task
 from .rng import effective_source, fallback_warning
@@ -630,8 +630,9 @@ def _run_batch(
     fast = manager.final_decoder(vae, model.is_sdxl) if output_type == "pil" else None
     while True:
         img2img = _img2img_plan(req, images, choice)
+        philox = philox_step_noise(seeds, req.rng, req.eta_noise_seed_delta)
         scheduler = make_scheduler(choice, model.components["scheduler"].config, noise_seeds=seeds,
-                                   sdxl=model.is_sdxl,
+                                   sdxl=model.is_sdxl, philox=philox,
                                    img2img=(img2img.total, img2img.t_enc) if img2img is not None else None)
         if latents is not None and images is None and req.task is not Task.TXT2IMG:
             use_start_noise(scheduler, latents)

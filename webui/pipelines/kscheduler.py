@@ -27,6 +27,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .ksamplers import RANGE_SAMPLERS, SAMPLERS, Noise, Run
 from .ksigmas import ModelSigmas, alphas_cumprod_from_config, schedule_sigmas
+from .rng import PhiloxGenerator
 
 # torchsde compares the tree's float32 ends with float64 queries and warns about the last digit on every step
 # (k-diffusion in A1111 prints the same); the queries are within the run's sigmas by construction.
@@ -50,6 +51,17 @@ class BrownianNoise:
         return w / (t1 - t0).abs().sqrt()
 
 
+class PhiloxNoise:
+    """Per-step noise from one Philox generator per image (RNG source NV), one draw of an image's shape a step."""
+
+    def __init__(self, generators: Sequence[PhiloxGenerator], shape: tuple[int, ...], device: torch.device) -> None:
+        self.generators, self.shape, self.device = list(generators), shape, device
+
+    def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        drawn = [torch.from_numpy(g.randn(self.shape)).to(torch.float32) for g in self.generators]
+        return torch.stack(drawn).to(self.device)
+
+
 class KDiffusionScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
     """k-diffusion's ``sampler`` over A1111's ``schedule_type`` sigmas, for the model's noise schedule."""
 
@@ -70,6 +82,8 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         discard_penultimate_sigma: bool = False,
         sdxl_schedule: bool = False,
         noise_sampler_seed: list[int] | None = None,
+        philox_noise_seeds: list[int] | None = None,
+        philox_noise_offset: int = 0,
         img2img_steps: int = 0,
         img2img_t_enc: int = 0,
     ) -> None:
@@ -202,6 +216,12 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
                 seeds = [int(s) for s in torch.randint(0, 2 ** 63 - 1, (sample.shape[0],))]
             positive = tree_range[tree_range > 0]
             noise = BrownianNoise(sample, positive.min(), tree_range.max(), seeds)
+        elif self.config["philox_noise_seeds"] and len(self.config["philox_noise_seeds"]) == sample.shape[0]:
+            # RNG source NV: A1111 draws the ancestral samplers' noise from each image's Philox generator too,
+            # continuing after its starting noise (or a fresh one at seed + ENSD)
+            offset = int(self.config["philox_noise_offset"])
+            noise = PhiloxNoise([PhiloxGenerator(int(s), offset) for s in self.config["philox_noise_seeds"]],
+                                tuple(sample.shape[1:]), sample.device)
         else:
             noise = self._drawn_noise
         self._run = sampler(sample, self._sampler_sigmas(sigmas), noise)

@@ -51,6 +51,17 @@ def step_generators(seeds: list[int], source: str, delta: int = 0, drawn: tuple[
     return generators
 
 
+def philox_step_noise(seeds: list[int], source: str, delta: int = 0) -> tuple[list[int], int] | None:
+    """Under the NV source, the (seeds, offset) of the Philox generators the ancestral samplers draw from, as A1111
+    keeps them: each image's own generator after its starting noise (offset 1), or with an eta noise seed delta a
+    fresh one at seed + delta. None for the other sources (their noise comes from ``step_generators``)."""
+    if source != "NV":
+        return None
+    if delta:
+        return [int(seed) + int(delta) for seed in seeds], 0
+    return [int(seed) for seed in seeds], 1
+
+
 def slerp(strength: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
     """A1111's spherical interpolation between two noise tensors (norms taken along dim 1, as it does;
     nearly parallel inputs fall back to its linear blend)."""

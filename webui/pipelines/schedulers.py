@@ -41,6 +41,7 @@ def make_scheduler(
     noise_seeds: Sequence[int] | None = None,
     sdxl: bool = False,
     img2img: tuple[int, int] | None = None,
+    philox: tuple[Sequence[int], int] | None = None,
 ) -> SchedulerMixin:
     """A new scheduler of `choice`'s class: the model's noise schedule plus the sampler's overrides.
 
@@ -49,6 +50,7 @@ def make_scheduler(
     the batch, seed the SDE samplers' Brownian noise as A1111 does, so its pictures follow the seed; other
     samplers take their noise from the pipeline. `sdxl` picks SDXL's Align Your Steps sigmas. `img2img`: A1111's
     (schedule length, t_enc) of an img2img pass, which a k-diffusion sampler then runs (`strength.Img2ImgPlan`).
+    `philox`: (seeds, offset) of the NV source's per-image generators for the ancestral samplers' noise.
     """
     cls = KDiffusionScheduler if choice.scheduler_class == K_DIFFUSION else getattr(diffusers, choice.scheduler_class)
     overrides = dict(choice.kwargs)
@@ -56,6 +58,9 @@ def make_scheduler(
         overrides["sdxl_schedule"] = sdxl
         if img2img is not None:
             overrides["img2img_steps"], overrides["img2img_t_enc"] = img2img
+        if philox is not None:
+            overrides["philox_noise_seeds"] = [int(s) for s in philox[0]]
+            overrides["philox_noise_offset"] = int(philox[1])
     if noise_seeds is not None and "noise_sampler_seed" in inspect.signature(cls.__init__).parameters:
         overrides["noise_sampler_seed"] = [int(s) for s in noise_seeds]
     _building.active = True
