@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from tests.support.lycoris_files import _layers, layer_tensors, lycoris_module
-from tests.test_lycoris import assert_exact, pixels, request, weights_of
+from tests.test_lycoris import assert_exact, demo, pixels, request, weights_of  # noqa: F401 (demo: fixture)
 from webui.models.lora import LoraLayer, LoraNetwork, LoraPatcher, LoraUse, parse_lora
 from webui.models.lycoris import LayerWeights
 from webui.pipelines.generate import generate
@@ -381,26 +381,8 @@ def test_sdxl_ia3_and_oft_in_original_layout_names_apply_to_an_sdxl_model(make_c
 
 # --------------------------------------------------------------------------- the built-in demo model
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """An engine on the CPU in fp32 whose only checkpoint is the built-in demo model; yields (ctx, name)."""
-    from webui.config import load_settings
-    from webui.context import BUILTIN_DIR, AppContext, builtin_checkpoints
-
-    path = BUILTIN_DIR / "atelier-demo.safetensors"
-    if not path.exists():
-        pytest.skip("built-in demo model not built")
-    root = tmp_path_factory.mktemp("demo-lycoris-more")
-    (root / "models" / "Stable-diffusion").mkdir(parents=True)
-    settings = load_settings({"settings_file": root / "settings.json", "models_dir": root / "models",
-                              "outputs_dir": root / "outputs", "device": "cpu", "precision": "fp32"}, env={})
-    ctx = AppContext.create(settings)
-    yield ctx, next(e.name for e in builtin_checkpoints() if e.path == path)
-    ctx.close()
-
-
 @pytest.mark.slow
-def test_an_oft_and_ia3_file_changes_the_demo_models_picture_and_removing_restores_it(demo):
+def test_an_oft_and_ia3_file_changes_the_demo_models_picture_and_removing_restores_it(demo):  # noqa: F811
     ctx, checkpoint = demo
     components = ctx.manager.load(checkpoint).components
     write_variants(ctx.settings.loras_dir / "demo-oft.safetensors", components, ["diag-oft", "ia3"],
