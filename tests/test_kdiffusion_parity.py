@@ -134,19 +134,26 @@ def kdiff():
             sys.modules[name] = module
 
 
+def draw_noise_from(kdiff, draw) -> None:
+    """k-diffusion's per-step ``torch.randn_like(x)`` answered by ``draw(x)``, as A1111's hijack of it does."""
+    kdiff.torch = types.SimpleNamespace(**{k: getattr(torch, k) for k in dir(torch) if not k.startswith("__")})
+    kdiff.torch.randn_like = lambda x, **kw: draw(x)
+
+
+def draw_after_start_noise(kdiff, seeds: list[int], shape: tuple[int, ...]) -> None:
+    """Per-step noise from each image's CPU generator after its start noise, as A1111 draws it."""
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    for generator in generators:
+        torch.randn((1, *shape), generator=generator)
+    draw_noise_from(kdiff, lambda x: torch.cat([torch.randn((1, *x.shape[1:]), generator=g, dtype=x.dtype)
+                                                for g in generators]))
+
+
 def run_k_diffusion(kdiff, function: str, sigmas: torch.Tensor, noise: torch.Tensor, seeds: list[int],
                     brownian: bool) -> torch.Tensor:
     """k-diffusion as A1111 calls it: x = noise * sigmas[0]; randn_like from each image's generator after its start
     noise; the SDE samplers get a Brownian tree noise sampler seeded with the images' seeds."""
-    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-    for generator in generators:
-        torch.randn((1, *noise.shape[1:]), generator=generator)
-
-    def randn_like(x, **kw):
-        return torch.cat([torch.randn((1, *x.shape[1:]), generator=g, dtype=x.dtype) for g in generators])
-
-    kdiff.torch = types.SimpleNamespace(**{k: getattr(torch, k) for k in dir(torch) if not k.startswith("__")})
-    kdiff.torch.randn_like = randn_like
+    draw_after_start_noise(kdiff, seeds, tuple(noise.shape[1:]))
     x = noise * sigmas[0]
     extra = {}
     if brownian:
@@ -249,15 +256,7 @@ def a1111_img2img(kdiff, function: str, steps: int, strength: float, kind: str |
     t_enc = int(min(strength, 0.999) * steps)
     sigmas = kd_sigmas(steps, kind)
     sched = sigmas[steps - t_enc - 1:]
-    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-    for generator in generators:
-        torch.randn((1, *noise.shape[1:]), generator=generator)
-
-    def randn_like(x, **kw):
-        return torch.cat([torch.randn((1, *x.shape[1:]), generator=g, dtype=x.dtype) for g in generators])
-
-    kdiff.torch = types.SimpleNamespace(**{k: getattr(torch, k) for k in dir(torch) if not k.startswith("__")})
-    kdiff.torch.randn_like = randn_like
+    draw_after_start_noise(kdiff, seeds, tuple(noise.shape[1:]))
     xi = x0 + noise * sched[0]
     if brownian:
         extra["noise_sampler"] = kdiff.BrownianTreeNoiseSampler(xi, sigmas[sigmas > 0].min(), sigmas.max(),
@@ -294,12 +293,7 @@ def test_dpm_fast_matches_k_diffusion(kdiff):
     noise = torch.cat([torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(s)) for s in seeds])
     with torch.no_grad():
         ours = run_engine(resolve_sampler("DPM fast"), steps, noise, seeds)
-        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-        for generator in generators:
-            torch.randn((1, 4, 8, 8), generator=generator)
-        kdiff.torch = types.SimpleNamespace(**{k: getattr(torch, k) for k in dir(torch) if not k.startswith("__")})
-        kdiff.torch.randn_like = lambda x, **kw: torch.cat([torch.randn((1, *x.shape[1:]), generator=g)
-                                                              for g in generators])
+        draw_after_start_noise(kdiff, seeds, (4, 8, 8))
         x = noise * kd_sigmas(steps, None)[0]
         theirs = kdiff.sample_dpm_fast(denoiser, x, sig[0].item(), sig[-1].item(), steps, disable=True, eta=1.0)
     assert relative_error(ours, theirs) < 1e-4
@@ -368,12 +362,8 @@ def test_nv_source_ancestral_noise_is_each_images_philox_generator(kdiff, delta)
         for t in scheduler.timesteps:  # no torch generators given: a CPU draw would not be A1111's
             x = scheduler.step(eps_model(scheduler.scale_model_input(x, t), t), t, x).prev_sample
         generators = [PhiloxGenerator(s + delta, 0 if delta else 1) for s in seeds]
-
-        def randn_like(like, **kw):
-            return torch.stack([torch.from_numpy(g.randn(shape)) for g in generators]).to(like.dtype)
-
-        kdiff.torch = types.SimpleNamespace(**{k: getattr(torch, k) for k in dir(torch) if not k.startswith("__")})
-        kdiff.torch.randn_like = randn_like
+        draw_noise_from(kdiff, lambda like: torch.stack([torch.from_numpy(g.randn(shape)) for g in generators])
+                        .to(like.dtype))
         sigmas = kd_sigmas(steps, None, False)
         theirs = kdiff.sample_euler_ancestral(denoiser, noise * sigmas[0], sigmas, disable=True)
     assert relative_error(x, theirs) < 1e-4
