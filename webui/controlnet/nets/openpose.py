@@ -52,11 +52,13 @@ _LINEAR = {f"conv5_5_CPM_L{b}" for b in (1, 2)} | {f"Mconv7_stage{s}_L{b}" for s
     | {"Mconv7_stage6_L1"}
 
 
-class BodyPoseNet(nn.Module):
-    def __init__(self) -> None:
+class _ConvChain(nn.Module):
+    """Convolutions named as in the original files, run in list order: ReLU after each but the linear ones,
+    "pool" entries a 2x2 max pool."""
+
+    def __init__(self, layers: list[_Layer], linear: set[str]) -> None:
         super().__init__()
-        layers = [*_TRUNK] + [entry for stage in range(1, 7) for branch in (1, 2)
-                              for entry in _stage_layers(stage, branch)]
+        self.linear = linear
         for name, width_in, width_out, kernel in layers:
             if name != "pool":
                 self.add_module(name, nn.Conv2d(width_in, width_out, kernel, padding=kernel // 2))
@@ -67,9 +69,15 @@ class BodyPoseNet(nn.Module):
                 x = F.max_pool2d(x, 2, 2)
             else:
                 x = getattr(self, name)(x)
-                if name not in _LINEAR:
+                if name not in self.linear:
                     x = F.relu(x)
         return x
+
+
+class BodyPoseNet(_ConvChain):
+    def __init__(self) -> None:
+        super().__init__([*_TRUNK] + [entry for stage in range(1, 7) for branch in (1, 2)
+                                      for entry in _stage_layers(stage, branch)], set(_LINEAR))
 
     def forward(self, bgr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(1, 3, H, W) BGR in -0.5..0.5 -> part-affinity fields (1, 38, H/8, W/8), heat maps (1, 19, ...)."""
@@ -98,25 +106,11 @@ def _cpm_stage(stage: int, maps: int) -> list[_Layer]:
             (f"Mconv6_stage{stage}", 128, 128, 1), (f"Mconv7_stage{stage}", 128, maps, 1)]
 
 
-class _CPMNet(nn.Module):
-    _LINEAR = {"conv6_2_CPM", *(f"Mconv7_stage{s}" for s in range(2, 7))}
-
+class _CPMNet(_ConvChain):
     def __init__(self, maps: int) -> None:
-        super().__init__()
+        super().__init__([*_CPM_TRUNK, *(e for s in range(1, 7) for e in _cpm_stage(s, maps))],
+                         {"conv6_2_CPM", *(f"Mconv7_stage{s}" for s in range(2, 7))})
         self.maps = maps
-        for name, width_in, width_out, kernel in [*_CPM_TRUNK, *(e for s in range(1, 7) for e in _cpm_stage(s, maps))]:
-            if name != "pool":
-                self.add_module(name, nn.Conv2d(width_in, width_out, kernel, padding=kernel // 2))
-
-    def _run(self, x: torch.Tensor, layers: list[_Layer]) -> torch.Tensor:
-        for name, *_ in layers:
-            if name == "pool":
-                x = F.max_pool2d(x, 2, 2)
-            else:
-                x = getattr(self, name)(x)
-                if name not in self._LINEAR:
-                    x = F.relu(x)
-        return x
 
     def forward(self, bgr: torch.Tensor) -> torch.Tensor:
         """(1, 3, H, W) BGR in -0.5..0.5 -> the last stage's heat maps at 1/8 of the size."""
