@@ -93,11 +93,10 @@ def test_details_that_change_pictures():
     assert ids["Euler a"] == "euler_ancestral" and ids["DPM++ 2S a"] == "dpmpp_2s_ancestral"
     ddim = resolve_sampler("DDIM").kwargs
     assert (ddim["timestep_spacing"], ddim["steps_offset"], ddim["set_alpha_to_one"]) == ("leading", 1, False)
-    unipc = resolve_sampler("UniPC").kwargs
-    assert (unipc["solver_type"], unipc["solver_order"], unipc["lower_order_final"]) == ("bh1", 3, True)
-    assert unipc["timestep_spacing"] == "linspace"
-    sgm = resolve_sampler("UniPC", "SGM Uniform")
-    assert sgm.kwargs["timestep_spacing"] == "trailing" and not sgm.kwargs["use_karras_sigmas"]
+    unipc = resolve_sampler("UniPC").kwargs  # A1111's UniPC options' defaults
+    assert (unipc["variant"], unipc["solver_order"], unipc["lower_order_final"]) == ("bh1", 3, True)
+    assert unipc["skip_type"] == "time_uniform"
+    assert resolve_sampler("UniPC", "SGM Uniform").kwargs["schedule_type"] == "SGM Uniform"
     assert resolve_sampler("Euler", "karras").schedule_type == "Karras"  # API ids work too
     assert resolve_sampler("Euler", "align_your_steps").schedule_type == "Align Your Steps"
     assert resolve_sampler("Euler", "SGMUniform").schedule_type == "SGM Uniform"  # A1111's old alias
@@ -113,8 +112,8 @@ def test_errors_name_the_valid_choices():
         resolve_sampler("Euler", "Quadratic")
     assert err.value.field == "schedule_type" and "Karras" in str(err.value) and "Turbo" in str(err.value)
     with pytest.raises(UnknownSamplerError) as err:
-        resolve_sampler("UniPC", "Polyexponential")
-    assert err.value.field == "schedule_type" and "Karras" in str(err.value)
+        resolve_sampler("LCM", "Polyexponential")
+    assert err.value.field == "schedule_type" and "Automatic" in str(err.value)
     with pytest.raises(UnknownSamplerError, match="Automatic, SGM Uniform"):
         resolve_sampler("DDIM", "Karras")
     with pytest.raises(UnknownSamplerError):
@@ -176,9 +175,9 @@ _K = "KDiffusionScheduler"
     ("DDIM", "DDIMScheduler",
      {"timestep_spacing": "leading", "clip_sample": False, "set_alpha_to_one": False, "thresholding": False}),
     ("PLMS", "PNDMScheduler", {"timestep_spacing": "leading", "skip_prk_steps": True, "set_alpha_to_one": False}),
-    ("UniPC", "UniPCMultistepScheduler",
-     {**_SIGMAS_OFF, "solver_type": "bh1", "solver_order": 3, "lower_order_final": True, "predict_x0": True,
-      "timestep_spacing": "linspace", "disable_corrector": []}),
+    ("UniPC", "UniPCScheduler",
+     {"variant": "bh1", "skip_type": "time_uniform", "solver_order": 3, "lower_order_final": True,
+      "schedule_type": "Automatic", "img2img_steps": 0}),
     ("LCM", "LCMScheduler",
      {"timestep_spacing": "leading", "original_inference_steps": 50, "timestep_scaling": 10.0,
       "clip_sample": False, "set_alpha_to_one": False}),
@@ -268,7 +267,7 @@ def test_model_config_flags_do_not_clash_with_the_choice():
 
     base = {**_model_config("sd1"), "use_karras_sigmas": True}  # a model shipped with Karras on
     scheduler = make_scheduler(resolve_sampler("UniPC", "Exponential"), base)
-    assert scheduler.config.use_exponential_sigmas and not scheduler.config.use_karras_sigmas
+    assert scheduler.config.schedule_type == "Exponential" and "use_karras_sigmas" not in scheduler.config
 
 
 def test_dpmpp_sde_noise_follows_the_seed():

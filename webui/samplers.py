@@ -4,9 +4,9 @@ A pure table (no torch, no diffusers): the UI, the API and infotext parsing use 
 check names; `pipelines.schedulers.make_scheduler` turns a `SamplerChoice` into a scheduler.
 
 A1111's k-diffusion samplers run on Atelier's `KDiffusionScheduler` (k-diffusion's numbers, every
-A1111 schedule type); its timestep samplers (DDIM, PLMS, UniPC) and LCM on diffusers' schedulers,
-whose constructor overrides make them behave like A1111's (timestep spacing, solver variant, DDIM
-offsets). Anything not overridden (beta schedule, prediction type, zero-SNR rescaling) comes from
+A1111 schedule type) and its UniPC on Atelier's `UniPCScheduler` (continuous time, as A1111); DDIM,
+PLMS and LCM on diffusers' schedulers, whose constructor overrides make them behave like A1111's
+(timestep spacing, DDIM offsets). Anything not overridden (beta schedule, prediction type, zero-SNR rescaling) comes from
 the model.
 """
 
@@ -30,16 +30,8 @@ _SCHEDULES: tuple[tuple[str, str], ...] = (
 SCHEDULE_TYPES: tuple[str, ...] = tuple(label for label, _ in _SCHEDULES)
 SCHEDULE_IDS: Mapping[str, str] = MappingProxyType(dict(_SCHEDULES))  # label -> A1111's API id
 
-# The k-diffusion samplers (KDiffusionScheduler) take every schedule type. Of the diffusers schedulers kept for
-# A1111's timestep samplers, Karras / Exponential / Beta are diffusers' sigma flags; SGM Uniform is "trailing".
-_DIFFUSERS_TYPES = (AUTOMATIC, "Karras", "Exponential", "SGM Uniform", "Beta")
-_SIGMA_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
-_FLAG_FOR: dict[str, str] = {
-    "Karras": "use_karras_sigmas",
-    "Exponential": "use_exponential_sigmas",
-    "Beta": "use_beta_sigmas",
-}
-
+# Atelier's own schedulers (k-diffusion samplers, UniPC) take every schedule type; diffusers' DDIM and PLMS, kept
+# for A1111's timestep samplers, only their spacing ("SGM Uniform" is "trailing").
 # A1111's API ids for schedule types ("karras", "sgm_uniform") besides the labels, and its old "SGMUniform".
 _SCHEDULE_IDS: dict[str, str] = {
     **{label.lower(): label for label in SCHEDULE_TYPES},
@@ -52,6 +44,9 @@ _SPACING_ONLY = (AUTOMATIC, "SGM Uniform")
 _AUTOMATIC_ONLY = (AUTOMATIC,)
 
 K_DIFFUSION = "KDiffusionScheduler"  # Atelier's own scheduler class (pipelines.kscheduler), not a diffusers one
+UNIPC = "UniPCScheduler"  # Atelier's A1111 UniPC (pipelines.unipc)
+# Atelier's own schedulers: they take every schedule type and hold an img2img run themselves (A1111's plan)
+OWN_SCHEDULERS = frozenset({K_DIFFUSION, UNIPC})
 # A1111's DDIM / PLMS timesteps: range(0, 1000, 1000 // steps) + 1, no clipping, alpha_T as trained.
 _DDIM_TIMESTEPS = {"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False}
 
@@ -74,10 +69,6 @@ class SamplerSpec:
     aliases: tuple[str, ...] = ()
     schedule_types: tuple[str, ...] = _ALL_TYPES  # the ones this scheduler class can do
     automatic: str = AUTOMATIC  # what "Automatic" means for it (A1111's per-sampler default)
-
-    @property
-    def takes_sigma_flags(self) -> bool:
-        return self.scheduler_class != K_DIFFUSION and "Karras" in self.schedule_types
 
 
 @dataclass(frozen=True)
@@ -125,11 +116,10 @@ SAMPLERS: Mapping[str, SamplerSpec] = MappingProxyType({s.name: s for s in (
     _spec("DDIM", "DDIMScheduler", {**_DDIM_TIMESTEPS, "clip_sample": False, "thresholding": False},
           ("ddim",), _SPACING_ONLY),
     _spec("PLMS", "PNDMScheduler", {**_DDIM_TIMESTEPS, "skip_prk_steps": True}, ("plms",), _SPACING_ONLY),
-    # A1111's UniPC defaults: variant bh1, order 3, lower order at the end, predicting x0.
-    _spec("UniPC", "UniPCMultistepScheduler",
-          {"timestep_spacing": "linspace", "solver_type": "bh1", "solver_order": 3, "lower_order_final": True,
-           "predict_x0": True},
-          ("unipc", "uni_pc"), _DIFFUSERS_TYPES),
+    # A1111's UniPC in continuous time (Atelier's UniPCScheduler), A1111's defaults: variant bh1, time-uniform
+    # steps, order 3, lower order at the end; the other schedule types place its steps at their sigmas.
+    _spec("UniPC", UNIPC, {"variant": "bh1", "skip_type": "time_uniform", "solver_order": 3,
+                           "lower_order_final": True}, ("unipc", "uni_pc"), _ALL_TYPES),
     # LCM picks its own timesteps from its training schedule: schedule types do not apply.
     _spec("LCM", "LCMScheduler", {}, ("k_lcm", "lcm"), _AUTOMATIC_ONLY),
 )})
@@ -215,14 +205,9 @@ def resolve_sampler(name: str, schedule_type: str = AUTOMATIC) -> SamplerChoice:
 
 def _kwargs(spec: SamplerSpec, schedule_type: str) -> dict[str, object]:
     kwargs = dict(spec.options)
-    if spec.scheduler_class == K_DIFFUSION:
+    if spec.scheduler_class in OWN_SCHEDULERS:
         kwargs["schedule_type"] = schedule_type
         return kwargs
-    if spec.takes_sigma_flags:
-        # Set every flag: a model config that enables one must not combine with the chosen one.
-        kwargs.update({flag: False for flag in _SIGMA_FLAGS})
-        if schedule_type in _FLAG_FOR:
-            kwargs[_FLAG_FOR[schedule_type]] = True
     if schedule_type == "SGM Uniform":
         kwargs["timestep_spacing"] = "trailing"
     return kwargs

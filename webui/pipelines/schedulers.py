@@ -16,8 +16,9 @@ from typing import Any
 import diffusers
 from diffusers import SchedulerMixin
 
-from ..samplers import K_DIFFUSION, SamplerChoice
+from ..samplers import K_DIFFUSION, UNIPC, SamplerChoice
 from .kscheduler import KDiffusionScheduler
+from .unipc import UniPCScheduler
 
 _building = threading.local()
 
@@ -49,15 +50,18 @@ def make_scheduler(
     to keys the config only holds because its class defaulted them. `noise_seeds`, one per image of
     the batch, seed the SDE samplers' Brownian noise as A1111 does, so its pictures follow the seed; other
     samplers take their noise from the pipeline. `sdxl` picks SDXL's Align Your Steps sigmas. `img2img`: A1111's
-    (schedule length, t_enc) of an img2img pass, which a k-diffusion sampler then runs (`strength.Img2ImgPlan`).
+    (schedule length, t_enc) of an img2img pass, which a k-diffusion sampler or UniPC then runs
+    (`strength.Img2ImgPlan`).
     `philox`: (seeds, offset) of the NV source's per-image generators for the ancestral samplers' noise.
     """
-    cls = KDiffusionScheduler if choice.scheduler_class == K_DIFFUSION else getattr(diffusers, choice.scheduler_class)
+    own = {K_DIFFUSION: KDiffusionScheduler, UNIPC: UniPCScheduler}
+    cls = own.get(choice.scheduler_class) or getattr(diffusers, choice.scheduler_class)
     overrides = dict(choice.kwargs)
-    if cls is KDiffusionScheduler:
+    if choice.scheduler_class in own:
         overrides["sdxl_schedule"] = sdxl
         if img2img is not None:
             overrides["img2img_steps"], overrides["img2img_t_enc"] = img2img
+    if cls is KDiffusionScheduler:
         if philox is not None:
             overrides["philox_noise_seeds"] = [int(s) for s in philox[0]]
             overrides["philox_noise_offset"] = int(philox[1])

@@ -6,9 +6,9 @@ the schedule to ``int(steps / min(strength, 0.999))`` steps and takes ``t_enc = 
 samplers then run ``t_enc + 1`` steps on ``sigmas[total - t_enc - 1:]`` from the picture + noise * that first
 sigma; its timestep samplers (DDIM, PLMS, UniPC) run the ``t_enc`` lowest timesteps of the schedule. diffusers'
 pipelines run ``int(num_inference_steps * strength)`` steps instead, so ``pipeline_call`` says what to pass them
-for A1111's count: with the k-diffusion samplers the scheduler holds the run (KDiffusionScheduler's
-``img2img_steps``) and the pipeline is told a count and strength that skip its one padding entry; never strength 1,
-so inpainting always starts from the picture plus noise, as A1111 does.
+for A1111's count: with the k-diffusion samplers and UniPC the scheduler holds the run (``img2img_steps`` of
+KDiffusionScheduler and UniPCScheduler) and the pipeline is told a count and strength that skip its one padding
+entry; never strength 1, so inpainting always starts from the picture plus noise, as A1111 does.
 
 Pure: no torch.
 """
@@ -17,7 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..samplers import K_DIFFUSION, SAMPLERS, SamplerChoice, canonical_sampler_name, split_legacy_sampler_name
+from ..samplers import (
+    K_DIFFUSION,
+    OWN_SCHEDULERS,
+    SAMPLERS,
+    SamplerChoice,
+    canonical_sampler_name,
+    split_legacy_sampler_name,
+)
 
 TIMESTEP_SAMPLERS = frozenset({"DDIM", "PLMS", "UniPC"})  # A1111's sd_samplers_timesteps
 
@@ -39,6 +46,7 @@ class Img2ImgPlan:
     t_enc: int
     kind: str  # "k-diffusion", "timesteps" (DDIM, PLMS, UniPC) or "diffusers" (LCM: diffusers' own count)
     strength: float  # as asked, for the diffusers kind
+    held: bool = False  # the scheduler holds the run behind one padding entry (Atelier's own schedulers)
 
     @property
     def steps_run(self) -> int:
@@ -52,7 +60,7 @@ class Img2ImgPlan:
         """(num_inference_steps, strength) for a diffusers img2img / inpaint pipeline that make it run this plan:
         ``int(n * strength)`` steps are kept, so the strength sits half a step above the count wanted."""
         run = self.steps_run
-        if self.kind == "k-diffusion":  # the scheduler's timesteps: one padding entry, then the run
+        if self.held:  # the scheduler's timesteps: one padding entry, then the run
             return run + 1, (run + 0.5) / (run + 1)
         if self.kind == "timesteps":
             return self.total, min(1.0, (run + 0.5) / self.total)
@@ -79,7 +87,7 @@ def _plan(name: str, scheduler_class: str, steps: int, strength: float, fixed: b
     else:
         return Img2ImgPlan(steps, 0, "diffusers", strength)
     total, t_enc = a1111_steps(steps, strength, fixed)
-    return Img2ImgPlan(total, t_enc, kind, strength)
+    return Img2ImgPlan(total, t_enc, kind, strength, scheduler_class in OWN_SCHEDULERS)
 
 
 def too_few_steps(sampler: str, steps: int, strength: float, fixed: bool) -> str | None:

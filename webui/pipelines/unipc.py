@@ -1,0 +1,299 @@
+"""A1111's UniPC as a diffusers scheduler: the UniPC authors' multistep predictor-corrector in continuous time.
+
+A1111 samples UniPC on the model's discrete schedule made continuous: log alpha is piecewise linear in
+t over t_i = (i + 1) / N (N training steps), the run goes from t = 1 down to t = 1 / N in equal steps ("time
+uniform"), and the UNet is evaluated at the fractional timesteps (t - 1 / N) * 1000: 999, 949.05, ... for 20
+steps. It predicts the clean picture (x0), uses the B(h) = h variant ("bh1"), order 3 and lower orders on the
+last steps. diffusers' UniPCMultistepScheduler runs the same solver on whole timesteps and ends at sigma 0, so
+its pictures differ; this scheduler gives A1111's.
+
+In pipeline terms every step is one UNet call: at step k the pipeline evaluates the model at the predicted
+x of time g_k; ``step`` corrects that x with the new prediction (except at the first step) and predicts x
+at g_(k+1). The last prediction is not corrected (it would need a model call the run does not make).
+
+Other schedule types (Karras, Exponential, ...) place the same number of steps at their sigmas, turned into
+continuous times through the half log-SNR, and still end at t = 1 / N. img2img follows A1111's plan when the
+config carries it (``img2img_steps``, ``img2img_t_enc``, see ``pipelines.strength``): A1111's timestep
+samplers noise the picture to the grid timestep ``timesteps[t_enc]`` and UniPC then runs ``t_enc`` steps from
+``timesteps[t_enc - 1] / 1000 + 1 / 1000``; ``timesteps`` holds one padding entry the pipeline skips, as
+``KDiffusionScheduler`` does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
+
+from .ksigmas import ModelSigmas, alphas_cumprod_from_config, schedule_sigmas
+
+VARIANTS = ("bh1", "bh2")
+SKIP_TYPES = ("time_uniform", "time_quadratic", "logSNR")
+
+
+class ContinuousSchedule:
+    """A discrete model's schedule in continuous time, as the UniPC / DPM-Solver authors define it: log alpha
+    linear between the training timesteps' points t_i = (i + 1) / N, extended linearly beyond them."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor) -> None:
+        self.train_steps = len(alphas_cumprod)
+        self.times = torch.linspace(0.0, 1.0, self.train_steps + 1)[1:]
+        self.log_alphas = 0.5 * torch.log(alphas_cumprod.float())
+        self.end = 1.0 / self.train_steps
+
+    def log_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        return _piecewise_linear(t, self.times, self.log_alphas)
+
+    def alpha(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.exp(self.log_alpha(t))
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(1.0 - torch.exp(2.0 * self.log_alpha(t)))
+
+    def half_log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        log_alpha = self.log_alpha(t)
+        return log_alpha - 0.5 * torch.log(1.0 - torch.exp(2.0 * log_alpha))
+
+    def time_of(self, half_log_snr: torch.Tensor) -> torch.Tensor:
+        log_alpha = -0.5 * torch.logaddexp(torch.zeros_like(half_log_snr), -2.0 * half_log_snr)
+        return _piecewise_linear(log_alpha, self.log_alphas.flip(0), self.times.flip(0))
+
+    def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
+        """The UNet's timestep for continuous time t (999 at t = 1)."""
+        return (t - self.end) * 1000.0
+
+
+def _piecewise_linear(x: torch.Tensor, xp: torch.Tensor, yp: torch.Tensor) -> torch.Tensor:
+    """y(x) through the points (xp, yp), xp increasing; the outer segments extend beyond the ends."""
+    right = torch.searchsorted(xp, x.reshape(-1).contiguous()).clamp(1, len(xp) - 1)
+    left = right - 1
+    x0, x1, y0, y1 = xp[left], xp[right], yp[left], yp[right]
+    return (y0 + (x.reshape(-1) - x0) * (y1 - y0) / (x1 - x0)).reshape(x.shape)
+
+
+class UniPCScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
+    """A1111's UniPC (multistep, predicting x0) over the model's noise schedule made continuous."""
+
+    order = 1
+
+    @register_to_config  # type: ignore[misc]
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        beta_schedule: str = "scaled_linear",
+        trained_betas: Any = None,
+        prediction_type: str = "epsilon",
+        rescale_betas_zero_snr: bool = False,
+        schedule_type: str = "Automatic",
+        sdxl_schedule: bool = False,
+        variant: str = "bh1",
+        skip_type: str = "time_uniform",
+        solver_order: int = 3,
+        lower_order_final: bool = True,
+        img2img_steps: int = 0,
+        img2img_t_enc: int = 0,
+    ) -> None:
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown UniPC variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        if skip_type not in SKIP_TYPES:
+            raise ValueError(f"unknown UniPC skip type {skip_type!r}; choose one of {', '.join(SKIP_TYPES)}")
+        acp = alphas_cumprod_from_config(self.config)
+        self.alphas_cumprod = acp
+        self.schedule = ContinuousSchedule(acp)
+        self.num_inference_steps: int | None = None
+        self.grid = torch.linspace(1.0, self.schedule.end, num_train_timesteps + 1)
+        self.timesteps = self.schedule.model_timestep(self.grid[:-1])
+        self.init_noise_sigma = 1.0
+        self._begin_index: int | None = None
+        self._step_index: int | None = None
+        self._reset_run()
+
+    def _reset_run(self) -> None:
+        self._run_start: int | None = None  # the grid index the multistep run started at
+        self._history: list[tuple[torch.Tensor, torch.Tensor]] = []  # (x0 prediction, time), newest last
+        self._base: torch.Tensor | None = None  # the corrected x the last prediction started from
+        self._pending_order = 0  # the order of that prediction, which its correction reuses
+
+    def __len__(self) -> int:
+        return int(self.config["num_train_timesteps"])
+
+    @property
+    def step_index(self) -> int | None:
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        self._begin_index = begin_index
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None, **_: Any) -> None:
+        """The run's times. With an img2img plan ``num_inference_steps`` is only what the pipeline was told
+        (``strength.pipeline_call``): the run is A1111's ``t_enc`` steps, behind one padding entry."""
+        self.num_inference_steps = num_inference_steps
+        planned = int(self.config["img2img_steps"])
+        if planned:
+            run = max(int(self.config["img2img_t_enc"]), 1)
+            grid = self._grid(run, start=float(self._plan_timesteps()[run - 1]) / 1000 + 1 / 1000)
+            self.grid = torch.cat([grid[:1], grid])  # the padding the pipeline skips
+        else:
+            self.grid = self._grid(num_inference_steps, start=1.0)
+        self.timesteps = self.schedule.model_timestep(self.grid[:-1]).to(device)
+        self._begin_index = self._step_index = None
+        self._reset_run()
+
+    def _plan_timesteps(self) -> torch.Tensor:
+        """A1111's timestep samplers' grid for the plan's schedule: 1, 1 + 1000 // steps, ..., at most 999."""
+        steps, train = int(self.config["img2img_steps"]), int(self.config["num_train_timesteps"])
+        return torch.clip(torch.arange(0, train, train // max(steps, 1)) + 1, 0, train - 1)
+
+    def _grid(self, steps: int, start: float) -> torch.Tensor:
+        """steps + 1 continuous times from ``start`` to 1 / N."""
+        end, schedule_type = self.schedule.end, self.config["schedule_type"]
+        if schedule_type != "Automatic":
+            return self._grid_of_schedule(schedule_type, steps)
+        skip = self.config["skip_type"]
+        if skip == "time_uniform":
+            return torch.linspace(start, end, steps + 1)
+        if skip == "time_quadratic":
+            return torch.linspace(start ** 0.5, end ** 0.5, steps + 1).pow(2)
+        ends = self.schedule.half_log_snr(torch.tensor([start, end]))
+        return self.schedule.time_of(torch.linspace(float(ends[0]), float(ends[1]), steps + 1))
+
+    def _grid_of_schedule(self, schedule_type: str, steps: int) -> torch.Tensor:
+        """A sigma schedule's points as times (half log-SNR = -log sigma), ending at 1 / N. A schedule whose last
+        non-zero sigma already is the model's smallest is asked for one step more, so the run keeps its count."""
+        model = ModelSigmas(self.alphas_cumprod)
+        end = self.schedule.end
+        for count in (steps, steps + 1):
+            sigmas = schedule_sigmas(schedule_type, count, model, False, bool(self.config["sdxl_schedule"]))
+            times = self.schedule.time_of(-torch.log(sigmas[sigmas > 0].float())).clamp(end, 1.0)
+            if float(times[-1]) > end * (1 + 1e-4):
+                times = torch.cat([times, torch.tensor([end])])
+            if len(times) == steps + 1:
+                return times
+        raise ValueError(f"the {schedule_type} schedule cannot give UniPC {steps} steps")
+
+    def _position(self) -> int:
+        if self._step_index is not None:
+            return self._step_index
+        return self._begin_index or 0
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
+        return sample  # A1111's timestep samplers give the UNet x as it is
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        if self.config["img2img_steps"] and self._step_index is None:
+            # A1111's start: the picture noised to the grid timestep one above the first one the run evaluates
+            run = max(int(self.config["img2img_t_enc"]), 1)
+            acp = self.alphas_cumprod[self._plan_timesteps()[min(run, len(self._plan_timesteps()) - 1)]]
+            return original_samples * acp.sqrt() + noise * (1 - acp).sqrt()
+        t = torch.as_tensor(timesteps, dtype=torch.float32).reshape(-1).cpu() / 1000.0 + self.schedule.end
+        shape = (-1,) + (1,) * (original_samples.ndim - 1)
+        alpha = self.schedule.alpha(t).view(shape).to(original_samples.device, original_samples.dtype)
+        sigma = self.schedule.sigma(t).view(shape).to(original_samples.device, original_samples.dtype)
+        return original_samples * alpha + noise * sigma
+
+    def _x0(self, output: torch.Tensor, sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The model's prediction of the clean picture at time t (A1111 converts to eps first)."""
+        kind = self.config["prediction_type"]
+        if kind == "sample":
+            return output
+        if kind == "epsilon":
+            eps = output
+        elif kind == "v_prediction":  # A1111's CompVisTimestepsVDenoiser: the whole timestep's alphas
+            index = int(self.schedule.model_timestep(t))
+            a = self.alphas_cumprod[index]
+            eps = a.sqrt() * output + (1 - a).sqrt() * sample
+        else:
+            raise ValueError(f"prediction type {kind!r} is not supported by UniPC")
+        return (sample - self.schedule.sigma(t) * eps) / self.schedule.alpha(t)
+
+    def _order_into(self, j: int, steps: int) -> int:
+        """The order of the update into grid point j (1-based) of a run of ``steps``."""
+        order = min(int(self.config["solver_order"]), steps)
+        if j < order:
+            return j
+        return min(order, steps + 1 - j) if self.config["lower_order_final"] else order
+
+    def _coefficients(self, t: torch.Tensor, order: int) -> dict[str, Any]:
+        """What the update into time t with the newest ``order`` predictions needs (UniPC's B(h) form)."""
+        ns = self.schedule
+        m0, t0 = self._history[-1]
+        lambda0, lambda_t = ns.half_log_snr(t0), ns.half_log_snr(t)
+        h = lambda_t - lambda0
+        ratios, differences = [], []
+        for m_i, t_i in reversed(self._history[-order:-1]):
+            r = (ns.half_log_snr(t_i) - lambda0) / h
+            ratios.append(r)
+            differences.append((m_i - m0) / r)
+        hh = -h  # predicting x0
+        h_phi_1 = torch.expm1(hh)
+        b_h = hh if self.config["variant"] == "bh1" else torch.expm1(hh)
+        powers = torch.stack([*ratios, torch.ones_like(h)])
+        rows, b = [], []
+        h_phi_k, factorial = h_phi_1 / hh - 1, 1
+        for i in range(1, order + 1):
+            rows.append(powers ** (i - 1))
+            b.append(h_phi_k * factorial / b_h)
+            factorial *= i + 1
+            h_phi_k = h_phi_k / hh - 1 / factorial
+        r_matrix, b_vector = torch.stack(rows), torch.stack(b)
+        alpha_t = ns.alpha(t)
+        linear = ns.sigma(t) / ns.sigma(t0) * self._base - alpha_t * h_phi_1 * m0  # type: ignore[operator]
+        return {"m0": m0, "D": differences, "R": r_matrix, "b": b_vector, "scale": alpha_t * b_h, "linear": linear}
+
+    def _predict(self, t: torch.Tensor, order: int) -> torch.Tensor:
+        c = self._coefficients(t, order)
+        if not c["D"]:
+            return c["linear"]  # type: ignore[no-any-return]
+        if order == 2:
+            rhos = torch.tensor([0.5])
+        else:
+            rhos = torch.linalg.solve(c["R"][:-1, :-1], c["b"][:-1])
+        residual = sum(rho * d for rho, d in zip(rhos, c["D"], strict=True))
+        return c["linear"] - c["scale"] * residual  # type: ignore[no-any-return]
+
+    def _correct(self, t: torch.Tensor, order: int, m_t: torch.Tensor) -> torch.Tensor:
+        c = self._coefficients(t, order)
+        rhos = torch.tensor([0.5]) if order == 1 else torch.linalg.solve(c["R"], c["b"])
+        residual = sum((rho * d for rho, d in zip(rhos[:-1], c["D"], strict=True)), torch.zeros_like(m_t))
+        return c["linear"] - c["scale"] * (residual + rhos[-1] * (m_t - c["m0"]))  # type: ignore[no-any-return]
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: Any,
+        sample: torch.Tensor,
+        return_dict: bool = True,
+        **_: Any,
+    ) -> SchedulerOutput | tuple[torch.Tensor]:
+        position = self._position()
+        if self._run_start is None:
+            self._run_start = position
+        start = self._run_start
+        steps = len(self.grid) - 1 - start
+        j = position - start  # this call evaluated grid point j of the run
+        grid = self.grid[start:]
+        x = sample.to(torch.float32)
+        m = self._x0(model_output.to(torch.float32), x, grid[j])
+        if j == 0:
+            current = x
+        else:
+            current = self._correct(grid[j], self._pending_order, m)
+        self._history = [*self._history, (m, grid[j])][-max(int(self.config["solver_order"]), 1):]
+        self._base, self._pending_order = current, self._order_into(j + 1, steps)
+        following = self._predict(grid[j + 1], self._pending_order)
+        self._step_index = position + 1
+        if j + 1 == steps:
+            self._reset_run()
+        prev_sample = following.to(sample.dtype)
+        if not return_dict:
+            return (prev_sample,)
+        return SchedulerOutput(prev_sample=prev_sample)
+
