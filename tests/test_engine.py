@@ -141,16 +141,45 @@ def test_img2img_strength_controls_how_much_the_init_image_survives(make_context
 
 
 @pytest.mark.parametrize(("sampler", "fix_steps", "expected"), [
-    ("Euler", False, 5), ("Euler", True, 8), ("DDIM", False, 4), ("LCM", False, 4)])
+    ("Euler", False, 5), ("Euler", True, 8), ("DDIM", False, 4), ("UniPC", False, 4), ("UniPC", True, 7),
+    ("LCM", False, 4)])
 def test_img2img_runs_a1111s_step_count(make_context, sampler, fix_steps, expected):
     """8 steps at strength 0.5: A1111's k-diffusion samplers run t_enc + 1 = 5, exactly 8 with img2img_fix_steps
-    (on a 16-step schedule); its DDIM runs t_enc = 4; LCM keeps diffusers' 8 x 0.5."""
+    (on a 16-step schedule); its DDIM and UniPC run t_enc = 4 (7 with the fix); LCM keeps diffusers' 8 x 0.5."""
     ctx = make_context(["sd1"])
     control, seen = JobControl(), []
     control.listener = lambda progress: seen.append(progress.steps)
     generate(ctx.manager, req(init_image=_init_image(), denoising_strength=0.5, steps=8, sampler=sampler,
                               img2img_fix_steps=fix_steps), control=control)
     assert seen and seen[-1] == expected
+
+
+@pytest.mark.slow
+def test_unipc_img2img_follows_strength_and_inpainting_keeps_the_rest(make_context):
+    """A1111's UniPC through the real pipelines: img2img starts from the picture (a low strength keeps it more than
+    a high one), inpainting leaves pixels outside the mask as they were, and the hires pass runs."""
+    ctx = make_context(["sd1"])
+    init = _init_image()
+    inverted = Image.fromarray(255 - np.asarray(init))
+
+    def img2img(source, strength):
+        return pixels(generate(ctx.manager, req(init_image=source, denoising_strength=strength, steps=8,
+                                                sampler="UniPC")).images[0])
+
+    # the tiny model's pictures follow their source at a low strength far more than at a high one
+    low = np.abs(img2img(init, 0.3) - img2img(inverted, 0.3)).mean()
+    high = np.abs(img2img(init, 0.9) - img2img(inverted, 0.9)).mean()
+    assert low > 2 * high, (low, high)
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    ImageDraw.Draw(mask).rectangle((20, 20, 43, 43), fill=255)
+    out = pixels(generate(ctx.manager, req(init_image=init, mask=mask, mask_blur=2, denoising_strength=0.9,
+                                           inpaint_padding=4, sampler="UniPC", steps=8)).images[0])
+    outside = np.ones((SIZE, SIZE), bool)
+    outside[14:50, 14:50] = False
+    assert np.array_equal(out[outside], pixels(init)[outside])
+    hires = generate(ctx.manager, req(sampler="UniPC", steps=4, enable_hr=True, hr_scale=2.0, hr_upscaler="Lanczos",
+                                      denoising_strength=0.5)).images[0]
+    assert hires.size == (2 * SIZE, 2 * SIZE)
 
 
 @pytest.mark.slow

@@ -96,7 +96,8 @@ def test_details_that_change_pictures():
     unipc = resolve_sampler("UniPC").kwargs  # A1111's UniPC options' defaults
     assert (unipc["variant"], unipc["solver_order"], unipc["lower_order_final"]) == ("bh1", 3, True)
     assert unipc["skip_type"] == "time_uniform"
-    assert resolve_sampler("UniPC", "SGM Uniform").kwargs["schedule_type"] == "SGM Uniform"
+    with pytest.raises(UnknownSamplerError):  # A1111's UniPC ignores schedule types; Atelier says so
+        resolve_sampler("UniPC", "Karras")
     assert resolve_sampler("Euler", "karras").schedule_type == "Karras"  # API ids work too
     assert resolve_sampler("Euler", "align_your_steps").schedule_type == "Align Your Steps"
     assert resolve_sampler("Euler", "SGMUniform").schedule_type == "SGM Uniform"  # A1111's old alias
@@ -177,7 +178,7 @@ _K = "KDiffusionScheduler"
     ("PLMS", "PNDMScheduler", {"timestep_spacing": "leading", "skip_prk_steps": True, "set_alpha_to_one": False}),
     ("UniPC", "UniPCScheduler",
      {"variant": "bh1", "skip_type": "time_uniform", "solver_order": 3, "lower_order_final": True,
-      "schedule_type": "Automatic", "img2img_steps": 0}),
+      "img2img_steps": 0}),
     ("LCM", "LCMScheduler",
      {"timestep_spacing": "leading", "original_inference_steps": 50, "timestep_scaling": 10.0,
       "clip_sample": False, "set_alpha_to_one": False}),
@@ -266,7 +267,7 @@ def test_model_config_flags_do_not_clash_with_the_choice():
     from webui.pipelines.schedulers import make_scheduler
 
     base = {**_model_config("sd1"), "use_karras_sigmas": True}  # a model shipped with Karras on
-    scheduler = make_scheduler(resolve_sampler("UniPC", "Exponential"), base)
+    scheduler = make_scheduler(resolve_sampler("Euler", "Exponential"), base)
     assert scheduler.config.schedule_type == "Exponential" and "use_karras_sigmas" not in scheduler.config
 
 

@@ -175,31 +175,36 @@ def test_img2img_matches_a1111_unipc(strength):
     assert relative_error(x, theirs) < 1e-4
 
 
-def test_a_clean_prediction_lands_exactly_on_it():
+@pytest.mark.parametrize("skip_type", ["time_uniform", "time_quadratic", "logSNR"])
+def test_a_clean_prediction_lands_exactly_on_it(skip_type):
     """A model that always predicts the same clean picture: every UniPC order solves that ODE exactly, so the run
-    ends at alpha * x0 + (sigma_end / sigma_start) * (x_T - alpha_T * x0), whatever the schedule type."""
+    ends at alpha * x0 + (sigma_end / sigma_start) * (x_T - alpha_T * x0), whatever A1111's skip type."""
     x0 = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(1))
     noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(2))
     alpha_end, sigma_end, _ = alpha_sigma_lambda(0.001)
-    for schedule in ("Automatic", "Karras", "Exponential", "Align Your Steps", "Turbo"):
-        scheduler = make_scheduler(resolve_sampler("UniPC", schedule), {**CONFIG, "prediction_type": "sample"})
-        scheduler.set_timesteps(8)
-        assert len(scheduler.timesteps) == 8
-        alpha_start, sigma_start, _ = alpha_sigma_lambda(float(scheduler.timesteps[0]) / 1000 + 0.001)
-        x = noise.clone()
-        for t in scheduler.timesteps:
-            x = scheduler.step(x0, t, x).prev_sample
-        expected = alpha_end * x0 + sigma_end / sigma_start * (noise - alpha_start * x0)
-        assert relative_error(x, expected) < 1e-4, schedule
+    alpha_start, sigma_start, _ = alpha_sigma_lambda(1.0)
+    choice = resolve_sampler("UniPC")
+    choice.kwargs["skip_type"] = skip_type
+    scheduler = make_scheduler(choice, {**CONFIG, "prediction_type": "sample"})
+    scheduler.set_timesteps(8)
+    assert len(scheduler.timesteps) == 8 and float(scheduler.timesteps[0]) == pytest.approx(999.0, abs=1e-3)
+    x = noise.clone()
+    for t in scheduler.timesteps:
+        x = scheduler.step(x0, t, x).prev_sample
+    expected = alpha_end * x0 + sigma_end / sigma_start * (noise - alpha_start * x0)
+    assert relative_error(x, expected) < 1e-4
 
 
-def test_schedule_types_move_the_steps():
-    def times(schedule):
-        scheduler = make_scheduler(resolve_sampler("UniPC", schedule), CONFIG)
+def test_skip_types_move_the_steps():
+    def times(skip_type):
+        choice = resolve_sampler("UniPC")
+        choice.kwargs["skip_type"] = skip_type
+        scheduler = make_scheduler(choice, CONFIG)
         scheduler.set_timesteps(10)
         return scheduler.timesteps
 
-    automatic, karras = times("Automatic"), times("Karras")
-    assert len(automatic) == len(karras) == 10 and not torch.allclose(automatic, karras)
-    assert float(karras[0]) == pytest.approx(999.0, abs=0.01)  # Karras starts at the model's largest sigma
-    assert bool((karras[1:] < karras[:-1]).all())
+    uniform, quadratic, log_snr = times("time_uniform"), times("time_quadratic"), times("logSNR")
+    assert float(uniform[1]) == pytest.approx(899.1, abs=1e-3)
+    assert float(quadratic[1]) < float(uniform[1]) and not torch.allclose(log_snr, uniform)
+    for steps in (quadratic, log_snr):
+        assert float(steps[0]) == pytest.approx(999.0, abs=0.01) and bool((steps[1:] < steps[:-1]).all())

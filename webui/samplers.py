@@ -6,8 +6,8 @@ check names; `pipelines.schedulers.make_scheduler` turns a `SamplerChoice` into 
 A1111's k-diffusion samplers run on Atelier's `KDiffusionScheduler` (k-diffusion's numbers, every
 A1111 schedule type) and its UniPC on Atelier's `UniPCScheduler` (continuous time, as A1111); DDIM,
 PLMS and LCM on diffusers' schedulers, whose constructor overrides make them behave like A1111's
-(timestep spacing, DDIM offsets). Anything not overridden (beta schedule, prediction type, zero-SNR rescaling) comes from
-the model.
+(timestep spacing, DDIM offsets). Anything not overridden (beta schedule, prediction type, zero-SNR
+rescaling) comes from the model.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ _SCHEDULES: tuple[tuple[str, str], ...] = (
 SCHEDULE_TYPES: tuple[str, ...] = tuple(label for label, _ in _SCHEDULES)
 SCHEDULE_IDS: Mapping[str, str] = MappingProxyType(dict(_SCHEDULES))  # label -> A1111's API id
 
-# Atelier's own schedulers (k-diffusion samplers, UniPC) take every schedule type; diffusers' DDIM and PLMS, kept
-# for A1111's timestep samplers, only their spacing ("SGM Uniform" is "trailing").
+# The k-diffusion samplers take every schedule type; diffusers' DDIM and PLMS, kept for A1111's timestep
+# samplers, only their spacing ("SGM Uniform" is "trailing"); UniPC and LCM none.
 # A1111's API ids for schedule types ("karras", "sgm_uniform") besides the labels, and its old "SGMUniform".
 _SCHEDULE_IDS: dict[str, str] = {
     **{label.lower(): label for label in SCHEDULE_TYPES},
@@ -45,7 +45,7 @@ _AUTOMATIC_ONLY = (AUTOMATIC,)
 
 K_DIFFUSION = "KDiffusionScheduler"  # Atelier's own scheduler class (pipelines.kscheduler), not a diffusers one
 UNIPC = "UniPCScheduler"  # Atelier's A1111 UniPC (pipelines.unipc)
-# Atelier's own schedulers: they take every schedule type and hold an img2img run themselves (A1111's plan)
+# Atelier's own schedulers: they hold an img2img run themselves (A1111's plan, see pipelines.strength)
 OWN_SCHEDULERS = frozenset({K_DIFFUSION, UNIPC})
 # A1111's DDIM / PLMS timesteps: range(0, 1000, 1000 // steps) + 1, no clipping, alpha_T as trained.
 _DDIM_TIMESTEPS = {"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False}
@@ -116,10 +116,10 @@ SAMPLERS: Mapping[str, SamplerSpec] = MappingProxyType({s.name: s for s in (
     _spec("DDIM", "DDIMScheduler", {**_DDIM_TIMESTEPS, "clip_sample": False, "thresholding": False},
           ("ddim",), _SPACING_ONLY),
     _spec("PLMS", "PNDMScheduler", {**_DDIM_TIMESTEPS, "skip_prk_steps": True}, ("plms",), _SPACING_ONLY),
-    # A1111's UniPC in continuous time (Atelier's UniPCScheduler), A1111's defaults: variant bh1, time-uniform
-    # steps, order 3, lower order at the end; the other schedule types place its steps at their sigmas.
+    # A1111's UniPC in continuous time (Atelier's UniPCScheduler) with A1111's option defaults: variant bh1,
+    # time-uniform steps, order 3, lower order at the end. A1111's UniPC ignores schedule types.
     _spec("UniPC", UNIPC, {"variant": "bh1", "skip_type": "time_uniform", "solver_order": 3,
-                           "lower_order_final": True}, ("unipc", "uni_pc"), _ALL_TYPES),
+                           "lower_order_final": True}, ("unipc", "uni_pc"), _AUTOMATIC_ONLY),
     # LCM picks its own timesteps from its training schedule: schedule types do not apply.
     _spec("LCM", "LCMScheduler", {}, ("k_lcm", "lcm"), _AUTOMATIC_ONLY),
 )})
@@ -205,7 +205,7 @@ def resolve_sampler(name: str, schedule_type: str = AUTOMATIC) -> SamplerChoice:
 
 def _kwargs(spec: SamplerSpec, schedule_type: str) -> dict[str, object]:
     kwargs = dict(spec.options)
-    if spec.scheduler_class in OWN_SCHEDULERS:
+    if spec.scheduler_class == K_DIFFUSION:
         kwargs["schedule_type"] = schedule_type
         return kwargs
     if schedule_type == "SGM Uniform":

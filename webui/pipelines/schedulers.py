@@ -57,11 +57,10 @@ def make_scheduler(
     own = {K_DIFFUSION: KDiffusionScheduler, UNIPC: UniPCScheduler}
     cls = own.get(choice.scheduler_class) or getattr(diffusers, choice.scheduler_class)
     overrides = dict(choice.kwargs)
-    if choice.scheduler_class in own:
-        overrides["sdxl_schedule"] = sdxl
-        if img2img is not None:
-            overrides["img2img_steps"], overrides["img2img_t_enc"] = img2img
+    if choice.scheduler_class in own and img2img is not None:
+        overrides["img2img_steps"], overrides["img2img_t_enc"] = img2img
     if cls is KDiffusionScheduler:
+        overrides["sdxl_schedule"] = sdxl
         if philox is not None:
             overrides["philox_noise_seeds"] = [int(s) for s in philox[0]]
             overrides["philox_noise_offset"] = int(philox[1])

@@ -11,8 +11,8 @@ In pipeline terms every step is one UNet call: at step k the pipeline evaluates 
 x of time g_k; ``step`` corrects that x with the new prediction (except at the first step) and predicts x
 at g_(k+1). The last prediction is not corrected (it would need a model call the run does not make).
 
-Other schedule types (Karras, Exponential, ...) place the same number of steps at their sigmas, turned into
-continuous times through the half log-SNR, and still end at t = 1 / N. img2img follows A1111's plan when the
+Schedule types do not apply, as in A1111 (its UniPC ignores them); A1111's option ``uni_pc_skip_type`` picks
+the spacing instead (time uniform, time quadratic, or uniform in log-SNR). img2img follows A1111's plan when the
 config carries it (``img2img_steps``, ``img2img_t_enc``, see ``pipelines.strength``): A1111's timestep
 samplers noise the picture to the grid timestep ``timesteps[t_enc]`` and UniPC then runs ``t_enc`` steps from
 ``timesteps[t_enc - 1] / 1000 + 1 / 1000``; ``timesteps`` holds one padding entry the pipeline skips, as
@@ -27,7 +27,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
-from .ksigmas import ModelSigmas, alphas_cumprod_from_config, schedule_sigmas
+from .ksigmas import alphas_cumprod_from_config
 
 VARIANTS = ("bh1", "bh2")
 SKIP_TYPES = ("time_uniform", "time_quadratic", "logSNR")
@@ -88,8 +88,6 @@ class UniPCScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         trained_betas: Any = None,
         prediction_type: str = "epsilon",
         rescale_betas_zero_snr: bool = False,
-        schedule_type: str = "Automatic",
-        sdxl_schedule: bool = False,
         variant: str = "bh1",
         skip_type: str = "time_uniform",
         solver_order: int = 3,
@@ -154,9 +152,7 @@ class UniPCScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
 
     def _grid(self, steps: int, start: float) -> torch.Tensor:
         """steps + 1 continuous times from ``start`` to 1 / N."""
-        end, schedule_type = self.schedule.end, self.config["schedule_type"]
-        if schedule_type != "Automatic":
-            return self._grid_of_schedule(schedule_type, steps)
+        end = self.schedule.end
         skip = self.config["skip_type"]
         if skip == "time_uniform":
             return torch.linspace(start, end, steps + 1)
@@ -164,20 +160,6 @@ class UniPCScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
             return torch.linspace(start ** 0.5, end ** 0.5, steps + 1).pow(2)
         ends = self.schedule.half_log_snr(torch.tensor([start, end]))
         return self.schedule.time_of(torch.linspace(float(ends[0]), float(ends[1]), steps + 1))
-
-    def _grid_of_schedule(self, schedule_type: str, steps: int) -> torch.Tensor:
-        """A sigma schedule's points as times (half log-SNR = -log sigma), ending at 1 / N. A schedule whose last
-        non-zero sigma already is the model's smallest is asked for one step more, so the run keeps its count."""
-        model = ModelSigmas(self.alphas_cumprod)
-        end = self.schedule.end
-        for count in (steps, steps + 1):
-            sigmas = schedule_sigmas(schedule_type, count, model, False, bool(self.config["sdxl_schedule"]))
-            times = self.schedule.time_of(-torch.log(sigmas[sigmas > 0].float())).clamp(end, 1.0)
-            if float(times[-1]) > end * (1 + 1e-4):
-                times = torch.cat([times, torch.tensor([end])])
-            if len(times) == steps + 1:
-                return times
-        raise ValueError(f"the {schedule_type} schedule cannot give UniPC {steps} steps")
 
     def _position(self) -> int:
         if self._step_index is not None:
