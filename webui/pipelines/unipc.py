@@ -21,6 +21,8 @@ samplers noise the picture to the grid timestep ``timesteps[t_enc]`` and UniPC t
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -73,6 +75,34 @@ def _piecewise_linear(x: torch.Tensor, xp: torch.Tensor, yp: torch.Tensor) -> to
     return (y0 + (x.reshape(-1) - x0) * (y1 - y0) / (x1 - x0)).reshape(x.shape)
 
 
+def _solve(rows: list[list[float]], b: list[float]) -> list[float]:
+    return torch.linalg.solve(torch.tensor(rows, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)).tolist()
+
+
+def _weighted(weights: list[float], tensors: list[torch.Tensor]) -> torch.Tensor:
+    total = weights[0] * tensors[0]
+    for weight, tensor in zip(weights[1:], tensors[1:], strict=True):
+        total = total + weight * tensor
+    return total
+
+
+@dataclass
+class _Update:
+    """One predictor step's parts that its corrector reuses: x = linear - scale * (sum rho_i D_i + rho_t D_t)."""
+
+    linear: torch.Tensor
+    differences: list[torch.Tensor]
+    m0: torch.Tensor
+    scale: float
+    rhos: list[float]
+
+    def corrected(self, m_t: torch.Tensor) -> torch.Tensor:
+        newest = m_t - self.m0
+        if not self.differences:
+            return self.linear - self.scale * (self.rhos[-1] * newest)
+        return self.linear - self.scale * (_weighted(self.rhos[:-1], self.differences) + self.rhos[-1] * newest)
+
+
 class UniPCScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
     """A1111's UniPC (multistep, predicting x0) over the model's noise schedule made continuous."""
 
@@ -103,8 +133,7 @@ class UniPCScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         self.alphas_cumprod = acp
         self.schedule = ContinuousSchedule(acp)
         self.num_inference_steps: int | None = None
-        self.grid = torch.linspace(1.0, self.schedule.end, num_train_timesteps + 1)
-        self.timesteps = self.schedule.model_timestep(self.grid[:-1])
+        self._use_grid(torch.linspace(1.0, self.schedule.end, num_train_timesteps + 1))
         self.init_noise_sigma = 1.0
         self._begin_index: int | None = None
         self._step_index: int | None = None
@@ -112,9 +141,16 @@ class UniPCScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
 
     def _reset_run(self) -> None:
         self._run_start: int | None = None  # the grid index the multistep run started at
-        self._history: list[tuple[torch.Tensor, torch.Tensor]] = []  # (x0 prediction, time), newest last
-        self._base: torch.Tensor | None = None  # the corrected x the last prediction started from
-        self._pending_order = 0  # the order of that prediction, which its correction reuses
+        self._history: list[tuple[torch.Tensor, int]] = []  # (x0 prediction, grid index), newest last
+        self._pending: _Update | None = None  # the last prediction, for its correction
+
+    def _use_grid(self, grid: torch.Tensor, device: str | torch.device | None = None) -> None:
+        self.grid = grid
+        self.timesteps = self.schedule.model_timestep(grid[:-1]).to(device)
+        # the grid's alpha, sigma and half log-SNR, computed in float32 as A1111 does, then used as floats
+        self._alphas = self.schedule.alpha(grid).tolist()
+        self._sigmas = self.schedule.sigma(grid).tolist()
+        self._lambdas = self.schedule.half_log_snr(grid).tolist()
 
     def __len__(self) -> int:
         return int(self.config["num_train_timesteps"])
@@ -138,10 +174,9 @@ class UniPCScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         if planned:
             run = max(int(self.config["img2img_t_enc"]), 1)
             grid = self._grid(run, start=float(self._plan_timesteps()[run - 1]) / 1000 + 1 / 1000)
-            self.grid = torch.cat([grid[:1], grid])  # the padding the pipeline skips
+            self._use_grid(torch.cat([grid[:1], grid]), device)  # the padding the pipeline skips
         else:
-            self.grid = self._grid(num_inference_steps, start=1.0)
-        self.timesteps = self.schedule.model_timestep(self.grid[:-1]).to(device)
+            self._use_grid(self._grid(num_inference_steps, start=1.0), device)
         self._begin_index = self._step_index = None
         self._reset_run()
 
@@ -181,20 +216,19 @@ class UniPCScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         sigma = self.schedule.sigma(t).view(shape).to(original_samples.device, original_samples.dtype)
         return original_samples * alpha + noise * sigma
 
-    def _x0(self, output: torch.Tensor, sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The model's prediction of the clean picture at time t (A1111 converts to eps first)."""
+    def _x0(self, output: torch.Tensor, sample: torch.Tensor, index: int) -> torch.Tensor:
+        """The model's prediction of the clean picture at grid point ``index`` (A1111 converts to eps first)."""
         kind = self.config["prediction_type"]
         if kind == "sample":
             return output
         if kind == "epsilon":
             eps = output
         elif kind == "v_prediction":  # A1111's CompVisTimestepsVDenoiser: the whole timestep's alphas
-            index = int(self.schedule.model_timestep(t))
-            a = self.alphas_cumprod[index]
+            a = self.alphas_cumprod[int(self.schedule.model_timestep(self.grid[index]))]
             eps = a.sqrt() * output + (1 - a).sqrt() * sample
         else:
             raise ValueError(f"prediction type {kind!r} is not supported by UniPC")
-        return (sample - self.schedule.sigma(t) * eps) / self.schedule.alpha(t)
+        return (sample - self._sigmas[index] * eps) / self._alphas[index]
 
     def _order_into(self, j: int, steps: int) -> int:
         """The order of the update into grid point j (1-based) of a run of ``steps``."""
@@ -203,49 +237,36 @@ class UniPCScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
             return j
         return min(order, steps + 1 - j) if self.config["lower_order_final"] else order
 
-    def _coefficients(self, t: torch.Tensor, order: int) -> dict[str, Any]:
-        """What the update into time t with the newest ``order`` predictions needs (UniPC's B(h) form)."""
-        ns = self.schedule
-        m0, t0 = self._history[-1]
-        lambda0, lambda_t = ns.half_log_snr(t0), ns.half_log_snr(t)
-        h = lambda_t - lambda0
+    def _predict(self, index: int, order: int, base: torch.Tensor) -> tuple[torch.Tensor, _Update]:
+        """x at grid point ``index`` from ``base`` and the newest ``order`` predictions (UniPC's B(h) form), and
+        what the correction of that update needs once the model has been evaluated there."""
+        m0, i0 = self._history[-1]
+        lambda0 = self._lambdas[i0]
+        h = self._lambdas[index] - lambda0
         ratios, differences = [], []
-        for m_i, t_i in reversed(self._history[-order:-1]):
-            r = (ns.half_log_snr(t_i) - lambda0) / h
+        for m_i, i in reversed(self._history[-order:-1]):
+            r = (self._lambdas[i] - lambda0) / h
             ratios.append(r)
             differences.append((m_i - m0) / r)
         hh = -h  # predicting x0
-        h_phi_1 = torch.expm1(hh)
-        b_h = hh if self.config["variant"] == "bh1" else torch.expm1(hh)
-        powers = torch.stack([*ratios, torch.ones_like(h)])
+        h_phi_1 = math.expm1(hh)
+        b_h = hh if self.config["variant"] == "bh1" else math.expm1(hh)
+        powers = [*ratios, 1.0]
         rows, b = [], []
         h_phi_k, factorial = h_phi_1 / hh - 1, 1
         for i in range(1, order + 1):
-            rows.append(powers ** (i - 1))
+            rows.append([p ** (i - 1) for p in powers])
             b.append(h_phi_k * factorial / b_h)
             factorial *= i + 1
             h_phi_k = h_phi_k / hh - 1 / factorial
-        r_matrix, b_vector = torch.stack(rows), torch.stack(b)
-        alpha_t = ns.alpha(t)
-        linear = ns.sigma(t) / ns.sigma(t0) * self._base - alpha_t * h_phi_1 * m0  # type: ignore[operator]
-        return {"m0": m0, "D": differences, "R": r_matrix, "b": b_vector, "scale": alpha_t * b_h, "linear": linear}
-
-    def _predict(self, t: torch.Tensor, order: int) -> torch.Tensor:
-        c = self._coefficients(t, order)
-        if not c["D"]:
-            return c["linear"]  # type: ignore[no-any-return]
-        if order == 2:
-            rhos = torch.tensor([0.5])
-        else:
-            rhos = torch.linalg.solve(c["R"][:-1, :-1], c["b"][:-1])
-        residual = sum(rho * d for rho, d in zip(rhos, c["D"], strict=True))
-        return c["linear"] - c["scale"] * residual  # type: ignore[no-any-return]
-
-    def _correct(self, t: torch.Tensor, order: int, m_t: torch.Tensor) -> torch.Tensor:
-        c = self._coefficients(t, order)
-        rhos = torch.tensor([0.5]) if order == 1 else torch.linalg.solve(c["R"], c["b"])
-        residual = sum((rho * d for rho, d in zip(rhos[:-1], c["D"], strict=True)), torch.zeros_like(m_t))
-        return c["linear"] - c["scale"] * (residual + rhos[-1] * (m_t - c["m0"]))  # type: ignore[no-any-return]
+        scale = self._alphas[index] * b_h
+        linear = (self._sigmas[index] / self._sigmas[i0]) * base - (self._alphas[index] * h_phi_1) * m0
+        rhos_c = [0.5] if order == 1 else _solve(rows, b)
+        update = _Update(linear, differences, m0, scale, rhos_c)
+        if not differences:
+            return linear, update
+        rhos_p = [0.5] if order == 2 else _solve([row[:-1] for row in rows[:-1]], b[:-1])
+        return linear - scale * _weighted(rhos_p, differences), update
 
     def step(
         self,
@@ -261,16 +282,11 @@ class UniPCScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         start = self._run_start
         steps = len(self.grid) - 1 - start
         j = position - start  # this call evaluated grid point j of the run
-        grid = self.grid[start:]
         x = sample.to(torch.float32)
-        m = self._x0(model_output.to(torch.float32), x, grid[j])
-        if j == 0:
-            current = x
-        else:
-            current = self._correct(grid[j], self._pending_order, m)
-        self._history = [*self._history, (m, grid[j])][-max(int(self.config["solver_order"]), 1):]
-        self._base, self._pending_order = current, self._order_into(j + 1, steps)
-        following = self._predict(grid[j + 1], self._pending_order)
+        m = self._x0(model_output.to(torch.float32), x, position)
+        current = x if self._pending is None else self._pending.corrected(m)
+        self._history = [*self._history, (m, position)][-max(int(self.config["solver_order"]), 1):]
+        following, self._pending = self._predict(position + 1, self._order_into(j + 1, steps), current)
         self._step_index = position + 1
         if j + 1 == steps:
             self._reset_run()
