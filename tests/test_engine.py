@@ -155,6 +155,31 @@ def test_img2img_runs_a1111s_step_count(make_context, sampler, fix_steps, expect
 
 
 @pytest.mark.slow
+def test_dpm_adaptive_runs_until_its_solver_is_done(make_context):
+    """DPM adaptive through the real pipelines: the run ends when the solver reaches the end (not after the room
+    its timesteps leave), the progress ends at the evaluations it made, and img2img and inpainting work with it."""
+    ctx = make_context(["sd1"])
+    control, seen = JobControl(), []
+    control.listener = lambda progress: seen.append((progress.step, progress.steps))
+    image = generate(ctx.manager, req(sampler="DPM adaptive", steps=4), control=control).images[0]
+    assert image.size == (SIZE, SIZE)
+    last_step, last_total = seen[-1]
+    assert 3 <= last_step < 1000 and last_step == last_total and last_step % 3 == 0  # three calls a try
+    other = generate(ctx.manager, req(sampler="DPM fast", steps=4)).images[0]
+    assert not np.array_equal(pixels(image), pixels(other))
+    init = _init_image()
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    ImageDraw.Draw(mask).rectangle((20, 20, 43, 43), fill=255)
+    out = pixels(generate(ctx.manager, req(init_image=init, mask=mask, mask_blur=2, denoising_strength=0.75,
+                                           inpaint_padding=4, sampler="DPM adaptive", steps=8)).images[0])
+    outside = np.ones((SIZE, SIZE), bool)
+    outside[14:50, 14:50] = False
+    assert np.array_equal(out[outside], pixels(init)[outside])
+    with pytest.raises(RequestError, match="DPM adaptive"):
+        generate(ctx.manager, req(init_image=init, denoising_strength=0.2, steps=4, sampler="DPM adaptive"))
+
+
+@pytest.mark.slow
 def test_unipc_img2img_follows_strength_and_inpainting_keeps_the_rest(make_context):
     """A1111's UniPC through the real pipelines: img2img starts from the picture (a low strength keeps it more than
     a high one), inpainting leaves pixels outside the mask as they were, and the hires pass runs."""

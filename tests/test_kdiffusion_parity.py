@@ -369,3 +369,32 @@ def test_nv_source_ancestral_noise_is_each_images_philox_generator(kdiff, delta)
     assert relative_error(x, theirs) < 1e-4
     cpu = run_engine(resolve_sampler("Euler a", "Automatic"), steps, noise, seeds)
     assert relative_error(cpu, theirs) > 1e-2, "CPU generators' per-step noise is another picture"
+
+
+def test_dpm_adaptive_matches_k_diffusion(kdiff):
+    """txt2img: k-diffusion's sample_dpm_adaptive (order 3, its tolerances) over the model's whole sigma range, eta 1
+    (A1111's default), per-step noise from the images' generators; the step count does not matter to it. The
+    scheduler finds each evaluation while it runs and says when the run is over, where the engine stops the loop."""
+    from webui.pipelines.schedulers import make_scheduler
+
+    seeds, steps = [7, 8], 20
+    noise = torch.cat([torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(s)) for s in seeds])
+    with torch.no_grad():
+        scheduler = make_scheduler(resolve_sampler("DPM adaptive"), CONFIG, noise_seeds=seeds)
+        scheduler.set_timesteps(steps)
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        for generator in generators:
+            torch.randn((1, 4, 8, 8), generator=generator)
+        x, evaluations = noise * scheduler.init_noise_sigma, 0
+        for t in scheduler.timesteps:  # as the pipelines iterate it: each timestep read when its step comes
+            x = scheduler.step(eps_model(scheduler.scale_model_input(x, t), t), t, x, generator=generators).prev_sample
+            evaluations += 1
+            if scheduler.run_finished:
+                break
+        draw_after_start_noise(kdiff, seeds, (4, 8, 8))
+        start = noise * kd_sigmas(steps, None)[0]
+        theirs, info = kdiff.sample_dpm_adaptive(denoiser, start, sig[0].item(), sig[-1].item(), disable=True,
+                                                 eta=1.0, return_info=True)
+    # the same evaluations, a rejected try among them (its step size shrinks and the try runs again)
+    assert scheduler.run_finished and evaluations == info["nfe"] and info["n_reject"] >= 1
+    assert relative_error(x, theirs) < 1e-4

@@ -21,7 +21,7 @@ from webui.samplers import (
 
 CONFIGS = Path(__file__).resolve().parents[1] / "webui" / "models" / "configs"
 REQUIRED = ["Euler a", "Euler", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ SDE", "DPM2", "DPM2 a", "Heun", "LMS",
-            "DDIM", "UniPC", "LCM", "DPM++ 2S a", "DPM++ 3M SDE", "HeunPP2"]
+            "DDIM", "UniPC", "LCM", "DPM++ 2S a", "DPM++ 3M SDE", "HeunPP2", "DPM fast", "DPM adaptive", "Restart"]
 K_SAMPLERS = [name for name, spec in SAMPLERS.items() if spec.scheduler_class == "KDiffusionScheduler"]
 # diffusers' k-diffusion ports trip NumPy 2 deprecation warnings thousands of times per scheduler.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -110,6 +110,7 @@ SAMPLERS: Mapping[str, SamplerSpec] = MappingProxyType({s.name: s for s in (
     _k("DPM2", "dpm_2", ("k_dpm_2", "dpm_2"), "Karras", discard_penultimate=True),
     _k("DPM2 a", "dpm_2_ancestral", ("k_dpm_2_a", "dpm_2_ancestral"), "Karras", discard_penultimate=True),
     _k("DPM fast", "dpm_fast", ("k_dpm_fast", "dpm_fast")),
+    _k("DPM adaptive", "dpm_adaptive", ("k_dpm_ad", "k_dpm_adaptive", "dpm_adaptive")),
     _k("Restart", "restart", ("restart", "k_restart"), "Karras"),
     _k("HeunPP2", "heunpp2", ("heunpp2", "k_heunpp2")),
     # A1111's timestep samplers (not k-diffusion): diffusers' schedulers with A1111's timesteps.

@@ -278,7 +278,9 @@ class _StepCallback:
         control = self.control
         self.ran = step + 1
         done = self.offset + self.ran
-        total = self.offset + int(pipe.num_timesteps) + self.later
+        finished = bool(getattr(pipe.scheduler, "run_finished", False))  # an adaptive sampler's run ended
+        planned = self.ran if finished else _planned_evaluations(pipe)
+        total = self.offset + planned + self.later
         changes: dict[str, Any] = {"step": done, "steps": total}
         every = control.preview_every
         if every > 0 and done % every == 0 and "latents" in kwargs and done < total:
@@ -288,18 +290,25 @@ class _StepCallback:
             latents = kwargs.get("latents")
             self.hooks.on_step(StepState(control.job_id, done, total, control.progress.batch,
                                          None if latents is None else latents.detach().clone()), control)
-        if control.interrupted or control.skipped:
+        if control.interrupted or control.skipped or finished:
             raise _StoppedEarly(kwargs["latents"])  # _call_pipeline decodes what the steps so far made
         if self.composed is not None:
             self.composed.step = step + 2  # the AND parts' prompts for the next step
         turn = self.refiner_turn
         if turn is not None and not turn.switched:
-            at = switch_step(turn.refiner.switch_at, int(pipe.num_timesteps))
+            at = switch_step(turn.refiner.switch_at, planned)
             if at is not None and self.ran >= at:
                 turn.take_over(pipe)
                 self.conditioning = turn.conditioning
                 return self._switch_prompts(pipe, step, force=True)
         return self._switch_prompts(pipe, step)
+
+
+def _planned_evaluations(pipe: Any) -> int:
+    """The UNet calls the pipeline's run makes: its timesteps, or an adaptive sampler's expectation so far (its
+    timesteps only leave room)."""
+    expected = getattr(pipe.scheduler, "expected_evaluations", None)
+    return int(expected) if expected else int(pipe.num_timesteps)
 
 
 def _image_seeds(req: GenerationRequest, batch: int) -> tuple[list[int], list[int]]:

@@ -369,6 +369,77 @@ def dpm_fast(x: torch.Tensor, sigmas: torch.Tensor, noise: Noise, eta: float = 1
     return x
 
 
+class _StepSizeController:
+    """k-diffusion's PID controller of DPM adaptive's step size (A1111's defaults: integral only)."""
+
+    def __init__(self, h: float, order: float, pcoeff: float = 0.0, icoeff: float = 1.0, dcoeff: float = 0.0,
+                 accept_safety: float = 0.81) -> None:
+        self.h = h
+        self.b = ((pcoeff + icoeff + dcoeff) / order, -(pcoeff + 2 * dcoeff) / order, dcoeff / order)
+        self.accept_safety = accept_safety
+        self.inverse_errors: list[float] = []
+
+    def accepts(self, error: torch.Tensor) -> bool:
+        """Whether the step with this error stands; the next step size follows either way."""
+        inverse = 1 / (float(error) + 1e-8)
+        if not self.inverse_errors:
+            self.inverse_errors = [inverse] * 3
+        self.inverse_errors[0] = inverse
+        e = self.inverse_errors
+        factor = 1 + math.atan(e[0] ** self.b[0] * e[1] ** self.b[1] * e[2] ** self.b[2] - 1)
+        accepted = factor >= self.accept_safety
+        if accepted:
+            e[2], e[1] = e[1], e[0]
+        self.h *= factor
+        return accepted
+
+
+def dpm_adaptive(x: torch.Tensor, sigmas: torch.Tensor, noise: Noise, eta: float = 1.0, rtol: float = 0.05,
+                 atol: float = 0.0078, h_init: float = 0.05) -> Run:
+    """DPM-Solver-23 with adaptive step size (k-diffusion's sample_dpm_adaptive, order 3) from sigmas[0] down to
+    sigmas[-2], with A1111's eta (1: ancestral). Each try evaluates the model three times and compares the second-
+    and third-order results; where it evaluates depends on the picture, so the run's length is known only at its
+    end. The error is measured over the whole batch, as in k-diffusion."""
+    t_start, t_end = _t(sigmas[0].float()), _t(sigmas[-2].float())
+    if eta and not t_end > t_start:
+        raise ValueError("DPM adaptive needs a run of at least two steps (more steps or a higher denoising strength)")
+    a_tol, r_tol = torch.tensor(atol), torch.tensor(rtol)
+    controller = _StepSizeController(abs(h_init), 1.5 if eta else 3)
+    s, x_prev = t_start, x
+
+    def eps_at(x: torch.Tensor, t: torch.Tensor) -> Generator[tuple[torch.Tensor, torch.Tensor], torch.Tensor,
+                                                               torch.Tensor]:
+        denoised = yield x, _sigma(t)
+        return (x - denoised) / _sigma(t)
+
+    while s < t_end - 1e-5:
+        t = torch.minimum(t_end, s + controller.h)
+        if eta:
+            down, _ = ancestral_step(_sigma(s), _sigma(t), eta)
+            t_ = torch.minimum(t_end, _t(down))
+            up = (_sigma(t) ** 2 - _sigma(t_) ** 2) ** 0.5
+        else:
+            t_, up = t, t * 0
+        eps = yield from eps_at(x, s)
+        h = t_ - s
+        r1, r2 = 1 / 3, 2 / 3
+        s1, s2 = s + r1 * h, s + r2 * h
+        u1 = x - _sigma(s1) * (r1 * h).expm1() * eps
+        eps_r1 = yield from eps_at(u1, s1)
+        x_low = x - _sigma(t_) * h.expm1() * eps - _sigma(t_) / (2 * r1) * h.expm1() * (eps_r1 - eps)
+        u2 = (x - _sigma(s2) * (r2 * h).expm1() * eps
+              - _sigma(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1) * (eps_r1 - eps))
+        eps_r2 = yield from eps_at(u2, s2)
+        x_high = x - _sigma(t_) * h.expm1() * eps - _sigma(t_) / r2 * (h.expm1() / h - 1) * (eps_r2 - eps)
+        delta = torch.maximum(a_tol, r_tol * torch.maximum(x_low.abs(), x_prev.abs()))
+        error = torch.linalg.norm((x_low - x_high) / delta) / x.numel() ** 0.5
+        if controller.accepts(error):
+            x_prev = x_low
+            x = x_high + up * noise(_sigma(s), _sigma(t))
+            s = t
+    return x
+
+
 # name -> (sampler, evaluations per step for diffusers' img2img slicing, per-step noise kind)
 # noise kinds: "" none, "randn" the images' generators (A1111's ancestral samplers), "brownian" a Brownian tree.
 # Evaluations per step 0: the evaluations are not a fixed number per step (DPM fast, Restart), so only A1111's
@@ -389,7 +460,10 @@ SAMPLERS: Mapping[str, tuple[Sampler, int, str]] = {
     "dpmpp_3m_sde": (dpmpp_3m_sde, 1, "brownian"),
     "dpm_fast": (dpm_fast, 0, "randn"),
     "restart": (restart, 0, "randn"),
+    "dpm_adaptive": (dpm_adaptive, 0, "randn"),
 }
 
 # Samplers that take only the range of the sigmas: in txt2img A1111 gives them the model's whole range.
-RANGE_SAMPLERS = frozenset({"dpm_fast"})
+RANGE_SAMPLERS = frozenset({"dpm_fast", "dpm_adaptive"})
+# Samplers whose evaluations follow the picture: no dry run finds them before the run.
+ADAPTIVE_SAMPLERS = frozenset({"dpm_adaptive"})

@@ -25,7 +25,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .ksamplers import RANGE_SAMPLERS, SAMPLERS, Noise, Run
+from .ksamplers import ADAPTIVE_SAMPLERS, RANGE_SAMPLERS, SAMPLERS, Noise, Run
 from .ksigmas import ModelSigmas, alphas_cumprod_from_config, schedule_sigmas
 from .rng import PhiloxGenerator
 
@@ -60,6 +60,11 @@ class PhiloxNoise:
     def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
         drawn = [torch.from_numpy(g.randn(self.shape)).to(torch.float32) for g in self.generators]
         return torch.stack(drawn).to(self.device)
+
+
+# Room for an adaptive sampler's evaluations (DPM adaptive on SD takes some tens to a few hundred); a run that needs
+# more ends there.
+MAX_ADAPTIVE_EVALUATIONS = 1000
 
 
 class KDiffusionScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
@@ -105,6 +110,8 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         self._generator: Any = None
         self._shape: tuple[int, ...] = ()
         self._device = torch.device("cpu")
+        self.run_finished = False  # an adaptive sampler's run has ended (the pipeline may stop its loop)
+        self.expected_evaluations: int | None = None  # an adaptive run's expected length, while it runs
 
     def __len__(self) -> int:
         return int(self.config["num_train_timesteps"])
@@ -136,6 +143,8 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         else:
             self.step_sigmas = self.full_sigmas
             self.eval_sigmas = self._evaluations(self.step_sigmas)
+        self.run_finished = False
+        self.expected_evaluations = None
         self.sigmas = torch.cat([self.eval_sigmas, torch.zeros(1)])
         self.timesteps = self.model.sigma_to_t(self.eval_sigmas).to(device)
         # A1111 starts txt2img at noise * sigmas[0], img2img at the picture + noise * its first sigma
@@ -153,7 +162,11 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         return ranged
 
     def _evaluations(self, sigmas: torch.Tensor) -> torch.Tensor:
-        """The sigmas the sampler evaluates the model at, from a dry run (they never depend on the picture)."""
+        """The sigmas the sampler evaluates the model at, from a dry run (they never depend on the picture). An
+        adaptive sampler's are found while it runs: its first one, then room up to ``MAX_ADAPTIVE_EVALUATIONS``
+        that ``step`` fills in as the sampler goes (the pipeline reads each timestep only when it gets there)."""
+        if self.config["sampler"] in ADAPTIVE_SAMPLERS:
+            return self._sampler_sigmas(sigmas)[:1].float().repeat(MAX_ADAPTIVE_EVALUATIONS)
         sampler = SAMPLERS[self.config["sampler"]][0]
         zero = torch.zeros(1)
         run, points = sampler(zero, self._sampler_sigmas(sigmas), lambda a, b: zero), []
@@ -227,6 +240,21 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         self._run = sampler(sample, self._sampler_sigmas(sigmas), noise)
         next(self._run)
 
+    def _found_evaluation(self, position: int, sigma: torch.Tensor) -> None:
+        """An adaptive sampler's next evaluation, written into the timesteps the pipeline is iterating (it takes
+        each one as a view of this tensor, so it sees the value when it gets there), and the run's expected length
+        from how far down the sigmas it has come."""
+        if position >= len(self.eval_sigmas):
+            return  # past the room: the pipeline's loop ends here
+        self.eval_sigmas[position] = sigma
+        self.sigmas[position] = sigma
+        self.timesteps[position] = self.model.sigma_to_t(sigma.reshape(1).float()).to(self.timesteps.device)[0]
+        ends = self._sampler_sigmas(self.step_sigmas)
+        start, end = float(ends[0].log()), float(ends[-2].log())
+        done = (start - float(sigma.log())) / (start - end) if start != end else 1.0
+        ran = position - (self._begin_index or 0)
+        self.expected_evaluations = max(ran + 1, round(ran / max(done, 1e-3)))
+
     def _drawn_noise(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
         return randn_tensor(self._shape, generator=self._generator, device=self._device, dtype=torch.float32)
 
@@ -247,9 +275,12 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         denoised = self._denoised(model_output.to(torch.float32), x, sigma)
         assert self._run is not None
         try:
-            following, _ = self._run.send(denoised)
+            following, upcoming = self._run.send(denoised)
+            if self.config["sampler"] in ADAPTIVE_SAMPLERS:
+                self._found_evaluation(position + 1, upcoming)
         except StopIteration as finished:
             following, self._run = finished.value, None
+            self.run_finished = self.config["sampler"] in ADAPTIVE_SAMPLERS
         self._step_index = position + 1
         prev_sample = following.to(sample.dtype)
         if not return_dict:

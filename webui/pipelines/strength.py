@@ -91,11 +91,12 @@ def _plan(name: str, scheduler_class: str, steps: int, strength: float, fixed: b
 
 
 def too_few_steps(sampler: str, steps: int, strength: float, fixed: bool) -> str | None:
-    """Why an img2img pass of the named sampler cannot run (None: it can): no step at all, or DPM fast with one
-    step (its solver needs a range to cover; A1111 fails there too)."""
+    """Why an img2img pass of the named sampler cannot run (None: it can): no step at all, or DPM fast or adaptive
+    with one step (its solver needs a range to cover; A1111 fails there too)."""
     run = steps_run(sampler, steps, strength, fixed)
     if run == 0:
         return f"too low for {steps} steps: no denoising step would run"
-    if run == 1 and canonical_sampler_name(split_legacy_sampler_name(sampler)[0]) == "DPM fast":
-        return f"too low for {steps} steps with DPM fast, which needs at least two steps to run"
+    name = canonical_sampler_name(split_legacy_sampler_name(sampler)[0])
+    if run == 1 and name in ("DPM fast", "DPM adaptive"):
+        return f"too low for {steps} steps with {name}, which needs at least two steps to run"
     return None
