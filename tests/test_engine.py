@@ -177,6 +177,9 @@ def test_dpm_adaptive_runs_until_its_solver_is_done(make_context):
     assert np.array_equal(out[outside], pixels(init)[outside])
     with pytest.raises(RequestError, match="DPM adaptive"):
         generate(ctx.manager, req(init_image=init, denoising_strength=0.2, steps=4, sampler="DPM adaptive"))
+    hires = generate(ctx.manager, req(sampler="DPM adaptive", steps=4, enable_hr=True, hr_scale=2.0,
+                                      hr_upscaler="Lanczos", denoising_strength=0.5)).images[0]
+    assert hires.size == (2 * SIZE, 2 * SIZE)
 
 
 @pytest.mark.slow
