@@ -142,10 +142,11 @@ def test_img2img_strength_controls_how_much_the_init_image_survives(make_context
 
 @pytest.mark.parametrize(("sampler", "fix_steps", "expected"), [
     ("Euler", False, 5), ("Euler", True, 8), ("DDIM", False, 4), ("UniPC", False, 4), ("UniPC", True, 7),
-    ("LCM", False, 4)])
+    ("PLMS", False, 5), ("LCM", False, 4)])
 def test_img2img_runs_a1111s_step_count(make_context, sampler, fix_steps, expected):
     """8 steps at strength 0.5: A1111's k-diffusion samplers run t_enc + 1 = 5, exactly 8 with img2img_fix_steps
-    (on a 16-step schedule); its DDIM and UniPC run t_enc = 4 (7 with the fix); LCM keeps diffusers' 8 x 0.5."""
+    (on a 16-step schedule); its DDIM and UniPC run t_enc = 4 (7 with the fix), PLMS evaluates t_enc + 1 = 5 times
+    (its first step twice); LCM keeps diffusers' 8 x 0.5."""
     ctx = make_context(["sd1"])
     control, seen = JobControl(), []
     control.listener = lambda progress: seen.append(progress.steps)
@@ -399,7 +400,7 @@ def test_previews_arrive_every_n_steps(make_context):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M", "DPM++ SDE", "DDIM", "UniPC", "Heun", "LMS", "DPM2 a",
+@pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M", "DPM++ SDE", "DDIM", "UniPC", "PLMS", "Heun", "LMS", "DPM2 a",
                                      "DPM++ 2S a", "DPM++ 3M SDE", "HeunPP2"])
 def test_samplers_change_the_picture_but_all_work(make_context, sampler):
     ctx = make_context(["sd1"])

@@ -398,3 +398,60 @@ def test_dpm_adaptive_matches_k_diffusion(kdiff):
     # the same evaluations, a rejected try among them (its step size shrinks and the try runs again)
     assert scheduler.run_finished and evaluations == info["nfe"] and info["n_reject"] >= 1
     assert relative_error(x, theirs) < 1e-4
+
+
+def a1111_plms(x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """A1111's PLMS over ``timesteps`` from the top: a pseudo improved Euler first step (two evaluations, their eps
+    averaged), then Adams-Bashforth of order 2, 3, 4 over the eps; x -> sqrt(a_prev) x0 + sqrt(1 - a_prev) eps."""
+    alphas = alphas_cumprod[timesteps]
+    alphas_prev = alphas_cumprod[torch.nn.functional.pad(timesteps[:-1], pad=(1, 0))].double()
+
+    def previous(x: torch.Tensor, e: torch.Tensor, index: int) -> torch.Tensor:
+        a_t, a_prev = alphas[index].item(), alphas_prev[index].item()
+        pred_x0 = (x - (1 - a_t) ** 0.5 * e) / a_t ** 0.5
+        return a_prev ** 0.5 * pred_x0 + (1 - a_prev) ** 0.5 * e
+
+    old: list[torch.Tensor] = []
+    for index in range(len(timesteps) - 1, -1, -1):
+        e = eps_model(x, float(timesteps[index]))
+        if not old:
+            e_next = eps_model(previous(x, e, index), float(timesteps[max(index - 1, 0)]))
+            e_prime = (e + e_next) / 2
+        elif len(old) == 1:
+            e_prime = (3 * e - old[-1]) / 2
+        elif len(old) == 2:
+            e_prime = (23 * e - 16 * old[-1] + 5 * old[-2]) / 12
+        else:
+            e_prime = (55 * e - 59 * old[-1] + 37 * old[-2] - 9 * old[-3]) / 24
+        x = previous(x, e_prime, index)
+        old = [*old, e][-3:]
+    return x
+
+
+def a1111_grid(steps: int) -> torch.Tensor:
+    return torch.clip(torch.arange(0, 1000, 1000 // steps) + 1, 0, 999)
+
+
+def test_plms_matches_a1111():
+    steps, seeds = 10, [4]
+    noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ours = run_engine(resolve_sampler("PLMS"), steps, noise, seeds)
+        theirs = a1111_plms(noise, a1111_grid(steps))
+    assert relative_error(ours, theirs) < 1e-4
+
+
+@pytest.mark.parametrize("strength", [0.3, 0.75])
+def test_plms_img2img_matches_a1111(strength):
+    """A1111's PLMS img2img: the picture noised to timesteps[t_enc], PLMS over timesteps[:t_enc], as Atelier calls the
+    pipeline (the plan's count and strength, the pipeline's slicing and begin index)."""
+    steps = 10
+    noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(9))
+    x0 = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        ours, evaluations = run_engine_img2img(resolve_sampler("PLMS"), steps, strength, x0, noise, [9])
+        t_enc = int(min(strength, 0.999) * steps)
+        a = alphas_cumprod[a1111_grid(steps)[t_enc]]
+        theirs = a1111_plms(x0 * a.sqrt() + noise * (1 - a).sqrt(), a1111_grid(steps)[:t_enc])
+    assert evaluations == t_enc + 1  # the first step evaluates twice
+    assert relative_error(ours, theirs) < 1e-4

@@ -175,7 +175,7 @@ _K = "KDiffusionScheduler"
     ("DPM2 a", _K, {"sampler": "dpm_2_ancestral", "schedule_type": "Karras", "discard_penultimate_sigma": True}),
     ("DDIM", "DDIMScheduler",
      {"timestep_spacing": "leading", "clip_sample": False, "set_alpha_to_one": False, "thresholding": False}),
-    ("PLMS", "PNDMScheduler", {"timestep_spacing": "leading", "skip_prk_steps": True, "set_alpha_to_one": False}),
+    ("PLMS", "PLMSScheduler", {"img2img_steps": 0}),
     ("UniPC", "UniPCScheduler",
      {"variant": "bh1", "skip_type": "time_uniform", "solver_order": 3, "lower_order_final": True,
       "img2img_steps": 0}),

@@ -4,9 +4,9 @@ A pure table (no torch, no diffusers): the UI, the API and infotext parsing use 
 check names; `pipelines.schedulers.make_scheduler` turns a `SamplerChoice` into a scheduler.
 
 A1111's k-diffusion samplers run on Atelier's `KDiffusionScheduler` (k-diffusion's numbers, every
-A1111 schedule type) and its UniPC on Atelier's `UniPCScheduler` (continuous time, as A1111); DDIM,
-PLMS and LCM on diffusers' schedulers, whose constructor overrides make them behave like A1111's
-(timestep spacing, DDIM offsets). Anything not overridden (beta schedule, prediction type, zero-SNR
+A1111 schedule type), its UniPC and PLMS on Atelier's `UniPCScheduler` (continuous time, as A1111)
+and `PLMSScheduler`; DDIM and LCM on diffusers' schedulers, whose constructor overrides make them
+behave like A1111's (timestep spacing, DDIM offsets). Anything not overridden (beta schedule, prediction type, zero-SNR
 rescaling) comes from the model.
 """
 
@@ -30,8 +30,8 @@ _SCHEDULES: tuple[tuple[str, str], ...] = (
 SCHEDULE_TYPES: tuple[str, ...] = tuple(label for label, _ in _SCHEDULES)
 SCHEDULE_IDS: Mapping[str, str] = MappingProxyType(dict(_SCHEDULES))  # label -> A1111's API id
 
-# The k-diffusion samplers take every schedule type; diffusers' DDIM and PLMS, kept for A1111's timestep
-# samplers, only their spacing ("SGM Uniform" is "trailing"); UniPC and LCM none.
+# The k-diffusion samplers take every schedule type; diffusers' DDIM, kept for A1111's DDIM, only its spacing
+# ("SGM Uniform" is "trailing"); PLMS, UniPC and LCM none.
 # A1111's API ids for schedule types ("karras", "sgm_uniform") besides the labels, and its old "SGMUniform".
 _SCHEDULE_IDS: dict[str, str] = {
     **{label.lower(): label for label in SCHEDULE_TYPES},
@@ -45,8 +45,9 @@ _AUTOMATIC_ONLY = (AUTOMATIC,)
 
 K_DIFFUSION = "KDiffusionScheduler"  # Atelier's own scheduler class (pipelines.kscheduler), not a diffusers one
 UNIPC = "UniPCScheduler"  # Atelier's A1111 UniPC (pipelines.unipc)
+PLMS = "PLMSScheduler"  # Atelier's A1111 PLMS (pipelines.plms)
 # Atelier's own schedulers: they hold an img2img run themselves (A1111's plan, see pipelines.strength)
-OWN_SCHEDULERS = frozenset({K_DIFFUSION, UNIPC})
+OWN_SCHEDULERS = frozenset({K_DIFFUSION, UNIPC, PLMS})
 # A1111's DDIM / PLMS timesteps: range(0, 1000, 1000 // steps) + 1, no clipping, alpha_T as trained.
 _DDIM_TIMESTEPS = {"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False}
 
@@ -116,7 +117,8 @@ SAMPLERS: Mapping[str, SamplerSpec] = MappingProxyType({s.name: s for s in (
     # A1111's timestep samplers (not k-diffusion): diffusers' schedulers with A1111's timesteps.
     _spec("DDIM", "DDIMScheduler", {**_DDIM_TIMESTEPS, "clip_sample": False, "thresholding": False},
           ("ddim",), _SPACING_ONLY),
-    _spec("PLMS", "PNDMScheduler", {**_DDIM_TIMESTEPS, "skip_prk_steps": True}, ("plms",), _SPACING_ONLY),
+    # A1111's PLMS (Atelier's PLMSScheduler), which ignores schedule types as A1111's does.
+    _spec("PLMS", PLMS, {}, ("plms",), _AUTOMATIC_ONLY),
     # A1111's UniPC in continuous time (Atelier's UniPCScheduler) with A1111's option defaults: variant bh1,
     # time-uniform steps, order 3, lower order at the end. A1111's UniPC ignores schedule types.
     _spec("UniPC", UNIPC, {"variant": "bh1", "skip_type": "time_uniform", "solver_order": 3,

@@ -16,8 +16,9 @@ from typing import Any
 import diffusers
 from diffusers import SchedulerMixin
 
-from ..samplers import K_DIFFUSION, UNIPC, SamplerChoice
+from ..samplers import K_DIFFUSION, PLMS, UNIPC, SamplerChoice
 from .kscheduler import KDiffusionScheduler
+from .plms import PLMSScheduler
 from .unipc import UniPCScheduler
 
 _building = threading.local()
@@ -50,11 +51,11 @@ def make_scheduler(
     to keys the config only holds because its class defaulted them. `noise_seeds`, one per image of
     the batch, seed the SDE samplers' Brownian noise as A1111 does, so its pictures follow the seed; other
     samplers take their noise from the pipeline. `sdxl` picks SDXL's Align Your Steps sigmas. `img2img`: A1111's
-    (schedule length, t_enc) of an img2img pass, which a k-diffusion sampler or UniPC then runs
+    (schedule length, t_enc) of an img2img pass, which a k-diffusion sampler, UniPC or PLMS then runs
     (`strength.Img2ImgPlan`).
     `philox`: (seeds, offset) of the NV source's per-image generators for the ancestral samplers' noise.
     """
-    own = {K_DIFFUSION: KDiffusionScheduler, UNIPC: UniPCScheduler}
+    own = {K_DIFFUSION: KDiffusionScheduler, UNIPC: UniPCScheduler, PLMS: PLMSScheduler}
     cls = own.get(choice.scheduler_class) or getattr(diffusers, choice.scheduler_class)
     overrides = dict(choice.kwargs)
     if choice.scheduler_class in own and img2img is not None:
