@@ -155,6 +155,17 @@ def test_img2img_runs_a1111s_step_count(make_context, sampler, fix_steps, expect
     assert seen and seen[-1] == expected
 
 
+def _assert_inpainting_keeps_the_rest(ctx, init: Image.Image, sampler: str) -> None:
+    """An inpainting job with ``sampler`` leaves the pixels outside its mask (and blur margin) as they were."""
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    ImageDraw.Draw(mask).rectangle((20, 20, 43, 43), fill=255)
+    out = pixels(generate(ctx.manager, req(init_image=init, mask=mask, mask_blur=2, denoising_strength=0.8,
+                                           inpaint_padding=4, sampler=sampler, steps=8)).images[0])
+    outside = np.ones((SIZE, SIZE), bool)
+    outside[14:50, 14:50] = False
+    assert np.array_equal(out[outside], pixels(init)[outside])
+
+
 @pytest.mark.slow
 def test_dpm_adaptive_runs_until_its_solver_is_done(make_context):
     """DPM adaptive through the real pipelines: the run ends when the solver reaches the end (not after the room
@@ -169,13 +180,7 @@ def test_dpm_adaptive_runs_until_its_solver_is_done(make_context):
     other = generate(ctx.manager, req(sampler="DPM fast", steps=4)).images[0]
     assert not np.array_equal(pixels(image), pixels(other))
     init = _init_image()
-    mask = Image.new("L", (SIZE, SIZE), 0)
-    ImageDraw.Draw(mask).rectangle((20, 20, 43, 43), fill=255)
-    out = pixels(generate(ctx.manager, req(init_image=init, mask=mask, mask_blur=2, denoising_strength=0.75,
-                                           inpaint_padding=4, sampler="DPM adaptive", steps=8)).images[0])
-    outside = np.ones((SIZE, SIZE), bool)
-    outside[14:50, 14:50] = False
-    assert np.array_equal(out[outside], pixels(init)[outside])
+    _assert_inpainting_keeps_the_rest(ctx, init, "DPM adaptive")
     with pytest.raises(RequestError, match="DPM adaptive"):
         generate(ctx.manager, req(init_image=init, denoising_strength=0.2, steps=4, sampler="DPM adaptive"))
     hires = generate(ctx.manager, req(sampler="DPM adaptive", steps=4, enable_hr=True, hr_scale=2.0,
@@ -199,13 +204,7 @@ def test_unipc_img2img_follows_strength_and_inpainting_keeps_the_rest(make_conte
     low = np.abs(img2img(init, 0.3) - img2img(inverted, 0.3)).mean()
     high = np.abs(img2img(init, 0.9) - img2img(inverted, 0.9)).mean()
     assert low > 2 * high, (low, high)
-    mask = Image.new("L", (SIZE, SIZE), 0)
-    ImageDraw.Draw(mask).rectangle((20, 20, 43, 43), fill=255)
-    out = pixels(generate(ctx.manager, req(init_image=init, mask=mask, mask_blur=2, denoising_strength=0.9,
-                                           inpaint_padding=4, sampler="UniPC", steps=8)).images[0])
-    outside = np.ones((SIZE, SIZE), bool)
-    outside[14:50, 14:50] = False
-    assert np.array_equal(out[outside], pixels(init)[outside])
+    _assert_inpainting_keeps_the_rest(ctx, init, "UniPC")
     hires = generate(ctx.manager, req(sampler="UniPC", steps=4, enable_hr=True, hr_scale=2.0, hr_upscaler="Lanczos",
                                       denoising_strength=0.5)).images[0]
     assert hires.size == (2 * SIZE, 2 * SIZE)

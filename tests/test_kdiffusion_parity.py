@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.support.fixed_model import CONFIG, alphas_cumprod, eps_model, relative_error
 from webui.samplers import resolve_sampler
 
 # scripts/bootstrap.sh downloads the wheel (without installing it) into .venv/reference/.
@@ -46,19 +47,6 @@ def load_kd(whl: Path) -> types.ModuleType:
 
 
 K: types.ModuleType  # set by the test
-torch.manual_seed(0)
-conv = torch.nn.Conv2d(4, 4, 3, padding=1)
-for p in conv.parameters():
-    torch.nn.init.normal_(p, std=0.1)
-
-
-def eps_model(x: torch.Tensor, t) -> torch.Tensor:
-    t = torch.as_tensor(t, dtype=torch.float32).reshape(-1)
-    return torch.tanh(conv(x)) * (0.5 + t.view(-1, 1, 1, 1) / 1000)
-
-
-betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2  # SD's scaled_linear
-alphas_cumprod = torch.cumprod(1 - betas, 0).float()
 sig = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
 log_sig = sig.log()
 
@@ -96,13 +84,6 @@ def kd_sigmas(n: int, kind: str | None, discard: bool = False) -> torch.Tensor:
     else:
         sigmas = K.append_zero(t_to_sigma(torch.linspace(999, 0, n)))
     return torch.cat([sigmas[:-2], sigmas[-1:]]) if discard else sigmas
-
-
-def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
-    return ((ours - theirs).norm() / theirs.norm()).item()
-
-
-CONFIG = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 
 
 def run_engine(choice, steps: int, noise: torch.Tensor, seeds: list[int]) -> torch.Tensor:

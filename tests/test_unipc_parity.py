@@ -4,10 +4,10 @@ pipelines drive it, fp32 on the CPU with a fixed-weight model on SD's noise sche
 
 There is no package holding the UniPC authors' code, so the reference is written out here in their algorithm's
 own shape: a loop that calls the model itself, a list of the last `order` predictions, the predictor and the
-corrector as one update, in float64 from the schedule's float32 numbers (A1111 computes in float32; the two
-agree far inside the 1e-4 asked). The engine's scheduler instead receives one model output per call and keeps
-the pending correction between calls, so the test checks that restructuring, the continuous-time grid, the
-fractional timesteps the UNet sees and A1111's img2img start.
+corrector as one update, in float64 from the schedule's float32 numbers and the model's float32 outputs (A1111
+computes in float32; the two agree far inside the 1e-4 asked). The engine's scheduler instead receives one model
+output per call and keeps the pending correction between calls, so the test checks that restructuring, the
+continuous-time grid, the fractional timesteps the UNet sees and A1111's img2img start.
 """
 
 from __future__ import annotations
@@ -15,28 +15,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.support.fixed_model import CONFIG, alphas_cumprod, eps_model, relative_error
 from webui.pipelines.schedulers import make_scheduler
 from webui.pipelines.strength import plan_img2img
 from webui.samplers import resolve_sampler
-
-torch.manual_seed(0)
-conv = torch.nn.Conv2d(4, 4, 3, padding=1)
-for parameter in conv.parameters():
-    torch.nn.init.normal_(parameter, std=0.1)
-
-
-def eps_model(x: torch.Tensor, t) -> torch.Tensor:
-    t = torch.as_tensor(t, dtype=x.dtype).reshape(-1)
-    return torch.tanh(conv.to(x.dtype)(x)) * (0.5 + t.view(-1, 1, 1, 1) / 1000)
 
 
 def v_model(x: torch.Tensor, t) -> torch.Tensor:
     return eps_model(x, t) * 0.8 - 0.1 * x
 
-
-betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2  # SD's scaled_linear
-alphas_cumprod = torch.cumprod(1 - betas, 0).float()
-CONFIG = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 
 # The continuous schedule: log alpha at t_i = (i + 1) / 1000, linear in between.
 KNOTS_T = torch.linspace(0.0, 1.0, 1001)[1:].double()
@@ -66,7 +53,7 @@ def reference_unipc(model, x: torch.Tensor, steps: int, t_start: float = 1.0, v:
     def data_prediction(x: torch.Tensor, t: float) -> torch.Tensor:
         t_input = (t - 0.001) * 1000
         called.append(t_input)
-        out = model(x, t_input)
+        out = model(x.float(), t_input).double()  # the model in float32, as A1111 runs it
         if v:  # A1111 turns v into eps with the whole timestep's alphas
             a = alphas_cumprod[int(t_input)].double()
             out = a.sqrt() * out + (1 - a).sqrt() * x
@@ -106,10 +93,6 @@ def reference_unipc(model, x: torch.Tensor, steps: int, t_start: float = 1.0, v:
         x, m = update(x, preds, times, grid[j], p, correct=j < steps)
         preds, times = (preds + [m])[-order:], (times + [grid[j]])[-order:]
     return x.float(), called
-
-
-def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
-    return ((ours - theirs).norm() / theirs.norm()).item()
 
 
 def run_engine(model, steps: int, noise: torch.Tensor, config=CONFIG, schedule: str = "Automatic"):

@@ -322,6 +322,24 @@ def restart(x: torch.Tensor, sigmas: torch.Tensor, noise: Noise) -> Run:
     return x
 
 
+def _eps_at(x: torch.Tensor, t: torch.Tensor) -> Generator[tuple[torch.Tensor, torch.Tensor], torch.Tensor,
+                                                            torch.Tensor]:
+    """The model's eps at x and DPM-Solver time t, recovered from its denoised prediction as k-diffusion does."""
+    denoised = yield x, _sigma(t)
+    return (x - denoised) / _sigma(t)
+
+
+def _ancestral_target(t: torch.Tensor, t_next: torch.Tensor, t_end: torch.Tensor,
+                      eta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPM-Solver's step from t towards t_next with eta: the time it solves to (down from t_next, never past
+    t_end) and how much noise brings it back to t_next's level."""
+    if not eta:
+        return t_next, t_next * 0
+    down, _ = ancestral_step(_sigma(t), _sigma(t_next), eta)
+    target = torch.minimum(t_end, _t(down))
+    return target, (_sigma(t_next) ** 2 - _sigma(target) ** 2) ** 0.5
+
+
 def dpm_fast(x: torch.Tensor, sigmas: torch.Tensor, noise: Noise, eta: float = 1.0) -> Run:
     """DPM-Solver-fast (k-diffusion's sample_dpm_fast) from sigmas[0] down to sigmas[-2] in len(sigmas) - 1 model
     evaluations, with A1111's eta (1: ancestral). Only the range and the count of ``sigmas`` matter; the solver
@@ -333,20 +351,10 @@ def dpm_fast(x: torch.Tensor, sigmas: torch.Tensor, noise: Noise, eta: float = 1
     ts = torch.linspace(t_start, t_end, m + 1)
     orders = [3] * (m - 2) + [2, 1] if evaluations % 3 == 0 else [3] * (m - 1) + [evaluations % 3]
 
-    def eps_at(x: torch.Tensor, t: torch.Tensor) -> Generator[tuple[torch.Tensor, torch.Tensor], torch.Tensor,
-                                                               torch.Tensor]:
-        denoised = yield x, _sigma(t)
-        return (x - denoised) / _sigma(t)
-
     for i, order in enumerate(orders):
         t, t_next = ts[i], ts[i + 1]
-        if eta:
-            down, _ = ancestral_step(_sigma(t), _sigma(t_next), eta)
-            t_next_ = torch.minimum(t_end, _t(down))
-            up = (_sigma(t_next) ** 2 - _sigma(t_next_) ** 2) ** 0.5
-        else:
-            t_next_, up = t_next, t_next * 0
-        eps = yield from eps_at(x, t)
+        t_next_, up = _ancestral_target(t, t_next, t_end, eta)
+        eps = yield from _eps_at(x, t)
         h = t_next_ - t
         if order == 1:
             x = x - _sigma(t_next_) * h.expm1() * eps
@@ -354,16 +362,16 @@ def dpm_fast(x: torch.Tensor, sigmas: torch.Tensor, noise: Noise, eta: float = 1
             r1 = 1 / 2
             s1 = t + r1 * h
             u1 = x - _sigma(s1) * (r1 * h).expm1() * eps
-            eps_r1 = yield from eps_at(u1, s1)
+            eps_r1 = yield from _eps_at(u1, s1)
             x = x - _sigma(t_next_) * h.expm1() * eps - _sigma(t_next_) / (2 * r1) * h.expm1() * (eps_r1 - eps)
         else:
             r1, r2 = 1 / 3, 2 / 3
             s1, s2 = t + r1 * h, t + r2 * h
             u1 = x - _sigma(s1) * (r1 * h).expm1() * eps
-            eps_r1 = yield from eps_at(u1, s1)
+            eps_r1 = yield from _eps_at(u1, s1)
             u2 = (x - _sigma(s2) * (r2 * h).expm1() * eps
                   - _sigma(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1) * (eps_r1 - eps))
-            eps_r2 = yield from eps_at(u2, s2)
+            eps_r2 = yield from _eps_at(u2, s2)
             x = x - _sigma(t_next_) * h.expm1() * eps - _sigma(t_next_) / r2 * (h.expm1() / h - 1) * (eps_r2 - eps)
         x = x + up * noise(_sigma(t), _sigma(t_next))
     return x
@@ -407,29 +415,19 @@ def dpm_adaptive(x: torch.Tensor, sigmas: torch.Tensor, noise: Noise, eta: float
     controller = _StepSizeController(abs(h_init), 1.5 if eta else 3)
     s, x_prev = t_start, x
 
-    def eps_at(x: torch.Tensor, t: torch.Tensor) -> Generator[tuple[torch.Tensor, torch.Tensor], torch.Tensor,
-                                                               torch.Tensor]:
-        denoised = yield x, _sigma(t)
-        return (x - denoised) / _sigma(t)
-
     while s < t_end - 1e-5:
         t = torch.minimum(t_end, s + controller.h)
-        if eta:
-            down, _ = ancestral_step(_sigma(s), _sigma(t), eta)
-            t_ = torch.minimum(t_end, _t(down))
-            up = (_sigma(t) ** 2 - _sigma(t_) ** 2) ** 0.5
-        else:
-            t_, up = t, t * 0
-        eps = yield from eps_at(x, s)
+        t_, up = _ancestral_target(s, t, t_end, eta)
+        eps = yield from _eps_at(x, s)
         h = t_ - s
         r1, r2 = 1 / 3, 2 / 3
         s1, s2 = s + r1 * h, s + r2 * h
         u1 = x - _sigma(s1) * (r1 * h).expm1() * eps
-        eps_r1 = yield from eps_at(u1, s1)
+        eps_r1 = yield from _eps_at(u1, s1)
         x_low = x - _sigma(t_) * h.expm1() * eps - _sigma(t_) / (2 * r1) * h.expm1() * (eps_r1 - eps)
         u2 = (x - _sigma(s2) * (r2 * h).expm1() * eps
               - _sigma(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1) * (eps_r1 - eps))
-        eps_r2 = yield from eps_at(u2, s2)
+        eps_r2 = yield from _eps_at(u2, s2)
         x_high = x - _sigma(t_) * h.expm1() * eps - _sigma(t_) / r2 * (h.expm1() / h - 1) * (eps_r2 - eps)
         delta = torch.maximum(a_tol, r_tol * torch.maximum(x_low.abs(), x_prev.abs()))
         error = torch.linalg.norm((x_low - x_high) / delta) / x.numel() ** 0.5

@@ -16,16 +16,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
 from .ksigmas import alphas_cumprod_from_config
+from .run_scheduler import RunScheduler
 
 
-class PLMSScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
+class PLMSScheduler(RunScheduler):
     """A1111's PLMS over the model's discrete schedule."""
-
-    order = 1
 
     @register_to_config  # type: ignore[misc]
     def __init__(
@@ -46,20 +45,6 @@ class PLMSScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         self._begin_index: int | None = None
         self._step_index: int | None = None
         self._use_run(self._grid(num_train_timesteps))
-
-    def __len__(self) -> int:
-        return int(self.config["num_train_timesteps"])
-
-    @property
-    def step_index(self) -> int | None:
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        self._begin_index = begin_index
 
     def _grid(self, steps: int) -> torch.Tensor:
         train = int(self.config["num_train_timesteps"])
@@ -91,11 +76,6 @@ class PLMSScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         self._begin_index = self._step_index = None
         self._old_eps: list[torch.Tensor] = []
         self._first: tuple[torch.Tensor, torch.Tensor] | None = None  # (x, eps) at the first step's start
-
-    def _position(self) -> int:
-        if self._step_index is not None:
-            return self._step_index
-        return self._begin_index or 0
 
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
         return sample  # A1111's timestep samplers give the UNet x as it is
@@ -155,7 +135,4 @@ class PLMSScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
             following = self._previous(x, combined, index)
             self._old_eps = [*old, eps][-3:]
         self._step_index = position + 1
-        prev_sample = following.to(sample.dtype)
-        if not return_dict:
-            return (prev_sample,)
-        return SchedulerOutput(prev_sample=prev_sample)
+        return self._output(following.to(sample.dtype), return_dict)

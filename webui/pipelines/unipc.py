@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
 from .ksigmas import alphas_cumprod_from_config
+from .run_scheduler import RunScheduler
 
 VARIANTS = ("bh1", "bh2")
 SKIP_TYPES = ("time_uniform", "time_quadratic", "logSNR")
@@ -103,10 +104,8 @@ class _Update:
         return self.linear - self.scale * (_weighted(self.rhos[:-1], self.differences) + self.rhos[-1] * newest)
 
 
-class UniPCScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
+class UniPCScheduler(RunScheduler):
     """A1111's UniPC (multistep, predicting x0) over the model's noise schedule made continuous."""
-
-    order = 1
 
     @register_to_config  # type: ignore[misc]
     def __init__(
@@ -152,20 +151,6 @@ class UniPCScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         self._sigmas = self.schedule.sigma(grid).tolist()
         self._lambdas = self.schedule.half_log_snr(grid).tolist()
 
-    def __len__(self) -> int:
-        return int(self.config["num_train_timesteps"])
-
-    @property
-    def step_index(self) -> int | None:
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        self._begin_index = begin_index
-
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None, **_: Any) -> None:
         """The run's times. With an img2img plan ``num_inference_steps`` is only what the pipeline was told
         (``strength.pipeline_call``): the run is A1111's ``t_enc`` steps, behind one padding entry."""
@@ -195,11 +180,6 @@ class UniPCScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
             return torch.linspace(start ** 0.5, end ** 0.5, steps + 1).pow(2)
         ends = self.schedule.half_log_snr(torch.tensor([start, end]))
         return self.schedule.time_of(torch.linspace(float(ends[0]), float(ends[1]), steps + 1))
-
-    def _position(self) -> int:
-        if self._step_index is not None:
-            return self._step_index
-        return self._begin_index or 0
 
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
         return sample  # A1111's timestep samplers give the UNet x as it is
@@ -290,8 +270,5 @@ class UniPCScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         self._step_index = position + 1
         if j + 1 == steps:
             self._reset_run()
-        prev_sample = following.to(sample.dtype)
-        if not return_dict:
-            return (prev_sample,)
-        return SchedulerOutput(prev_sample=prev_sample)
+        return self._output(following.to(sample.dtype), return_dict)
 
