@@ -75,3 +75,28 @@ def test_the_controlnet_unit_count_is_editable_within_the_extensions_limit(tmp_p
     for bad in (0, 11):
         with pytest.raises(ValueError, match="controlnet_unit_count"):
             check_changes(settings, {"controlnet_unit_count": bad})
+
+
+def test_a1111s_unipc_options_are_settings_saved_and_checked(tmp_path):
+    settings = load_settings({"settings_file": tmp_path / "s.json"}, env={})
+    assert (settings.uni_pc_variant, settings.uni_pc_skip_type, settings.uni_pc_order,
+            settings.uni_pc_lower_order_final) == ("bh1", "time_uniform", 3, True), "A1111's defaults"
+    # A1111 keeps whole-number options as floats and clients send booleans as text: both are read as A1111 means
+    saved = save_settings(settings, {"uni_pc_variant": "bh2", "uni_pc_skip_type": "logSNR", "uni_pc_order": 2.0,
+                                     "uni_pc_lower_order_final": "false"})
+    reloaded = load_settings({"settings_file": tmp_path / "s.json"}, env={})
+    for s in (saved, reloaded):
+        assert (s.uni_pc_variant, s.uni_pc_skip_type, s.uni_pc_order, s.uni_pc_lower_order_final) == \
+            ("bh2", "logSNR", 2, False)
+    stored = json.loads((tmp_path / "s.json").read_text())
+    assert (stored["uni_pc_order"], stored["uni_pc_lower_order_final"]) == (2, False)
+    refusals = [({"uni_pc_variant": "bh3"}, "uni_pc_variant"), ({"uni_pc_skip_type": "time_cubic"}, "uni_pc_skip_type"),
+                ({"uni_pc_order": 0}, "uni_pc_order"), ({"uni_pc_order": 51}, "uni_pc_order"),
+                ({"uni_pc_order": 2.5}, "uni_pc_order")]
+    for bad, name in refusals:
+        with pytest.raises(ValueError, match=f"^{name}"):
+            check_changes(saved, bad)
+    # A1111's third variant is refused by name, not as a typo
+    with pytest.raises(ValueError, match="^uni_pc_variant: vary_coeff .* not available in Atelier"):
+        check_changes(saved, {"uni_pc_variant": "vary_coeff"})
+    assert load_settings({"settings_file": tmp_path / "s.json"}, env={}).uni_pc_variant == "bh2", "nothing saved"

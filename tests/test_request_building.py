@@ -81,6 +81,19 @@ def test_the_request_is_checked_once_here_with_the_denoising_rule():
     with pytest.raises(RequestError) as flag:
         build_request(SETTINGS, {"init_image": init, "img2img_fix_steps": "yes"}, never_asked)
     assert flag.value.field == "img2img_fix_steps"
+    # A1111's UniPC options likewise: the settings' values unless the job gives its own, checked by name
+    unipc = SETTINGS.replace(uni_pc_variant="bh2", uni_pc_order=2)
+    req = build_request(unipc, {"sampler": "UniPC"}, lambda: 64)
+    assert (req.uni_pc_variant, req.uni_pc_skip_type, req.uni_pc_order, req.uni_pc_lower_order_final) == \
+        ("bh2", "time_uniform", 2, True)
+    own = build_request(unipc, {"sampler": "UniPC", "uni_pc_skip_type": "time_quadratic", "uni_pc_order": 1},
+                        lambda: 64)
+    assert (own.uni_pc_variant, own.uni_pc_skip_type, own.uni_pc_order) == ("bh2", "time_quadratic", 1)
+    for bad in ({"uni_pc_variant": "vary_coeff"}, {"uni_pc_variant": "BH1"}, {"uni_pc_skip_type": "uniform"},
+                {"uni_pc_order": 0}, {"uni_pc_order": "3"}, {"uni_pc_lower_order_final": "yes"}):
+        with pytest.raises(RequestError) as unipc_error:
+            build_request(SETTINGS, {"sampler": "UniPC", **bad}, lambda: 64)
+        assert unipc_error.value.field == next(iter(bad))
     with pytest.raises(RequestError, match="steps"):
         build_request(SETTINGS, {"steps": 0}, lambda: 64)
 

@@ -95,6 +95,12 @@ class Settings:
     eta_noise_seed_delta: int = 0
     # A1111's img2img_fix_steps: "With img2img, do exactly the amount of steps the slider specifies"
     img2img_fix_steps: bool = False
+    # A1111's UniPC options (the UniPC sampler only): the B(h) variant, how its steps are spaced, the solver's
+    # order (capped at the step count) and whether the last steps lower it
+    uni_pc_variant: str = "bh1"
+    uni_pc_skip_type: str = "time_uniform"
+    uni_pc_order: int = 3
+    uni_pc_lower_order_final: bool = True
     upscaler_tile_size: int = 192  # upscaler models run on tiles this big (pixels); 0 = the whole picture at once
     controlnet_unit_count: int = 3  # ControlNet units in each generation tab (1..10; the page reads it at start)
 
@@ -142,6 +148,8 @@ def _coerce(name: str, value: Any) -> Any:
             return value.strip().lower() in ("1", "true", "yes", "on")
         return bool(value)
     if isinstance(current, int) and not isinstance(current, bool):
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{value} is not a whole number")
         return int(value)
     if value is None or current is None:
         return value
@@ -201,11 +209,16 @@ def load_settings(overrides: Mapping[str, Any] | None = None, env: Mapping[str, 
 
 
 VAE_DECODE_METHODS = ("Full", "TAESD")
+# A1111's UniPC option values that Atelier runs (A1111 also offers the experimental variant "vary_coeff")
+UNI_PC_VARIANTS = ("bh1", "bh2")
+UNI_PC_SKIP_TYPES = ("time_uniform", "time_quadratic", "logSNR")
+UNI_PC_MAX_ORDER = 50  # A1111's slider
 
 # What the Settings tab may change and save; folders and the server address stay with flags and the file.
 EDITABLE = ("outputs_dir", "ram_cache_bytes", "offload", "preview_every_n_steps", "default_sampler",
             "default_steps", "default_size", "save_format", "filename_pattern", "save_images", "default_clip_skip",
             "emphasis", "randn_source", "eta_noise_seed_delta", "img2img_fix_steps",
+            "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
             "default_vae", "upscaler_tile_size", "save_images_before_highres_fix", "save_per_user_folders",
             "vae_decode_method", "controlnet_unit_count")
 
@@ -241,6 +254,22 @@ def save_settings(settings: Settings, changes: Mapping[str, Any]) -> Settings:
     return updated
 
 
+def uni_pc_problem(variant: object, skip_type: object, order: object) -> tuple[str, str] | None:
+    """(the UniPC option, what is wrong with it) for A1111's UniPC options, or None when they are fine.
+
+    Shared by the settings and the per-job request, so both refuse the same values with the same words."""
+    if variant == "vary_coeff":
+        return "uni_pc_variant", "vary_coeff (A1111's experimental variant) is not available in Atelier; " \
+            "choose bh1 or bh2"
+    if variant not in UNI_PC_VARIANTS:
+        return "uni_pc_variant", f"must be one of {', '.join(UNI_PC_VARIANTS)}"
+    if skip_type not in UNI_PC_SKIP_TYPES:
+        return "uni_pc_skip_type", f"must be one of {', '.join(UNI_PC_SKIP_TYPES)}"
+    if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= UNI_PC_MAX_ORDER:
+        return "uni_pc_order", f"must be a whole number between 1 and {UNI_PC_MAX_ORDER}"
+    return None
+
+
 def _validate(settings: Settings) -> None:
     if not 1 <= settings.default_steps <= 150:
         raise ValueError("default_steps must be between 1 and 150")
@@ -252,6 +281,9 @@ def _validate(settings: Settings) -> None:
         raise ValueError("randn_source must be GPU, CPU or NV")
     if not 0 <= settings.eta_noise_seed_delta < 2**32:
         raise ValueError("eta_noise_seed_delta must be between 0 and 4294967295")
+    problem = uni_pc_problem(settings.uni_pc_variant, settings.uni_pc_skip_type, settings.uni_pc_order)
+    if problem:
+        raise ValueError(f"{problem[0]}: {problem[1]}")
     if not 1 <= settings.default_clip_skip <= 12:
         raise ValueError("default_clip_skip must be between 1 and 12")
     if not settings.default_vae.strip():

@@ -51,9 +51,11 @@ RESIZE_MODES = {0: ResizeMode.JUST_RESIZE, 1: ResizeMode.CROP_AND_RESIZE, 2: Res
                 3: ResizeMode.JUST_RESIZE}  # 3 is A1111's "just resize (latent upscale)"
 FILLS = {0: MaskedContent.FILL, 1: MaskedContent.ORIGINAL, 2: MaskedContent.LATENT_NOISE,
          3: MaskedContent.LATENT_NOTHING}
+# A1111's UniPC options: request fields and settings of the same names
+UNI_PC_OPTIONS = ("uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final")
 # Options a request may override for itself (override_settings).
 OVERRIDABLE = ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae", "emphasis", "randn_source",
-               "eta_noise_seed_delta", "img2img_fix_steps")
+               "eta_noise_seed_delta", "img2img_fix_steps", *UNI_PC_OPTIONS)
 
 
 @dataclass
@@ -199,6 +201,7 @@ def _common(body: Txt2ImgRequest, ctx: AppContext, styles: StyleStore) -> tuple[
         "rng": overrides.get("randn_source"),
         "eta_noise_seed_delta": overrides.get("eta_noise_seed_delta"),
         "img2img_fix_steps": overrides.get("img2img_fix_steps"),
+        **{name: _uni_pc_value(name, overrides.get(name)) for name in UNI_PC_OPTIONS},
         "save_images": body.save_images,
         "subseed": body.subseed,
         "subseed_strength": body.subseed_strength,
@@ -215,6 +218,15 @@ def _common(body: Txt2ImgRequest, ctx: AppContext, styles: StyleStore) -> tuple[
     job = ApiJob(GenerationRequest(), body.model_dump(), body.send_images, body.force_task_id,
                  restore_checkpoint=restore and checkpoint is not None, keep_options=keep, warnings=warnings)
     return job, given
+
+
+def _uni_pc_value(name: str, value: Any) -> Any:
+    """A UniPC override as the request field takes it: A1111 keeps whole-number options as floats (3.0), and some
+    clients send strings; anything else goes to the request's check, which names the option."""
+    if name == "uni_pc_order" and (isinstance(value, float) and value.is_integer()
+                                   or isinstance(value, str) and value.strip().isdigit()):
+        return int(value)
+    return value
 
 
 def _hires_fields(body: Txt2ImgRequest) -> dict[str, Any]:

@@ -37,6 +37,10 @@ def settings_defaults(settings: Settings) -> dict[str, Any]:
         "rng": settings.randn_source,
         "eta_noise_seed_delta": settings.eta_noise_seed_delta,
         "img2img_fix_steps": settings.img2img_fix_steps,
+        "uni_pc_variant": settings.uni_pc_variant,
+        "uni_pc_skip_type": settings.uni_pc_skip_type,
+        "uni_pc_order": settings.uni_pc_order,
+        "uni_pc_lower_order_final": settings.uni_pc_lower_order_final,
         "save_images": settings.save_images,
         "save_first_pass": settings.save_images_before_highres_fix,
     }

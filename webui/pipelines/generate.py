@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import secrets
@@ -33,7 +34,7 @@ from ..jobs import JobControl
 from ..models.loader import LoadedModel
 from ..models.offload import step_up
 from ..outputs import OutputLayout, prompt_words, save_image
-from ..samplers import SamplerChoice, resolve_sampler
+from ..samplers import UNIPC, SamplerChoice, resolve_sampler
 from . import composable
 from . import images as imgs
 from .conditioning import PromptEncoder, ScheduledConditioning, build_conditioning
@@ -640,8 +641,8 @@ def _run_batch(
     while True:
         img2img = _img2img_plan(req, images, choice)
         philox = philox_step_noise(seeds, req.rng, req.eta_noise_seed_delta)
-        scheduler = make_scheduler(choice, model.components["scheduler"].config, noise_seeds=seeds,
-                                   sdxl=model.is_sdxl, philox=philox,
+        scheduler = make_scheduler(with_unipc_options(choice, req), model.components["scheduler"].config,
+                                   noise_seeds=seeds, sdxl=model.is_sdxl, philox=philox,
                                    img2img=(img2img.total, img2img.t_enc) if img2img is not None else None)
         if latents is not None and images is None and req.task is not Task.TXT2IMG:
             use_start_noise(scheduler, latents)
@@ -678,6 +679,16 @@ def _run_batch(
         log.warning(message)
         result.warnings.append(message)
         plan = bigger
+
+
+def with_unipc_options(choice: SamplerChoice, req: GenerationRequest) -> SamplerChoice:
+    """``choice`` with the job's A1111 UniPC options (uni_pc_variant, ...) when it is UniPC; a copy, as the
+    sampler table's kwargs are shared by every job."""
+    if choice.scheduler_class != UNIPC:
+        return choice
+    return dataclasses.replace(choice, kwargs={**choice.kwargs, "variant": req.uni_pc_variant,
+                                               "skip_type": req.uni_pc_skip_type, "solver_order": req.uni_pc_order,
+                                               "lower_order_final": req.uni_pc_lower_order_final})
 
 
 def _img2img_plan(req: GenerationRequest, images: Any, choice: SamplerChoice) -> Img2ImgPlan | None:

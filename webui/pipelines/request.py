@@ -13,6 +13,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..config import uni_pc_problem
 from ..controlnet.units import ControlUnit
 from ..errors import AtelierError
 from .strength import too_few_steps
@@ -92,6 +93,12 @@ class GenerationRequest:
     eta_noise_seed_delta: int = 0
     # A1111's img2img_fix_steps: img2img runs exactly ``steps`` (on a longer schedule) instead of steps x strength
     img2img_fix_steps: bool = False
+    # A1111's UniPC options (the UniPC sampler only; defaults from the Settings): variant bh1 | bh2, skip type
+    # time_uniform | time_quadratic | logSNR, solver order (capped at the steps run), lower order final
+    uni_pc_variant: str = "bh1"
+    uni_pc_skip_type: str = "time_uniform"
+    uni_pc_order: int = 3
+    uni_pc_lower_order_final: bool = True
     # variation seeds (A1111's subseed): noise slerped toward the variation seed's by subseed_strength
     subseed: int = -1
     subseed_strength: float = 0.0
@@ -214,6 +221,11 @@ class GenerationRequest:
             raise RequestError("mask", "a mask needs an init image")
         if not isinstance(self.img2img_fix_steps, bool):
             raise RequestError("img2img_fix_steps", "must be true or false")
+        unipc = uni_pc_problem(self.uni_pc_variant, self.uni_pc_skip_type, self.uni_pc_order)
+        if unipc:
+            raise RequestError(*unipc)
+        if not isinstance(self.uni_pc_lower_order_final, bool):
+            raise RequestError("uni_pc_lower_order_final", "must be true or false")
         short = too_few_steps(self.sampler, self.steps, self.denoising_strength, self.img2img_fix_steps) \
             if self.task is not Task.TXT2IMG else None
         if short:

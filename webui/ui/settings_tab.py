@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from ..config import OFFLOAD_MODES, VAE_DECODE_METHODS, save_settings
+from ..config import (
+    OFFLOAD_MODES,
+    UNI_PC_MAX_ORDER,
+    UNI_PC_SKIP_TYPES,
+    UNI_PC_VARIANTS,
+    VAE_DECODE_METHODS,
+    save_settings,
+)
 from ..samplers import SAMPLERS
 
 if TYPE_CHECKING:
@@ -72,11 +79,22 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
         fix_steps = gr.Checkbox(s.img2img_fix_steps, label="With img2img, do exactly the amount of steps the slider "
                                 "specifies (on a schedule stretched to steps / denoising strength)",
                                 elem_id="settings-img2img-fix-steps")
+    with gr.Group():  # A1111's UniPC options, under A1111's labels; they change only UniPC's pictures
+        unipc_variant = gr.Radio(list(UNI_PC_VARIANTS), value=s.uni_pc_variant, label="UniPC variant",
+                                 elem_id="settings-uni-pc-variant")
+        unipc_skip = gr.Radio(list(UNI_PC_SKIP_TYPES), value=s.uni_pc_skip_type, label="UniPC skip type",
+                              elem_id="settings-uni-pc-skip-type")
+        unipc_order = gr.Slider(1, UNI_PC_MAX_ORDER, value=s.uni_pc_order, step=1, label="UniPC order",
+                                info="must be < sampling steps (a larger one runs as the step count)",
+                                elem_id="settings-uni-pc-order")
+        unipc_final = gr.Checkbox(s.uni_pc_lower_order_final, label="UniPC lower order final",
+                                  elem_id="settings-uni-pc-lower-order-final")
     save = gr.Button("Apply settings", variant="primary", elem_id="settings-apply")
     status = gr.HTML(elem_id="settings-status")
 
     def on_save(out_dir, name_pattern, fmt, ram_gib, offload_mode, every, default_sampler, default_steps, side,
-                tile=None, first_pass=None, user_folders=None, decoder=None, controlnet_units=None, exact_steps=None):
+                tile=None, first_pass=None, user_folders=None, decoder=None, controlnet_units=None, exact_steps=None,
+                variant=None, skip_type=None, order=None, lower_order_final=None):
         current = ctx.settings
         if not allow_folder_changes and (str(out_dir) != str(current.outputs_dir)
                                          or name_pattern != current.filename_pattern):
@@ -102,6 +120,9 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
             changes["controlnet_unit_count"] = controlnet_units
         if exact_steps is not None:
             changes["img2img_fix_steps"] = bool(exact_steps)
+        unipc = {"uni_pc_variant": variant, "uni_pc_skip_type": skip_type, "uni_pc_order": order,
+                 "uni_pc_lower_order_final": None if lower_order_final is None else bool(lower_order_final)}
+        changes.update({name: value for name, value in unipc.items() if value is not None})
         if allow_folder_changes:
             changes["outputs_dir"] = out_dir
             if user_folders is not None:
@@ -121,5 +142,6 @@ def build(ctx: AppContext, allow_folder_changes: bool = True) -> None:
                 f"New defaults show in the tabs after a page reload.{html.escape(note)}</p>", "")
 
     save.click(on_save, [outputs_dir, pattern, save_format, ram_cache, offload, preview_every, sampler, steps, size,
-                         tile_size, save_first_pass, per_user, decode_method, cn_units, fix_steps], [status, notice],
+                         tile_size, save_first_pass, per_user, decode_method, cn_units, fix_steps, unipc_variant,
+                         unipc_skip, unipc_order, unipc_final], [status, notice],
                api_visibility="private", queue=False)
