@@ -223,6 +223,41 @@ def test_options_persist_settings_like_the_settings_tab(server):
     assert json.loads(settings_file.read_text())["save_format"] == "png"
 
 
+def test_unipc_options_are_a1111_options_and_per_request_overrides(server):
+    """A1111's uni_pc_* options: /options shows and saves them, override_settings applies them to one request's
+    UniPC picture, and a variant Atelier does not run is refused by name."""
+    settings_file = server.ctx.settings.settings_file
+
+    def picture(api: httpx.Client, **fields: Any) -> np.ndarray:
+        reply = api.post("/txt2img", json={"prompt": "x", "steps": 6, "width": 64, "height": 64, "seed": 3,
+                                           "sampler_name": "UniPC", **fields})
+        assert reply.status_code == 200, reply.text
+        return np.asarray(decode(reply.json()["images"][0]), dtype=np.int16)
+
+    with server.client() as api:
+        options = api.get("/options").json()
+        assert (options["uni_pc_variant"], options["uni_pc_skip_type"], options["uni_pc_order"],
+                options["uni_pc_lower_order_final"]) == ("bh1", "time_uniform", 3, True)
+        plain = picture(api)
+        assert np.array_equal(picture(api, override_settings={"uni_pc_variant": "bh1", "uni_pc_order": 3.0}), plain)
+        bh2 = picture(api, override_settings={"uni_pc_variant": "bh2"})
+        assert not np.array_equal(bh2, plain), "the override reaches UniPC"
+        assert api.get("/options").json()["uni_pc_variant"] == "bh1", "for that request only"
+        refused = api.post("/options", json={"uni_pc_variant": "vary_coeff"})
+        assert refused.status_code == 422 and refused.json()["field"] == "uni_pc_variant"
+        assert "vary_coeff" in refused.json()["detail"][0]["msg"]
+        assert api.post("/options", json={"uni_pc_order": 51}).json()["field"] == "uni_pc_order"
+        assert api.post("/options", json={"uni_pc_variant": "bh2", "uni_pc_order": 2.0}).status_code == 200
+        options = api.get("/options").json()
+        assert (options["uni_pc_variant"], options["uni_pc_order"]) == ("bh2", 2)
+        stored = json.loads(settings_file.read_text())
+        assert (stored["uni_pc_variant"], stored["uni_pc_order"]) == ("bh2", 2)
+        assert not np.array_equal(picture(api), plain), "the saved option is every request's default"
+        assert np.array_equal(picture(api, override_settings={"uni_pc_order": 2}), picture(api))
+        assert api.post("/options", json={"uni_pc_variant": "bh1", "uni_pc_order": 3}).status_code == 200
+        assert np.array_equal(picture(api), plain)
+
+
 def test_listings_have_a1111_shapes(server, tmp_path):
     lora_dir = server.ctx.settings.models_dir / "Lora"
     lora_dir.mkdir(exist_ok=True)
@@ -474,6 +509,11 @@ def test_malformed_input_gets_4xx_naming_the_field_and_the_server_goes_on(server
         ("/txt2img", {"override_settings": {"sd_model_checkpoint": "missing.safetensors"}}, 422,
          "sd_model_checkpoint"),
         ("/txt2img", {"override_settings": {"sd_vae": "missing.pt"}}, 422, "sd_vae"),
+        ("/txt2img", {"override_settings": {"uni_pc_variant": "vary_coeff"}, "steps": 2}, 422, "uni_pc_variant"),
+        ("/txt2img", {"override_settings": {"uni_pc_skip_type": "uniform"}, "steps": 2}, 422, "uni_pc_skip_type"),
+        ("/txt2img", {"override_settings": {"uni_pc_order": 0}, "steps": 2}, 422, "uni_pc_order"),
+        ("/txt2img", {"override_settings": {"uni_pc_lower_order_final": "maybe"}, "steps": 2}, 422,
+         "uni_pc_lower_order_final"),
         ("/txt2img", {"script_name": "x/y/z plot"}, 422, "script_name"),
         ("/img2img", {"steps": 2}, 422, "init_images"),
         ("/img2img", {"init_images": ["not base64!"], "steps": 2}, 400, "init_images"),

@@ -372,10 +372,14 @@ def test_every_tab_renders_and_settings_are_saved(page_at, server):
     assert page.locator("#sd-vae").count() == 1 and page.locator("#clip-skip").count() == 1
     _tab(page, "Settings")
     _fill(page, "#settings-default-steps input[type=number]", 31)
+    # A1111's UniPC options under A1111's labels
+    page.locator("#settings-uni-pc-variant").get_by_label("bh2").check()
+    page.get_by_label("UniPC lower order final").uncheck()
     page.click("#settings-apply")
     page.wait_for_function("document.querySelector('#settings-status').innerText.includes('Saved')")
-    assert json.loads(ctx.settings.settings_file.read_text())["default_steps"] == 31
-    assert ctx.settings.default_steps == 31
+    stored = json.loads(ctx.settings.settings_file.read_text())
+    assert (stored["default_steps"], stored["uni_pc_variant"], stored["uni_pc_lower_order_final"]) == (31, "bh2", False)
+    assert (ctx.settings.default_steps, ctx.settings.uni_pc_variant, ctx.settings.uni_pc_order) == (31, "bh2", 3)
 
 
 def test_auth_refuses_unauthenticated_page_and_api(browser, tmp_path):

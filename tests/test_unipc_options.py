@@ -60,3 +60,26 @@ def test_unipc_options_change_unipcs_picture_and_the_defaults_are_a1111s(make_co
     ctx.apply_settings(ctx.settings.replace(uni_pc_variant="bh1"))
     euler = generate(ctx.manager, ctx.new_request({**BASE, "sampler": "Euler"}))
     assert np.array_equal(pixels(euler), pixels(euler_bh2))
+
+
+def test_the_settings_tab_saves_the_unipc_options_and_names_a_refused_one(make_context):
+    from webui.ui.app import build
+
+    ctx = make_context(["sd1"])
+    demo = build(ctx)
+    labels = {getattr(block, "label", None): block for block in demo.blocks.values()}
+    assert [choice[0] for choice in labels["UniPC variant"].choices] == ["bh1", "bh2"]
+    assert [choice[0] for choice in labels["UniPC skip type"].choices] == ["time_uniform", "time_quadratic", "logSNR"]
+    assert (labels["UniPC order"].minimum, labels["UniPC order"].maximum) == (1, 50)
+    assert labels["UniPC lower order final"].value is True
+    save = next(block.fn for block in demo.fns.values() if getattr(block.fn, "__name__", "") == "on_save")
+    s = ctx.settings
+    page = (str(s.outputs_dir), s.filename_pattern, "png", 1.0, "auto", 5, "Euler a", 20, 0, s.upscaler_tile_size,
+            False, False, "Full", 3, False)
+    message, _ = save(*page, "bh2", "time_quadratic", 2, False)
+    assert "Saved" in message
+    assert (ctx.settings.uni_pc_variant, ctx.settings.uni_pc_skip_type, ctx.settings.uni_pc_order,
+            ctx.settings.uni_pc_lower_order_final) == ("bh2", "time_quadratic", 2, False)
+    message, _ = save(*page, "vary_coeff", "time_uniform", 3, True)  # a forged save: the page offers bh1 and bh2
+    assert "Not saved" in message and "uni_pc_variant" in message and "vary_coeff" in message
+    assert ctx.settings.uni_pc_variant == "bh2", "nothing changed"
