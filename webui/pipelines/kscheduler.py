@@ -39,11 +39,13 @@ class BrownianNoise:
     BrownianTreeNoiseSampler, which A1111 uses for the SDE samplers so a picture does not depend on its batch.
 
     The trees live on the CPU in float32 whatever the latents' device: torchsde then draws every node's numbers
-    from a CPU generator seeded with the node's seed, which is what A1111's replacement of torchsde's draw gives
-    (a CPU generator seeded with that seed, then moved to the device), so the noise does not depend on the GPU.
-    Each step's noise is moved to the latents' device and dtype. The tree is torchsde's BrownianTree (a halfway
-    BrownianInterval, its tolerance and entropy pool) with a larger cache of computed intervals: one query needs
-    some 35 of them, and with BrownianTree's 45 a third were computed twice. The cache never changes a value."""
+    from a CPU generator seeded with the node's seed, which is what A1111's replacement of torchsde's draw (its
+    randn_local for that seed) gives under RNG source CPU: a CPU generator, then moved to the device. So the noise
+    does not depend on the GPU. (Under A1111's GPU source its trees draw from CUDA generators, under NV from its
+    Philox generator; neither is followed here.) Each step's noise is moved to the latents' device and dtype.
+    The tree is torchsde's BrownianTree (a halfway BrownianInterval, its tolerance and entropy pool) with a
+    larger cache of computed intervals: one query needs some 35 of them, and with BrownianTree's 45 a third were
+    computed twice. The cache never changes a value."""
 
     # BrownianTree's own tolerance and entropy pool (they decide the values); the cache only saves recomputation
     TOL, POOL_SIZE, CACHE_SIZE = 1e-6, 24, 128
