@@ -6,6 +6,8 @@ matter for time and memory; shapes, dtypes and layout do):
    image after it is removed.
 3. LoRA apply+remove and 3-chunk prompt encoding relative to one UNet step (benchmarks.networks_overhead).
 4. A forced out-of-memory: the process limited to 3.5 GiB of VRAM, a 2048x2048 job, then a 512x512 job.
+5. The SDE samplers' Brownian noise for CUDA latents equals the CPU latents' noise bit for bit (the trees draw
+   on the CPU, as A1111's replacement of torchsde's draw does), where a tree on the GPU draws other numbers.
 
     python -m benchmarks.gpu_check --out gpu.json
 """
@@ -103,6 +105,43 @@ def forced_oom(models: Path, out: Path, limit_gib: float = 3.5) -> dict:
     return figures
 
 
+def brownian_cuda_vs_cpu(steps: int = 20, device: str = "cuda") -> dict:
+    """BrownianNoise for a 64x64 latent batch on ``device`` against the same on the CPU, every step of an Exponential
+    schedule and DPM++ SDE's half steps; and whether a torchsde tree on the device would have drawn other numbers."""
+    import torchsde
+
+    from webui.pipelines.kscheduler import BrownianNoise
+    from webui.pipelines.ksigmas import ModelSigmas, alphas_cumprod_from_config, schedule_sigmas
+
+    config = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+              "trained_betas": None, "rescale_betas_zero_snr": False}
+    sigmas = schedule_sigmas("Exponential", steps, ModelSigmas(alphas_cumprod_from_config(config)))
+    low, high, seeds, shape = sigmas[sigmas > 0].min(), sigmas.max(), [1234, 5678], (4, 64, 64)
+    on_device = BrownianNoise(torch.zeros((2, *shape), device=device), low, high, seeds)
+    on_cpu = BrownianNoise(torch.zeros((2, *shape)), low, high, seeds)
+    device_tree = torchsde.BrownianTree(low, torch.zeros(shape, device=device), high, entropy=seeds[0])
+    cpu_tree = torchsde.BrownianTree(low, torch.zeros(shape), high, entropy=seeds[0])
+    queries = list(zip(sigmas[:-2], sigmas[1:-1], strict=True))
+    queries += [(s, (s * t).sqrt()) for s, t in queries]
+    equal, worst, devices, tree_differs = True, 0.0, set(), True
+    for sigma, sigma_next in queries:
+        noise, cpu_noise = on_device(sigma, sigma_next), on_cpu(sigma, sigma_next)
+        devices.add(str(noise.device))
+        equal = equal and torch.equal(noise.cpu(), cpu_noise)
+        worst = max(worst, float((noise.cpu() - cpu_noise).abs().max()))
+        t0, t1 = min(float(sigma), float(sigma_next)), max(float(sigma), float(sigma_next))
+        tree_differs = tree_differs and not torch.equal(device_tree(t0, t1).cpu(), cpu_tree(t0, t1))
+    fresh = BrownianNoise(torch.zeros((2, *shape), device=device), low, high, seeds)  # nothing cached yet
+    start = time.perf_counter()
+    for sigma, sigma_next in queries[:steps - 1]:
+        fresh(sigma, sigma_next)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return {"queries": len(queries), "device_equals_cpu_bitwise": bool(equal), "max_abs_diff": worst,
+            "noise_devices": sorted(devices), "a_tree_on_the_device_draws_other_numbers": bool(tree_differs),
+            "ms_per_step_batch_2_64x64": round((time.perf_counter() - start) / (steps - 1) * 1e3, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("gpu.json"))
@@ -147,6 +186,7 @@ def main() -> None:
 
     section("networks_overhead_fp16", overhead)
     section("forced_oom_3_5gib", lambda: forced_oom(models, outputs))
+    section("brownian_cuda_vs_cpu", brownian_cuda_vs_cpu)
     print(json.dumps(results, indent=1))
 
 

@@ -8,6 +8,14 @@ moves closer to 1.
 Also printed: the scheduler's own cost per step (scale_model_input + step, no model), in microseconds, and the cost
 of building it and setting its timesteps (once per job), in milliseconds.
 Target: ratio <= 1.02 for every sampler.
+
+``--unet sd15`` runs the same comparison on an SD 1.5-shaped checkpoint of random weights (the real UNet, CLIP-L and
+VAE shapes: block_out_channels 320/640/1280/1280, cross-attention 768; ``random_checkpoints.write_random_sd15``,
+~2 GB, written once into benchmarks/_work/), by default at 256x256 (a 32x32 latent), 3 steps, 3 repeats, so that
+the real model's share of a step shows next to the tiny one's.
+
+    python -m benchmarks.ksampler_overhead                      # tiny UNet, 20 steps at 128px, every sampler
+    python -m benchmarks.ksampler_overhead --unet sd15 --samplers "DPM++ 2M SDE,Euler a"
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ import argparse
 import inspect
 import statistics
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,6 +49,35 @@ PAIRS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("Heun", "Automatic", "HeunDiscreteScheduler", {**_LINSPACE, **_SIGMAS_OFF}),
     ("LMS", "Automatic", "LMSDiscreteScheduler", {**_LINSPACE, **_SIGMAS_OFF}),
 ]
+
+
+CHECKPOINT_NAME = "bench"
+
+
+def tiny_checkpoint() -> Path:
+    """A models folder holding the tiny SD 1.x weights the tests use."""
+    from tests.support.tiny_models import tiny_components, write_single_file
+
+    models = work_dir("ksampler") / "models"
+    write_single_file(models / "Stable-diffusion" / f"{CHECKPOINT_NAME}.safetensors", "sd1",
+                      tiny_components("sd1", seed=0))
+    return models
+
+
+def sd15_checkpoint() -> Path:
+    """A models folder holding an SD 1.5-shaped checkpoint of random weights (fp16 on disk, fp32 once loaded)."""
+    from benchmarks.random_checkpoints import write_random_sd15
+
+    models = work_dir("ksampler-sd15") / "models"
+    write_random_sd15(models / "Stable-diffusion" / f"{CHECKPOINT_NAME}.safetensors", seed=0)
+    return models
+
+
+# --unet: (what the header says, the models folder's maker, default (steps, size, repeats))
+UNETS: dict[str, tuple[str, Callable[[], Path], tuple[int, int, int]]] = {
+    "tiny": ("tiny SD 1.x UNet", tiny_checkpoint, (20, 128, 7)),
+    "sd15": ("SD 1.5-shaped UNet (random weights)", sd15_checkpoint, (3, 256, 3)),
+}
 
 
 def scheduler_only_us(make, steps: int, shape: tuple[int, ...]) -> float:
@@ -71,23 +110,26 @@ def setup_ms(make, steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--unet", choices=sorted(UNETS), default="tiny",
+                        help="tiny SD 1.x weights (default) or an SD 1.5-shaped checkpoint of random weights")
+    parser.add_argument("--steps", type=int, help="default: 20 (tiny), 3 (sd15)")
+    parser.add_argument("--size", type=int, help="pixels; default: 128 (tiny), 256 (sd15)")
+    parser.add_argument("--repeats", type=int, help="default: 7 (tiny), 3 (sd15)")
     parser.add_argument("--samplers", default="", help="comma-separated A1111 names (default: all)")
     args = parser.parse_args()
+    label, checkpoint, defaults = UNETS[args.unet]
+    args.steps, args.size, args.repeats = (given if given is not None else default for given, default
+                                           in zip((args.steps, args.size, args.repeats), defaults, strict=True))
     import diffusers
     from diffusers import StableDiffusionPipeline
 
-    from tests.support.tiny_models import tiny_components, write_single_file
     from webui.pipelines.schedulers import make_scheduler
     from webui.samplers import resolve_sampler
 
     work = work_dir("ksampler")
-    models = work / "models"
-    write_single_file(models / "Stable-diffusion" / "small.safetensors", "sd1", tiny_components("sd1", seed=0))
+    models = checkpoint()
     ctx = make_context(models, work / "outputs", precision="fp32")
-    model = ctx.manager.load("small")
+    model = ctx.manager.load(CHECKPOINT_NAME)
     base = dict(model.components["scheduler"].config)
     pipe = StableDiffusionPipeline(**model.components, safety_checker=None, feature_extractor=None,
                                    image_encoder=None, requires_safety_checker=False)
@@ -95,7 +137,7 @@ def main() -> None:
     wanted = {s.strip() for s in args.samplers.split(",") if s.strip()}
     channels = int(model.components["unet"].config.in_channels)
     shape = (1, channels, args.size // 8, args.size // 8)
-    print(f"{args.steps} steps at {args.size}px, tiny SD 1.x UNet, fp32 CPU, median of {args.repeats}")
+    print(f"{args.steps} steps at {args.size}px, {label}, fp32 CPU, median of {args.repeats}")
     print(f"{'sampler':<26} {'diffusers ms/eval':>17} {'k path ms/eval':>15} {'ratio':>6} {'min/min':>7}  "
           f"{'sched us/eval old':>17} {'new':>6}  {'setup ms old':>12} {'new':>6}")
     worst = worst_fastest = 0.0

@@ -436,3 +436,45 @@ def test_plms_img2img_matches_a1111(strength):
         theirs = a1111_plms(x0 * a.sqrt() + noise * (1 - a).sqrt(), a1111_grid(steps)[:t_enc])
     assert evaluations == t_enc + 1  # the first step evaluates twice
     assert relative_error(ours, theirs) < 1e-4
+
+
+def brownian_queries(sigmas: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The steps' (sigma, sigma_next), DPM++ SDE's half steps, and a few backwards (a sampler's renoising)."""
+    steps = list(zip(sigmas[:-2], sigmas[1:-1], strict=True))
+    return steps + [(s, (s * t).sqrt()) for s, t in steps] + [(t, s) for s, t in steps[:3]]
+
+
+def test_brownian_noise_is_k_diffusions_to_the_bit(kdiff):
+    """The SDE samplers' noise is k-diffusion's BrownianTreeNoiseSampler's (the trees A1111 builds) exactly, for
+    each image of a batch, forwards and backwards in sigma."""
+    from webui.pipelines.kscheduler import BrownianNoise
+
+    sigmas, seeds = kd_sigmas(10, "exponential"), [11, 12]
+    x = torch.zeros((2, 4, 8, 8))
+    low, high = sigmas[sigmas > 0].min(), sigmas.max()
+    ours, theirs = BrownianNoise(x, low, high, seeds), kdiff.BrownianTreeNoiseSampler(x, low, high, seed=seeds)
+    for sigma, sigma_next in brownian_queries(sigmas):
+        assert torch.equal(ours(sigma, sigma_next), theirs(sigma, sigma_next))
+
+
+def test_brownian_noise_is_drawn_on_the_cpu_in_float32(kdiff):
+    """Whatever the latents' device and dtype, the trees draw float32 numbers from CPU generators (as A1111's
+    replacement of torchsde's draw does) and each step's noise is moved to the latents: float64 latents get the
+    float32 noise cast, not a float64 tree's other numbers; latents on another device (meta here: no GPU needed)
+    get noise there, from trees that never ran on it."""
+    from webui.pipelines.kscheduler import BrownianNoise
+
+    sigmas, seeds = kd_sigmas(10, "karras"), [13]
+    low, high = sigmas[sigmas > 0].min(), sigmas.max()
+    cpu = kdiff.BrownianTreeNoiseSampler(torch.zeros((1, 4, 8, 8)), low, high, seed=seeds)
+    wide = BrownianNoise(torch.zeros((1, 4, 8, 8), dtype=torch.float64), low, high, seeds)
+    elsewhere = BrownianNoise(torch.zeros((1, 4, 8, 8), device="meta"), low, high, seeds)
+    float64_tree = kdiff.BrownianTreeNoiseSampler(torch.zeros((1, 4, 8, 8), dtype=torch.float64), low, high,
+                                                  seed=seeds)
+    for sigma, sigma_next in brownian_queries(sigmas):
+        expected = cpu(sigma, sigma_next)
+        drawn = wide(sigma, sigma_next)
+        assert drawn.dtype == torch.float64 and torch.equal(drawn, expected.double())
+        assert not torch.equal(float64_tree(sigma, sigma_next), expected.double())  # what a tree on x would draw
+        moved = elsewhere(sigma, sigma_next)
+        assert moved.device.type == "meta" and moved.shape == expected.shape
