@@ -1,4 +1,5 @@
-"""Per-step cost of the k-diffusion path (KDiffusionScheduler) vs the diffusers scheduler each sampler used before.
+"""Per-step cost of Atelier's own schedulers (KDiffusionScheduler, UniPCScheduler, PLMSScheduler) vs the diffusers
+scheduler each sampler used before.
 
 Same tiny SD 1.x weights, same StableDiffusionPipeline, same prompt, steps and seed; only the scheduler differs.
 The cost of a call is divided by the model evaluations it made (a second-order sampler evaluates twice a step),
@@ -48,6 +49,12 @@ PAIRS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("DPM++ SDE", "Karras", "DPMSolverSDEScheduler", {**_LINSPACE, **_SIGMAS_OFF, "use_karras_sigmas": True}),
     ("Heun", "Automatic", "HeunDiscreteScheduler", {**_LINSPACE, **_SIGMAS_OFF}),
     ("LMS", "Automatic", "LMSDiscreteScheduler", {**_LINSPACE, **_SIGMAS_OFF}),
+    # A1111's timestep samplers that moved to Atelier's own schedulers (UniPCScheduler, PLMSScheduler)
+    ("UniPC", "Automatic", "UniPCMultistepScheduler",
+     {**_LINSPACE, **_SIGMAS_OFF, "solver_type": "bh1", "solver_order": 3, "lower_order_final": True,
+      "predict_x0": True}),
+    ("PLMS", "Automatic", "PNDMScheduler",
+     {"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False, "skip_prk_steps": True}),
 ]
 
 
