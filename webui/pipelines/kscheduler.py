@@ -21,13 +21,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .ksamplers import ADAPTIVE_SAMPLERS, RANGE_SAMPLERS, SAMPLERS, Noise, Run
 from .ksigmas import ModelSigmas, alphas_cumprod_from_config, schedule_sigmas
 from .rng import PhiloxGenerator
+from .run_scheduler import RunScheduler
 
 # torchsde compares the tree's float32 ends with float64 queries and warns about the last digit on every step
 # (k-diffusion in A1111 prints the same); the queries are within the run's sigmas by construction.
@@ -87,10 +88,8 @@ class PhiloxNoise:
 MAX_ADAPTIVE_EVALUATIONS = 1000
 
 
-class KDiffusionScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
+class KDiffusionScheduler(RunScheduler):
     """k-diffusion's ``sampler`` over A1111's ``schedule_type`` sigmas, for the model's noise schedule."""
-
-    order = 1
 
     @register_to_config  # type: ignore[misc]
     def __init__(
@@ -132,20 +131,6 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         self._device = torch.device("cpu")
         self.run_finished = False  # an adaptive sampler's run has ended (the pipeline may stop its loop)
         self.expected_evaluations: int | None = None  # an adaptive run's expected length, while it runs
-
-    def __len__(self) -> int:
-        return int(self.config["num_train_timesteps"])
-
-    @property
-    def step_index(self) -> int | None:
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        self._begin_index = begin_index
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None, **_: Any) -> None:
         """The run's evaluations as timesteps. With an img2img plan ``num_inference_steps`` is only what the
@@ -198,11 +183,6 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         except StopIteration:
             pass
         return torch.stack(points).float()
-
-    def _position(self) -> int:
-        if self._step_index is not None:
-            return self._step_index
-        return self._begin_index or 0
 
     def index_for_timestep(self, timestep: Any) -> int:
         matches = (self.timesteps.to(torch.as_tensor(timestep).device) == timestep).nonzero()
@@ -302,7 +282,4 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
             following, self._run = finished.value, None
             self.run_finished = self.config["sampler"] in ADAPTIVE_SAMPLERS
         self._step_index = position + 1
-        prev_sample = following.to(sample.dtype)
-        if not return_dict:
-            return (prev_sample,)
-        return SchedulerOutput(prev_sample=prev_sample)
+        return self._output(following.to(sample.dtype), return_dict)
